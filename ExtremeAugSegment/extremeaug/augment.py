@@ -1,0 +1,141 @@
+"""Extreme augmentation on the training device: random rotation, scale and translation per patch.
+
+Augmented patches are cut directly from the whole (normalised) slices with one batched
+`affine_grid`/`grid_sample`, so the area brought in by a rotation or shift is real anatomy rather than
+padding, and nothing is stored per augmented copy: memory does not grow with the augmentation level.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+PATCH = 128
+STRIDE = 64
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    max_rotation_deg: float = 20.0
+    scale_range: Tuple[float, float] = (0.8, 1.2)
+    max_shift_px: float = 50.0
+    enabled: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AffineParams:
+    angle_rad: torch.Tensor   # [B]
+    scale: torch.Tensor       # [B]
+    shift_px: torch.Tensor    # [B, 2] as (x, y) in slice pixels
+
+
+def patch_corners(slice_size: int, patch: int = PATCH, stride: int = STRIDE) -> list:
+    starts = list(range(0, slice_size - patch + 1, stride))
+    if starts[-1] != slice_size - patch:
+        starts.append(slice_size - patch)
+    return [(y, x) for y in starts for x in starts]
+
+
+def patch_table(n_slices: int, slice_size: int, patch: int = PATCH, stride: int = STRIDE) -> torch.Tensor:
+    """Every (slice, y0, x0) of the stride grid, as an int64 tensor [n_patches, 3]."""
+    corners = patch_corners(slice_size, patch, stride)
+    rows = [(s, y, x) for s in range(n_slices) for (y, x) in corners]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator, device: torch.device) -> AffineParams:
+    """Uniform draws within the configured bounds; identity when augmentation is off."""
+    if not cfg.enabled:
+        zeros = torch.zeros(n, device=device)
+        return AffineParams(zeros, torch.ones(n, device=device), torch.zeros(n, 2, device=device))
+    u = torch.rand(n, 4, generator=generator, device=device)
+    angle = (2 * u[:, 0] - 1) * math.radians(cfg.max_rotation_deg)
+    lo, hi = cfg.scale_range
+    scale = lo + (hi - lo) * u[:, 1]
+    shift = (2 * u[:, 2:] - 1) * cfg.max_shift_px
+    return AffineParams(angle, scale, shift)
+
+
+def patch_theta(corners: torch.Tensor, params: AffineParams, slice_size: int, patch: int = PATCH) -> torch.Tensor:
+    """`affine_grid` matrices [B, 2, 3] mapping patch coordinates to slice coordinates.
+
+    The content of the patch is rotated by `angle` and scaled by `scale` about the patch centre, then
+    shifted by `shift_px`; normalised coordinates use align_corners=False.
+    """
+    y0, x0 = corners[:, 0].to(params.scale.dtype), corners[:, 1].to(params.scale.dtype)
+    cx = 2 * (x0 + patch / 2) / slice_size - 1
+    cy = 2 * (y0 + patch / 2) / slice_size - 1
+    cos, sin = torch.cos(params.angle_rad), torch.sin(params.angle_rad)
+    inv = 1.0 / params.scale
+    k = patch / slice_size
+    # inverse rotation R(-a) = [[cos, sin], [-sin, cos]] takes output offsets back to input offsets
+    a11, a12, a21, a22 = cos * inv, sin * inv, -sin * inv, cos * inv
+    tx = 2 * params.shift_px[:, 0] / slice_size
+    ty = 2 * params.shift_px[:, 1] / slice_size
+    theta = torch.stack([
+        torch.stack([a11 * k, a12 * k, cx - (a11 * tx + a12 * ty)], dim=1),
+        torch.stack([a21 * k, a22 * k, cy - (a21 * tx + a22 * ty)], dim=1),
+    ], dim=1)
+    return theta
+
+
+def augmented_batch(images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, params: AffineParams,
+                    patch: int = PATCH) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cut augmented patches for `rows` ([B, 3]: slice, y0, x0) from slices [n, S, S] on their device.
+
+    The image is sampled bilinearly; the mask bilinearly then thresholded at 0.5, so both see the very
+    same transform.
+    """
+    slice_size = images.shape[-1]
+    idx = rows[:, 0]
+    theta = patch_theta(rows[:, 1:], params, slice_size, patch)
+    grid = F.affine_grid(theta, [len(rows), 1, patch, patch], align_corners=False)
+    img = F.grid_sample(images[idx].unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    msk = F.grid_sample(masks[idx].unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return img, (msk > 0.5).to(img.dtype)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """A generator per optimiser step, so a resumed run draws exactly what an uninterrupted one would."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
+    return g
+
+
+class EpochOrder:
+    """One epoch = N shuffled rounds over the patch table; batches are cut from it lazily.
+
+    Only one round's permutation (n indices) exists at a time, whatever N is, and the order depends on
+    (seed, epoch) alone, so a run resumed at any step sees the batches an uninterrupted run would.
+    """
+
+    def __init__(self, n_patches: int, augment: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.augment, self.batch_size, self.seed, self.device = n_patches, augment, batch_size, seed, device
+        self.steps = math.ceil(n_patches * augment / batch_size)
+        self._cache = (None, None)
+
+    def _round(self, epoch: int, r: int) -> torch.Tensor:
+        if self._cache[0] != (epoch, r):
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 1009 + r)
+            self._cache = ((epoch, r), torch.randperm(self.n, generator=g).to(self.device))
+        return self._cache[1]
+
+    def batch(self, epoch: int, k: int) -> torch.Tensor:
+        """Patch indices of batch k of `epoch` (the last batch of an epoch may be short)."""
+        start = k * self.batch_size
+        stop = min(start + self.batch_size, self.n * self.augment)
+        parts, p = [], start
+        while p < stop:
+            r, offset = divmod(p, self.n)
+            take = min(stop - p, self.n - offset)
+            parts.append(self._round(epoch, r)[offset:offset + take])
+            p += take
+        return torch.cat(parts)

@@ -1,0 +1,79 @@
+"""Scans and masks turned into normalised slice stacks on the training device, plus the patch table."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .augment import patch_table
+from .errors import ExtremeAugError
+from .io import read_mask, read_scan
+from .preprocess import Preprocessing, make_template, mask_to_slices, resolve_plane, scan_to_slices
+
+
+@dataclass
+class Case:
+    image: str
+    label: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.image).name
+
+
+@dataclass
+class PreparedCase:
+    case: Case
+    images: np.ndarray   # [n, S, S] float32 in [0, 1]
+    masks: np.ndarray    # [n, S, S] float32 in {0, 1}
+
+
+def load_case(case: Case, prep: Preprocessing, label_values: Optional[Sequence[int]] = None) -> PreparedCase:
+    scan = read_scan(case.image)
+    mask = read_mask(case.label, scan, label_values)
+    images, grid = scan_to_slices(scan, prep)
+    return PreparedCase(case, images, mask_to_slices(mask, grid, prep.axis))
+
+
+def check_cases(cases: Sequence[Case]) -> None:
+    """Fail before anything is written when a listed file is missing."""
+    for c in cases:
+        for p in (c.image, c.label):
+            if not os.path.exists(p):
+                raise ExtremeAugError(f"{p}: no such file or folder")
+
+
+def make_preprocessing(first: Case, plane: str) -> Preprocessing:
+    scan = read_scan(first.image)
+    return Preprocessing(plane=resolve_plane(scan, plane), template=make_template(scan))
+
+
+class SliceSet:
+    """All slices of some cases, resident on one device, and the stride-64 patch table over them."""
+
+    def __init__(self, prepared: List[PreparedCase], device: torch.device):
+        self.cases = [p.case for p in prepared]
+        self.counts = [len(p.images) for p in prepared]
+        images = np.concatenate([p.images for p in prepared])
+        masks = np.concatenate([p.masks for p in prepared])
+        self.images = torch.from_numpy(images).to(device)
+        self.masks = torch.from_numpy(masks).to(device)
+        self.slice_size = images.shape[-1]
+        self.patches = patch_table(len(images), self.slice_size).to(device)
+        if not masks.any():
+            raise ExtremeAugError("the masks are empty after resampling to the slice grid")
+
+    def per_case(self):
+        start = 0
+        for case, n in zip(self.cases, self.counts):
+            yield case, slice(start, start + n)
+            start += n
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.element_size() * self.images.nelement() * 2

@@ -1,0 +1,174 @@
+"""Reading scans and masks (NIfTI, NRRD, MHA, Slicer .seg.nrrd, DICOM series) and atomic writing."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ExtremeAugError
+
+GEOMETRY_TOLERANCE = 1e-3  # mm, and direction cosine units
+
+
+def _read_any(path: str | os.PathLike) -> sitk.Image:
+    p = Path(path)
+    if not p.exists():
+        raise ExtremeAugError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return _read_dicom_series(p)
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError:
+        raise ExtremeAugError(f"{p}: not an image SimpleITK can read (NIfTI, NRRD, MHA, DICOM)") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ExtremeAugError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise ExtremeAugError(f"{folder}: folder holds {len(series)} DICOM series; pass a folder with one")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise ExtremeAugError(f"{folder}: DICOM series could not be read") from None
+
+
+def _as_3d(image: sitk.Image, path: str | os.PathLike, what: str) -> sitk.Image:
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise ExtremeAugError(f"{path}: {what} is {dim}D {tuple(image.GetSize())}; a 3D volume is needed")
+    return image
+
+
+def read_scan(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D scan as float32; refuse 2D/4D, vector, NaN/inf and constant images."""
+    image = _as_3d(_read_any(path), path, "the image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ExtremeAugError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel;"
+                              " a scalar (grey-level) scan is needed")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(array).all():
+        raise ExtremeAugError(f"{path}: image contains NaN or infinite values")
+    if float(array.max()) == float(array.min()):
+        raise ExtremeAugError(f"{path}: image is constant ({float(array.min()):g}); nothing to segment")
+    return image
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(1.0, max(a.GetSpacing())))
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def _foreground(image: sitk.Image, label_values: Sequence[int] | None) -> np.ndarray:
+    """Binary foreground from a label map; several components (4D .seg.nrrd layers) are united."""
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        array = array[..., None]
+    if label_values:
+        fg = np.isin(array, list(label_values)).any(axis=-1)
+    else:
+        fg = (array > 0).any(axis=-1)
+    return fg.astype(np.uint8)
+
+
+def read_binary(path: str | os.PathLike, label_values: Iterable[int] | None = None) -> sitk.Image:
+    """Read a label map (3D, or a layered .seg.nrrd) as a binary uint8 image on its own grid; may be empty."""
+    raw = _read_any(path)
+    if raw.GetDimension() == 4 and raw.GetNumberOfComponentsPerPixel() == 1 and raw.GetSize()[3] > 1:
+        raw = sitk.Compose([raw[:, :, :, i] for i in range(raw.GetSize()[3])])  # layers as components
+    raw = _as_3d(raw, path, "the mask")
+    values = sorted(set(int(v) for v in label_values)) if label_values else None
+    mask = sitk.GetImageFromArray(_foreground(raw, values))
+    _copy_geometry(raw, mask)
+    return mask
+
+
+def on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """The mask on the reference's grid: as is when the grids agree, else nearest-neighbour resampled."""
+    if same_grid(mask, reference):
+        mask = sitk.Image(mask)
+        mask.CopyInformation(reference)
+        return mask
+    return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def read_mask(path: str | os.PathLike, scan: sitk.Image, label_values: Iterable[int] | None = None) -> sitk.Image:
+    """Read a training mask as binary uint8 on the scan's grid; refuse empty or non-overlapping masks.
+
+    Multi-label masks become foreground > 0 unless label_values picks labels.
+    """
+    mask = read_binary(path, label_values)
+    if not sitk.GetArrayViewFromImage(mask).any():
+        picked = f" with label values {sorted(label_values)}" if label_values else ""
+        raise ExtremeAugError(f"{path}: mask is empty (no voxel{picked}); nothing to learn from")
+    resampled = on_grid(mask, scan)
+    if not sitk.GetArrayViewFromImage(resampled).any():
+        raise ExtremeAugError(f"{path}: mask does not overlap the scan (different grid, no common foreground)")
+    return resampled
+
+
+def _copy_geometry(source: sitk.Image, target: sitk.Image) -> None:
+    target.SetOrigin(source.GetOrigin())
+    target.SetSpacing(source.GetSpacing())
+    target.SetDirection(source.GetDirection())
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write atomically: a temporary file in the same folder (same extension), fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Atomically write bytes (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """fsync, give the file the permissions a plain open() would (mkstemp makes it 0600), rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,127 @@
+"""The paper's preprocessing: 2D slices along one plane, each resampled in-plane to 256x256, and
+intensities mapped to [0, 1] by linear histogram matching to a template.
+
+Everything inference must repeat is in `Preprocessing`, which the model's ONNX metadata carries.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ExtremeAugError
+
+PLANES = ("auto", "sagittal", "coronal", "axial")
+# After orienting to LPS, index axis 0 runs left-right (sagittal slices), 1 anterior-posterior
+# (coronal), 2 inferior-superior (axial).
+PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+ORIENTATION = "LPS"
+SLICE_SIZE = 256
+TEMPLATE_QUANTILES = 1001
+TEMPLATE_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass
+class Preprocessing:
+    plane: str                      # resolved plane: sagittal, coronal or axial
+    slice_size: int = SLICE_SIZE
+    template: List[float] = field(default_factory=list)  # quantiles of the template's [0, 1] intensities
+    histogram_levels: int = 1024
+    match_points: int = 15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @property
+    def axis(self) -> int:
+        return PLANE_AXIS[self.plane]
+
+
+def orient(image: sitk.Image) -> sitk.Image:
+    """Permute/flip axes (no interpolation) so that slicing along a plane is the same for every scan."""
+    return sitk.DICOMOrient(image, ORIENTATION)
+
+
+def resolve_plane(image: sitk.Image, plane: str) -> str:
+    """`auto` = the acquisition plane: the two finest spacings in-plane; ties go to the thinnest slab."""
+    if plane not in PLANES:
+        raise ExtremeAugError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
+    if plane != "auto":
+        return plane
+    oriented = orient(image)
+    spacing, size = oriented.GetSpacing(), oriented.GetSize()
+    axis = max(range(3), key=lambda a: (round(spacing[a], 3), -size[a]))
+    return {v: k for k, v in PLANE_AXIS.items()}[axis]
+
+
+def make_template(image: sitk.Image) -> List[float]:
+    """Quantiles of the scan rescaled to [0, 1] between robust percentiles (the paper's template)."""
+    array = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    lo, hi = np.percentile(array, TEMPLATE_PERCENTILES)
+    if hi <= lo:
+        lo, hi = float(array.min()), float(array.max())
+    scaled = np.clip((array - lo) / (hi - lo), 0.0, 1.0)
+    return [float(q) for q in np.quantile(scaled, np.linspace(0, 1, TEMPLATE_QUANTILES))]
+
+
+def _template_image(template: List[float]) -> sitk.Image:
+    return sitk.GetImageFromArray(np.asarray(template, np.float32).reshape(1, 1, -1))
+
+
+def normalise(image: sitk.Image, prep: Preprocessing) -> sitk.Image:
+    """Linear (piecewise) histogram matching to the template, clipped to [0, 1]."""
+    matcher = sitk.HistogramMatchingImageFilter()
+    matcher.SetNumberOfHistogramLevels(prep.histogram_levels)
+    matcher.SetNumberOfMatchPoints(prep.match_points)
+    matcher.ThresholdAtMeanIntensityOn()
+    matched = matcher.Execute(sitk.Cast(image, sitk.sitkFloat32), _template_image(prep.template))
+    return sitk.Clamp(matched, sitk.sitkFloat32, 0.0, 1.0)
+
+
+def slice_grid(oriented: sitk.Image, axis: int, size: int) -> sitk.Image:
+    """A grid over the same physical extent whose two in-plane axes have `size` voxels."""
+    old_size, old_spacing = np.array(oriented.GetSize()), np.array(oriented.GetSpacing())
+    new_size, new_spacing = old_size.copy(), old_spacing.copy()
+    for a in range(3):
+        if a != axis:
+            new_size[a] = size
+            new_spacing[a] = old_spacing[a] * old_size[a] / size
+    direction = np.array(oriented.GetDirection()).reshape(3, 3)
+    origin = np.array(oriented.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2.0)
+    grid = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
+    grid.SetSpacing([float(s) for s in new_spacing])
+    grid.SetOrigin([float(o) for o in origin])
+    grid.SetDirection(oriented.GetDirection())
+    return grid
+
+
+def _to_slices(volume: sitk.Image, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(sitk.GetArrayFromImage(volume), 2 - axis, 0))
+
+
+def scan_to_slices(scan: sitk.Image, prep: Preprocessing) -> Tuple[np.ndarray, sitk.Image]:
+    """Return normalised slices [n, size, size] (float32) and the slice grid they live on."""
+    oriented = orient(scan)
+    grid = slice_grid(oriented, prep.axis, prep.slice_size)
+    resampled = sitk.Resample(oriented, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return _to_slices(normalise(resampled, prep), prep.axis).astype(np.float32), grid
+
+
+def mask_to_slices(mask: sitk.Image, grid: sitk.Image, axis: int) -> np.ndarray:
+    """Mask on the slice grid: linear resampling of the binary mask, then threshold at 0.5."""
+    soft = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                         sitk.sitkFloat32)
+    return (_to_slices(soft, axis) > 0.5).astype(np.float32)
+
+
+def slices_to_scan(slices: np.ndarray, grid: sitk.Image, axis: int, scan: sitk.Image) -> sitk.Image:
+    """Put per-slice values (probabilities) back on the scan's own grid (linear interpolation)."""
+    volume = sitk.GetImageFromArray(np.moveaxis(slices.astype(np.float32), 0, 2 - axis).copy())
+    volume.CopyInformation(grid)
+    return sitk.Resample(volume, scan, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)

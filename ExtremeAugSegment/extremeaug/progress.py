@@ -1,0 +1,56 @@
+"""Training progress for people (a tqdm bar) and for programs (JSON lines, one object per line).
+
+Each JSON line has `event` (start, progress, epoch, end) and `time` (Unix seconds); `progress` lines
+come at most once per `interval` seconds and double as a heartbeat for background front ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional, Tuple
+
+from tqdm import tqdm
+
+
+class ProgressReporter:
+    def __init__(self, path: Optional[str], total_steps: int, show: bool = True, initial: int = 0,
+                 budget_s: Optional[float] = None, interval: float = 1.0):
+        self.total, self.budget_s, self.interval = total_steps, budget_s, interval
+        self.file = None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.file = open(path, "a", buffering=1, encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=initial, disable=not show, unit="step", file=sys.stderr,
+                        dynamic_ncols=True, mininterval=interval)
+        self.t0 = self.last_t = time.monotonic()
+        self.last_step, self.patches = initial, 0
+
+    def event(self, name: str, **fields) -> None:
+        if self.file:
+            self.file.write(json.dumps({"event": name, "time": round(time.time(), 3), **fields}) + "\n")
+
+    def step(self, step: int, epoch: int, metrics: Callable[[], Tuple[float, float]], batch: int) -> None:
+        self.bar.update(1)
+        self.patches += batch
+        now = time.monotonic()
+        if now - self.last_t < self.interval and step < self.total:
+            return
+        loss, dice = metrics()
+        rate = self.patches / (now - self.last_t)
+        steps_per_s = (step - self.last_step) / (now - self.last_t)
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else None
+        if self.budget_s is not None:
+            left = max(self.budget_s - (now - self.t0), 0.0)
+            eta = left if eta is None else min(eta, left)
+        self.bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}", patches_s=f"{rate:.0f}", refresh=False)
+        self.event("progress", step=step, steps_total=self.total, epoch=epoch + 1, loss=round(loss, 5),
+                   dice=round(dice, 5), patches_per_s=round(rate, 1), eta_s=None if eta is None else round(eta, 1))
+        self.last_t, self.last_step, self.patches = now, step, 0
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+            self.file = None

@@ -1,0 +1,344 @@
+"""Training: on-the-fly extreme augmentation, Dice loss, Adam, checkpoints, resume, clean stops."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .augment import AugmentConfig, EpochOrder, augmented_batch, sample_params, step_generator
+from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
+from .errors import ExtremeAugError
+from .export import export_onnx
+from .io import write_bytes
+from .losses import LOSSES, segmentation_loss
+from .model import ResUNet
+from .preprocess import PLANES, Preprocessing
+from .progress import ProgressReporter
+
+CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
+DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
+
+
+@dataclass
+class TrainConfig:
+    augment: int = 50
+    epochs: int = 100
+    batch_size: int = 16
+    width: Optional[int] = None          # None: DEFAULT_WIDTH for the device
+    lr: float = 3e-3
+    loss: str = "dice"
+    plane: str = "auto"
+    seed: int = 0
+    label_values: Optional[List[int]] = None
+    augmentation: bool = True
+    threshold: float = 0.5
+    min_component_mm3: float = 100.0
+
+    def check(self) -> None:
+        if self.augment < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ExtremeAugError("--augment, --epochs and --batch-size must be at least 1")
+        if self.width is not None and self.width < 1:
+            raise ExtremeAugError("--width must be at least 1")
+        if self.loss not in LOSSES:
+            raise ExtremeAugError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.plane not in PLANES:
+            raise ExtremeAugError(f"unknown plane {self.plane!r}; choose one of {', '.join(PLANES)}")
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"
+    time_budget_min: Optional[float] = None
+    resume: bool = False
+    progress_file: Optional[str] = None
+    show_progress: bool = True
+    checkpoint_minutes: float = 5.0
+    max_steps: Optional[int] = None     # stop after this many steps in this run (benchmarks, tests)
+
+
+@dataclass
+class TrainResult:
+    status: str                      # finished, time_budget, stopped, max_steps
+    out_dir: Path
+    epochs_done: float
+    history: list = field(default_factory=list)
+    best_val_dice: Optional[float] = None
+    onnx_max_abs_diff: float = 0.0
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExtremeAugError(f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ExtremeAugError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (installed from the main thread only)."""
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(buffer.getvalue(), path)
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files surface as many exception types
+        raise ExtremeAugError(f"{path}: not a readable extremeaug checkpoint ({type(e).__name__})") from None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
+                 opts: RunOptions):
+        self.out, self.opts = Path(out_dir), opts
+        self.device = select_device(opts.device)
+        state = self._resume_state(cfg, train_cases, val_cases)
+        if state:
+            cfg = TrainConfig(**state["config"])
+            train_cases = [Case(**c) for c in state["train_cases"]]
+            val_cases = [Case(**c) for c in state["val_cases"]]
+        cfg.check()
+        check_cases(list(train_cases) + list(val_cases))
+        if cfg.width is None:
+            cfg.width = DEFAULT_WIDTH[self.device.type]
+        self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
+        self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
+            self.train_cases[0], cfg.plane)
+        self.train_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in train_cases], self.device)
+        self.val_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in val_cases],
+                                self.device) if val_cases else None
+        torch.manual_seed(cfg.seed)
+        self.net = ResUNet(cfg.width).to(self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
+        self.steps_per_epoch = self.order.steps
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
+        if state:
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.history, self.elapsed_before = state["step"], state["history"], state["elapsed_s"]
+            self.best = state.get("best")
+
+    def _resume_state(self, cfg, train_cases, val_cases) -> Optional[dict]:
+        ckpt = self.out / CHECKPOINT
+        if self.opts.resume:
+            if not ckpt.exists():
+                raise ExtremeAugError(f"--resume: {ckpt} does not exist")
+            return _load(ckpt)
+        if self.out.exists() and any((self.out / f).exists() for f in (CHECKPOINT, WEIGHTS, ONNX_FILE)):
+            raise ExtremeAugError(f"{self.out} already holds a model; pass --resume or choose another --out")
+        if not train_cases:
+            raise ExtremeAugError("no training scans given")
+        return None
+
+    def _lr(self, elapsed: float) -> float:
+        frac = self.step / self.total_steps
+        if self.opts.time_budget_min:
+            frac = max(frac, elapsed / (self.opts.time_budget_min * 60))
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+    def train_step(self, rows: torch.Tensor, elapsed: float):
+        aug = AugmentConfig(enabled=self.cfg.augmentation)
+        params = sample_params(len(rows), aug, step_generator(self.cfg.seed, self.step, self.device), self.device)
+        x, y = augmented_batch(self.train_set.images, self.train_set.masks, rows, params)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(elapsed)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.net(x)
+        loss = segmentation_loss(logits, y, self.cfg.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        with torch.no_grad():
+            pred = (logits > 0).float()
+            inter, total = (pred * y).sum(), pred.sum() + y.sum()
+        return loss.detach(), inter, total
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        if self.val_set is None:
+            return None
+        self.net.eval()
+        scores = []
+        for _, sl in self.val_set.per_case():
+            inter = total = 0.0
+            for s in range(sl.start, sl.stop, 8):
+                x = self.val_set.images[s:min(s + 8, sl.stop)].unsqueeze(1)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    pred = (self.net(x.contiguous(memory_format=torch.channels_last)) > 0).float()
+                y = self.val_set.masks[s:min(s + 8, sl.stop)].unsqueeze(1)
+                inter += float((pred * y).sum())
+                total += float(pred.sum() + y.sum())
+            scores.append(2 * inter / total if total else 1.0)
+        self.net.train()
+        return sum(scores) / len(scores)
+
+    def _checkpoint(self, elapsed: float) -> None:
+        _save({"config": asdict(self.cfg), "preprocessing": self.prep.to_dict(),
+               "train_cases": [asdict(c) for c in self.train_cases],
+               "val_cases": [asdict(c) for c in self.val_cases],
+               "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+               "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
+               "version": __version__}, self.out / CHECKPOINT)
+
+    def run(self) -> TrainResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        budget_s = self.opts.time_budget_min * 60 if self.opts.time_budget_min else None
+        reporter = ProgressReporter(self.opts.progress_file, self.total_steps, self.opts.show_progress,
+                                    initial=self.step, budget_s=budget_s)
+        reporter.event("start", device=str(self.device), width=self.cfg.width, augment=self.cfg.augment,
+                       epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
+                       resumed_at_step=self.step)
+        t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
+        stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None
+        self.net.train()
+        try:
+            with StopFlag() as stop:
+                while self.step < self.total_steps:
+                    epoch, k = divmod(self.step, self.steps_per_epoch)
+                    if stats is None:
+                        stats = EpochStats(self.device)
+                    rows = self.train_set.patches[self.order.batch(epoch, k)]
+                    loss, inter, total = self.train_step(rows, time.monotonic() - t0)
+                    stats.add(loss, inter, total)
+                    reporter.step(self.step, epoch, stats.summary, self.cfg.batch_size)
+                    ended_epoch = self.step % self.steps_per_epoch == 0
+                    elapsed = time.monotonic() - t0
+                    if budget_s and elapsed >= budget_s:
+                        status = "time_budget"
+                    if stop_at is not None and self.step >= stop_at and self.step < self.total_steps:
+                        status = "max_steps"
+                    if stop.reason:
+                        status = "stopped"
+                    if ended_epoch or status != "finished":
+                        self._end_epoch(epoch, stats, reporter, elapsed)
+                        stats = None
+                    if status != "finished":
+                        break
+                    if ended_epoch or time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
+                        self._checkpoint(self.elapsed_before + elapsed)
+                        last_ckpt = time.monotonic()
+        except torch.cuda.OutOfMemoryError:
+            reporter.event("end", status="error", message="GPU out of memory")
+            reporter.close()
+            raise ExtremeAugError(f"GPU out of memory at batch size {self.cfg.batch_size} and width "
+                                  f"{self.cfg.width}; the last checkpoint in {self.out} is kept: rerun with "
+                                  "--resume after lowering --batch-size, or --device cpu") from None
+        elapsed = time.monotonic() - t0
+        self._checkpoint(self.elapsed_before + elapsed)
+        result = self._publish(status, elapsed)
+        reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
+                       onnx=str(self.out / ONNX_FILE), stop_reason=getattr(stop, "reason", None))
+        reporter.close()
+        return result
+
+    def _end_epoch(self, epoch: int, stats: "EpochStats", reporter: ProgressReporter, elapsed: float) -> None:
+        val = self.validate()
+        done = self.step / self.steps_per_epoch
+        loss, dice = stats.summary()
+        row = {"epoch": epoch + 1, "epochs_done": round(done, 4), "step": self.step, "loss": loss,
+               "train_dice": dice, "val_dice": val, "elapsed_s": round(self.elapsed_before + elapsed, 2),
+               "patches_per_s": round(stats.steps * self.cfg.batch_size / stats.seconds(), 1)}
+        self.history.append(row)
+        reporter.event("epoch", **row)
+        if val is not None and (self.best is None or val > self.best["val_dice"]):
+            self.best = {"val_dice": val, "epochs_done": done}
+            _save(copy.deepcopy(self.net.state_dict()), self.out / "best.pt")
+
+    def _publish(self, status: str, elapsed: float) -> TrainResult:
+        """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
+        if self.best is not None and (self.out / "best.pt").exists():
+            self.net.load_state_dict(_load(self.out / "best.pt"))
+        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        done = self.step / self.steps_per_epoch
+        meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
+                "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
+                "training_cases": [c.name for c in self.train_cases],
+                "validation_cases": [c.name for c in self.val_cases],
+                "augment": self.cfg.augment, "augmentation": self.cfg.augmentation, "epochs_planned": self.cfg.epochs,
+                "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
+                "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
+                "last_epoch": self.history[-1] if self.history else None,
+                "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
+        _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": _json(meta)}, self.out / WEIGHTS)
+        diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
+        write_bytes(_json({"metadata": meta, "history": self.history, "onnx_max_abs_diff": diff}, indent=1).encode(),
+                    self.out / HISTORY)
+        return TrainResult(status, self.out, done, self.history,
+                           self.best["val_dice"] if self.best else None, diff)
+
+
+class EpochStats:
+    """Loss and Dice sums kept on the device, so a step does not wait for the GPU to report."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.inter = torch.zeros((), device=device)
+        self.total = torch.zeros((), device=device)
+        self.steps, self.t0 = 0, time.monotonic()
+
+    def add(self, loss, inter, total) -> None:
+        self.loss += loss
+        self.inter += inter
+        self.total += total
+        self.steps += 1
+
+    def summary(self):
+        total = float(self.total)
+        return float(self.loss) / max(self.steps, 1), (1.0 if total == 0 else 2 * float(self.inter) / total)
+
+    def seconds(self) -> float:
+        return max(time.monotonic() - self.t0, 1e-9)
+
+
+def _json(obj, indent=None) -> str:
+    import json
+    return json.dumps(obj, indent=indent)
+
+
+def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
+          opts: Optional[RunOptions] = None) -> TrainResult:
+    return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions()).run()
+
+
+def load_weights(path: str | Path) -> ResUNet:
+    """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
+    blob = _load(Path(path))
+    net = ResUNet(int(blob["width"]))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval()

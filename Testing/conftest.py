@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from extremeaug.export import export_onnx
+from extremeaug.model import ResUNet
+from extremeaug.phantom import write_phantoms
+from extremeaug.preprocess import Preprocessing, make_template
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ivd-mr-t2-lumbar"
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory):
+    """Four phantom (image, mask) file pairs on disk."""
+    return write_phantoms(tmp_path_factory.mktemp("phantoms"), 4)
+
+
+def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def oblique_direction(deg_a=20.0, deg_b=-12.0):
+    a, b = np.radians(deg_a), np.radians(deg_b)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return tuple((rz @ rx).ravel())
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory, phantoms):
+    """An untrained but genuine extremeaug ONNX model (geometry and error tests need no training)."""
+    torch.manual_seed(0)
+    net = ResUNet(4)
+    template = make_template(sitk.ReadImage(str(phantoms[0][0]), sitk.sitkFloat32))
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    export_onnx(net, path, {"preprocessing": Preprocessing("sagittal", template=template).to_dict(),
+                            "threshold": 0.5, "min_component_mm3": 0.0, "width": 4})
+    return path
+
+
+def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "extremeaug", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from extremeaug.augment import (AffineParams, AugmentConfig, augmented_batch, patch_corners, patch_table,
+                                sample_params, step_generator)
+
+CPU = torch.device("cpu")
+
+
+def blobs(n=4, size=256, seed=0):
+    """Slices with random bright discs (masks) on a smooth ramp (images)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n, size, size), np.float32)
+    for s in range(n):
+        for _ in range(6):
+            cy, cx, r = rng.uniform(40, size - 40, 2).tolist() + [rng.uniform(8, 20)]
+            masks[s][(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = 1
+    images = 0.3 * masks + (xx / size)[None] * 0.5 + 0.1
+    return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks)
+
+
+def test_stride_grid():
+    assert patch_corners(256) == [(y, x) for y in (0, 64, 128) for x in (0, 64, 128)]
+    assert patch_table(2, 256).shape == (18, 3)
+
+
+def test_parameters_within_bounds_and_seeded():
+    cfg = AugmentConfig()
+    p = sample_params(20000, cfg, step_generator(3, 7, CPU), CPU)
+    deg = torch.rad2deg(p.angle_rad)
+    assert deg.abs().max() <= 20 and deg.abs().max() > 19.5
+    assert p.scale.min() >= 0.8 and p.scale.max() <= 1.2 and p.scale.max() > 1.19
+    assert p.shift_px.abs().max() <= 50 and p.shift_px.abs().max() > 49.5
+    q = sample_params(20000, cfg, step_generator(3, 7, CPU), CPU)
+    assert torch.equal(p.angle_rad, q.angle_rad)
+    r = sample_params(20000, cfg, step_generator(3, 8, CPU), CPU)
+    assert not torch.equal(p.angle_rad, r.angle_rad)
+
+
+def test_mask_gets_the_same_transform_as_the_image():
+    """The image here IS the mask, so a correctly shared transform gives identical patches."""
+    _, masks = blobs()
+    rows = patch_table(4, 256)
+    params = sample_params(len(rows), AugmentConfig(), step_generator(0, 0, CPU), CPU)
+    img, msk = augmented_batch(masks, masks, rows, params)
+    assert torch.equal((img > 0.5).float(), msk)
+    assert msk.sum() > 0
+
+
+def test_identity_is_a_plain_crop():
+    images, masks = blobs()
+    rows = patch_table(4, 256)
+    params = sample_params(len(rows), AugmentConfig(enabled=False), step_generator(0, 0, CPU), CPU)
+    img, msk = augmented_batch(images, masks, rows, params)
+    for k, (s, y, x) in enumerate(rows.tolist()):
+        assert torch.allclose(img[k, 0], images[s, y:y + 128, x:x + 128], atol=1e-5)
+        assert torch.equal(msk[k, 0], masks[s, y:y + 128, x:x + 128])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_simpleitk_resampling(seed):
+    """An independent implementation of the documented transform (SimpleITK, nearest) agrees."""
+    _, masks = blobs(1, seed=seed)
+    g = step_generator(seed, 0, CPU)
+    params = sample_params(1, AugmentConfig(), g, CPU)
+    y0, x0 = 64, 64
+    _, msk = augmented_batch(masks, masks, torch.tensor([[0, y0, x0]]), params)
+    a, s = float(params.angle_rad[0]), float(params.scale[0])
+    tx, ty = params.shift_px[0].tolist()
+    # output pixel q (x, y) shows input point c + R(-a) (q + corner - c - t) / s, c = patch centre
+    c = np.array([x0 + 63.5, y0 + 63.5])
+    rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) / s
+    transform = sitk.AffineTransform(2)
+    transform.SetMatrix(rot.ravel().tolist())
+    transform.SetCenter((0.0, 0.0))
+    transform.SetTranslation((c - rot @ (c + np.array([tx, ty]))).tolist())
+    reference = sitk.Image(128, 128, sitk.sitkFloat32)
+    reference.SetOrigin((x0, y0))
+    expected = sitk.GetArrayFromImage(sitk.Resample(sitk.GetImageFromArray(masks[0].numpy()), reference, transform,
+                                                    sitk.sitkNearestNeighbor, 0.0))
+    got = msk[0, 0].numpy()
+    agreement = (got == expected).mean()
+    assert expected.sum() > 0 or got.sum() == 0
+    assert agreement > 0.995, agreement
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from extremeaug.augment import AugmentConfig, EpochOrder, augmented_batch, patch_table, sample_params, step_generator
+torch.set_num_threads(1)
+n, size, augment = 4, 256, int(sys.argv[1])
+images, masks = torch.rand(n, size, size), (torch.rand(n, size, size) > 0.9).float()
+patches = patch_table(n, size)
+order = EpochOrder(len(patches), augment, 16, 0, torch.device("cpu"))
+seen = 0
+for k in range(order.steps):
+    rows = patches[order.batch(0, k)]
+    params = sample_params(len(rows), AugmentConfig(), step_generator(0, k, torch.device("cpu")), torch.device("cpu"))
+    augmented_batch(images, masks, rows, params)
+    seen += len(rows)
+assert seen == len(patches) * augment, seen
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kib(augment: int) -> int:
+    """Peak resident memory of a process that draws a whole epoch of augmented batches."""
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(augment)], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_memory_flat_in_augmentation_level():
+    # 36 patches: a stored 50x copy would be 1800 patches x 2 x 64 KiB = 225 MiB more than at 5x
+    p5, p50 = _peak_rss_kib(5), _peak_rss_kib(50)
+    assert p50 - p5 < 20 * 1024, (p5, p50)
+
+
+def test_epoch_order_covers_every_patch_n_times():
+    from extremeaug.augment import EpochOrder
+
+    order = EpochOrder(37, 7, 16, 0, CPU)
+    seen = torch.cat([order.batch(2, k) for k in range(order.steps)])
+    assert torch.equal(torch.bincount(seen, minlength=37), torch.full((37,), 7))
+    again = EpochOrder(37, 7, 16, 0, CPU)
+    assert torch.equal(again.batch(2, 5), order.batch(2, 5))
+    assert not torch.equal(order.batch(3, 0), order.batch(2, 0))

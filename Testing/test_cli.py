@@ -1,0 +1,106 @@
+"""Bad input through the real command line: one clear line on stderr, exit 2, nothing written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cli
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.strip().splitlines() if l]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, phantoms):
+    d = tmp_path_factory.mktemp("bad")
+    scan = sitk.ReadImage(str(phantoms[0][0]))
+    (d / "text.nii.gz").write_text("hello")
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(30, 30).astype(np.float32)), str(d / "2d.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 5, 30, 30).astype(np.float32), isVector=False), str(d / "4d.nii.gz"))
+    nan = sitk.GetArrayFromImage(scan).astype(np.float32)
+    nan[5, 5, 5] = np.nan
+    nan_image = sitk.GetImageFromArray(nan)
+    nan_image.CopyInformation(scan)
+    sitk.WriteImage(nan_image, str(d / "nan.mha"))
+    const = sitk.Image(scan.GetSize(), sitk.sitkInt16) + 5
+    const.CopyInformation(scan)
+    sitk.WriteImage(const, str(d / "constant.nii.gz"))
+    empty = sitk.Image(scan.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(scan)
+    sitk.WriteImage(empty, str(d / "empty.nii.gz"))
+    far = sitk.ReadImage(str(phantoms[0][1]))
+    far.SetOrigin((900.0, 900.0, 900.0))
+    sitk.WriteImage(far, str(d / "far.nii.gz"))
+    return d
+
+
+@pytest.mark.parametrize("image,label,needle", [
+    ("absent.nii.gz", None, "no such file"),
+    ("text.nii.gz", None, "not an image"),
+    ("2d.nii.gz", None, "2D"),
+    ("4d.nii.gz", None, "4D"),
+    ("nan.mha", None, "NaN"),
+    ("constant.nii.gz", None, "constant"),
+    (None, "empty.nii.gz", "empty"),
+    (None, "far.nii.gz", "does not overlap"),
+    (None, "absent_mask.nii.gz", "no such file"),
+])
+def test_train_refuses_bad_input_and_writes_nothing(tmp_path, bad_files, phantoms, image, label, needle):
+    image = bad_files / image if image else phantoms[0][0]
+    label = bad_files / label if label else phantoms[0][1]
+    out = tmp_path / "model"
+    result = run_cli("train", "--image", image, "--label", label, "--out", out, "--epochs", "1", "--quiet")
+    one_line_error(result, needle)
+    assert not out.exists()
+
+
+def test_train_refuses_cuda_without_cuda(tmp_path, phantoms):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "model"
+    result = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out, "--device", "cuda")
+    one_line_error(result, "CUDA")
+    assert not out.exists()
+
+
+def test_train_refuses_unpaired_and_existing_model(tmp_path, phantoms, random_model):
+    result = run_cli("train", "--image", phantoms[0][0], "--out", tmp_path / "m")
+    one_line_error(result, "pairs")
+    existing = random_model.parent
+    before = sorted(p.name for p in existing.iterdir())
+    result = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", existing)
+    one_line_error(result, "already holds a model")
+    assert sorted(p.name for p in existing.iterdir()) == before
+
+
+def test_segment_refuses_bad_models_and_scans(tmp_path, phantoms, random_model, bad_files):
+    out = tmp_path / "mask.nii.gz"
+    corrupted = tmp_path / "corrupted.onnx"
+    corrupted.write_bytes(random_model.read_bytes()[:3000])
+    one_line_error(run_cli("segment", "--model", corrupted, "--image", phantoms[1][0], "--out", out),
+                   "not a readable ONNX")
+    one_line_error(run_cli("segment", "--model", tmp_path / "none.onnx", "--image", phantoms[1][0], "--out", out),
+                   "no such model")
+    one_line_error(run_cli("segment", "--model", random_model, "--image", bad_files / "nan.mha", "--out", out),
+                   "NaN")
+    if not torch.cuda.is_available():
+        one_line_error(run_cli("segment", "--model", random_model, "--image", phantoms[1][0], "--out", out,
+                               "--device", "cuda"), "CUDA")
+    assert not out.exists()
+
+
+def test_evaluate_json(tmp_path, phantoms):
+    result = run_cli("evaluate", "--prediction", phantoms[0][1], "--reference", phantoms[0][1], "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    m = json.loads(result.stdout)
+    assert m["dice"] == 1.0 and m["hd95_mm"] == 0.0 and m["found"] == m["reference_structures"] > 3

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from extremeaug.errors import ExtremeAugError
+from extremeaug.export import METADATA_KEY, PARITY_TOLERANCE, export_onnx, parity, onnx_bytes
+from extremeaug.infer import Segmenter
+from extremeaug.model import ProbabilityModel, ResUNet
+
+
+def trained_ish(width=4) -> ResUNet:
+    """A net whose batch-norm statistics are not the defaults, so eval-mode export is really tested."""
+    torch.manual_seed(1)
+    net = ResUNet(width)
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(4, 1, 64, 64) * 3)
+    return net.eval()
+
+
+def test_parity_and_metadata(tmp_path):
+    net = trained_ish()
+    diff = export_onnx(net, tmp_path / "m.onnx", {"preprocessing": {"plane": "axial"}, "augment": 50})
+    assert diff <= PARITY_TOLERANCE
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert meta["augment"] == 50 and meta["format_version"] == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 256, 256), (3, 1, 128, 192), (2, 1, 64, 64)])
+def test_dynamic_batch_height_width(shape):
+    net = trained_ish()
+    data = onnx_bytes(net)
+    assert parity(net, data, size=shape) < PARITY_TOLERANCE
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.random.rand(*shape).astype(np.float32)
+    with torch.no_grad():
+        expected = ProbabilityModel(net)(torch.from_numpy(x)).numpy()
+    assert np.abs(session.run(None, {"image": x})[0] - expected).max() < PARITY_TOLERANCE
+
+
+def test_foreign_and_corrupted_onnx_are_refused(tmp_path, random_model):
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),), str(foreign), dynamo=False)
+    with pytest.raises(ExtremeAugError, match="not written by extremeaug"):
+        Segmenter(foreign)
+    corrupted = tmp_path / "corrupted.onnx"
+    corrupted.write_bytes(random_model.read_bytes()[:5000])
+    with pytest.raises(ExtremeAugError, match="not a readable ONNX model"):
+        Segmenter(corrupted)
+    with pytest.raises(ExtremeAugError, match="no such model"):
+        Segmenter(tmp_path / "absent.onnx")

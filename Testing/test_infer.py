@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, oblique_direction
+from extremeaug.infer import Segmenter, remove_small_components, segment_file
+from extremeaug.io import write_image
+
+
+def scan_like(phantom_path, spacing, direction, origin=(12.5, -40.0, 7.25)):
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_path)))[:, 10:90, :]
+    return make_image(array, spacing, origin, direction)
+
+
+@pytest.mark.parametrize("spacing,direction", [
+    ((3.0, 1.5, 1.5), None),
+    ((0.9, 1.3, 4.0), oblique_direction(25, 10)),
+    ((2.2, 0.7, 1.1), oblique_direction(-15, 30)),
+    ((1.0, 1.0, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)),   # axes permuted
+])
+def test_output_geometry_equals_input(tmp_path, phantoms, random_model, spacing, direction):
+    scan = scan_like(phantoms[0][0], spacing, direction)
+    write_image(scan, tmp_path / "scan.nrrd")
+    segment_file(str(random_model), str(tmp_path / "scan.nrrd"), str(tmp_path / "mask.nii.gz"),
+                 str(tmp_path / "prob.nii.gz"), device="cpu", threshold=0.5)
+    for name in ("mask.nii.gz", "prob.nii.gz"):
+        out = sitk.ReadImage(str(tmp_path / name))
+        assert out.GetSize() == scan.GetSize()
+        assert np.allclose(out.GetSpacing(), scan.GetSpacing(), atol=1e-5)
+        assert np.allclose(out.GetOrigin(), scan.GetOrigin(), atol=1e-4)
+        assert np.allclose(out.GetDirection(), scan.GetDirection(), atol=1e-5)
+    prob = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "prob.nii.gz")))
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nii.gz")))
+    assert 0 <= prob.min() and prob.max() <= 1
+    assert np.array_equal(mask, (prob > 0.5).astype(np.uint8))
+
+
+def physical_points(image: sitk.Image) -> np.ndarray:
+    """World coordinates of every voxel, as an array [k, j, i, 3]."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in image.GetSize()], indexing="ij"), -1).astype(float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    pts = np.array(image.GetOrigin()) + (idx * np.array(image.GetSpacing())) @ direction.T
+    return pts.transpose(2, 1, 0, 3)
+
+
+@pytest.mark.parametrize("plane", ["sagittal", "coronal", "axial"])
+def test_slice_values_land_on_the_voxels_they_came_from(phantoms, random_model, plane):
+    """A linear function of world position, written on the slice grid and put back on an oblique,
+    anisotropic scan grid, must equal the function at the scan's voxels (linear interpolation is exact)."""
+    from extremeaug.preprocess import Preprocessing, scan_to_slices, slices_to_scan
+
+    scan = scan_like(phantoms[1][0], (0.9, 1.3, 4.0), oblique_direction(25, 10))
+    prep = Preprocessing(plane, template=Segmenter(random_model, "cpu").prep.template)
+    slices, grid = scan_to_slices(scan, prep)
+    f = lambda p: 0.01 * p[..., 0] + 0.02 * p[..., 1] - 0.015 * p[..., 2]
+    on_grid = np.moveaxis(f(physical_points(grid)), 2 - prep.axis, 0)
+    assert on_grid.shape == slices.shape
+    back = sitk.GetArrayFromImage(slices_to_scan(on_grid, grid, prep.axis, scan))
+    expected = f(physical_points(scan))
+    inner = (slice(1, -1),) * 3
+    assert np.allclose(back[inner], expected[inner], atol=1e-3)
+
+
+def test_small_components_removed_by_physical_size():
+    a = np.zeros((20, 40, 40), np.uint8)
+    a[2:12, 5:25, 5:25] = 1        # 4000 voxels
+    a[15:17, 30:32, 30:32] = 1     # 8 voxels
+    image = make_image(a, (2.0, 2.0, 2.0))   # 8 mm3 per voxel: the speck is 64 mm3
+    kept = sitk.GetArrayFromImage(remove_small_components(image, 100.0))
+    assert kept.sum() == 4000
+    assert sitk.GetArrayFromImage(remove_small_components(image, 50.0)).sum() == 4008
+    assert sitk.GetArrayFromImage(remove_small_components(image, 0)).sum() == 4008

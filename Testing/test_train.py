@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from extremeaug.dataset import Case
+from extremeaug.export import METADATA_KEY
+from extremeaug.train import RunOptions, TrainConfig, load_weights, train
+
+TINY = dict(width=4, augment=1, batch_size=16, epochs=2, lr=3e-3)
+
+
+def events(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_outputs_progress_and_metadata(tmp_path, phantoms):
+    progress = tmp_path / "progress.jsonl"
+    result = train(TrainConfig(**TINY), [Case(*map(str, phantoms[0]))], [Case(*map(str, phantoms[1]))],
+                   tmp_path / "m", RunOptions(device="cpu", progress_file=str(progress), show_progress=False))
+    assert result.status == "finished" and result.epochs_done == 2
+    for name in ("model.onnx", "model.pt", "checkpoint.pt", "history.json"):
+        assert (tmp_path / "m" / name).is_file()
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+    kinds = [e["event"] for e in events(progress)]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 2 and "progress" in kinds
+    step = next(e for e in events(progress) if e["event"] == "progress")
+    assert {"step", "epoch", "loss", "dice", "patches_per_s", "eta_s", "time"} <= set(step)
+    session = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert meta["preprocessing"]["plane"] == "sagittal" and len(meta["preprocessing"]["template"]) > 100
+    assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
+    assert meta["epochs_done"] == 2 and meta["width"] == 4
+    vals = [h["val_dice"] for h in result.history]
+    assert meta["best_val_dice"] == max(vals) == result.best_val_dice
+    net = load_weights(tmp_path / "m" / "model.pt")
+    assert net.width == 4
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, phantoms):
+    cases = [Case(*map(str, phantoms[0]))]
+    full = train(TrainConfig(**TINY), cases, [], tmp_path / "full", RunOptions(device="cpu", show_progress=False))
+    half = train(TrainConfig(**TINY), cases, [], tmp_path / "half",
+                 RunOptions(device="cpu", show_progress=False, max_steps=9))
+    assert half.status == "max_steps" and half.epochs_done < 1
+    resumed = train(TrainConfig(), [], [], tmp_path / "half", RunOptions(device="cpu", show_progress=False,
+                                                                         resume=True))
+    assert resumed.status == "finished" and resumed.epochs_done == full.epochs_done
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "half" / "model.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_time_budget_ends_gracefully(tmp_path, phantoms):
+    cfg = TrainConfig(**{**TINY, "epochs": 1000})
+    t0 = time.monotonic()
+    result = train(cfg, [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
+                   RunOptions(device="cpu", time_budget_min=0.1, show_progress=False))
+    assert result.status == "time_budget" and result.epochs_done < 1000
+    assert time.monotonic() - t0 < 60
+    assert (tmp_path / "m" / "model.onnx").is_file()
+
+
+def test_sigterm_stops_cleanly_keeps_model_and_resumes(tmp_path, phantoms):
+    out, progress = tmp_path / "m", tmp_path / "p.jsonl"
+    cmd = [sys.executable, "-m", "extremeaug", "train", "--image", str(phantoms[0][0]), "--label",
+           str(phantoms[0][1]), "--out", str(out), "--width", "4", "--augment", "3", "--epochs", "2",
+           "--progress-file", str(progress), "--quiet", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if progress.exists() and any(e["event"] == "progress" for e in events(progress)):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stdout.startswith("stopped")
+    end = events(progress)[-1]
+    assert end["event"] == "end" and end["status"] == "stopped" and end["stop_reason"] == "SIGTERM"
+    assert (out / "model.onnx").is_file()
+    resumed = subprocess.run(cmd[:4] + ["--out", str(out), "--resume", "--quiet", "--progress-file", str(progress)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("finished") and events(progress)[-1]["status"] == "finished"

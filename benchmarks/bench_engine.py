@@ -1,0 +1,156 @@
+"""Engine benchmark (not a test): prints numbers for the machine it runs on.
+
+1. training patches/s with on-the-fly augmentation vs augmentation off, and the share of step time
+   spent augmenting;
+2. peak memory at --augment 5 vs 50 (must be flat: nothing is stored per augmented copy);
+3. segmentation seconds of a 67-slice scan: onnxruntime vs torch eager.
+
+    python benchmarks/bench_engine.py [--device cpu|cuda] [--width W] [--batch-size B] [--out FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extremeaug.augment import AugmentConfig, augmented_batch, sample_params, step_generator
+from extremeaug.dataset import Case
+from extremeaug.infer import Segmenter
+from extremeaug.io import write_image
+from extremeaug.phantom import make_phantom, write_phantoms
+from extremeaug.preprocess import scan_to_slices, slices_to_scan
+from extremeaug.train import DEFAULT_WIDTH, RunOptions, TrainConfig, Trainer
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_speed(case: Case, device: str, width, batch: int, steps: int, augmentation: bool, work: Path) -> dict:
+    cfg = TrainConfig(width=width, batch_size=batch, augmentation=augmentation)
+    trainer = Trainer(cfg, [case], [], work / f"speed_{augmentation}", RunOptions(device=device, show_progress=False))
+    dev, patches = trainer.device, trainer.train_set.patches
+    order = lambda k: patches[trainer.order.batch(0, k)]
+    for k in range(5):                                   # warm-up (cuDNN autotune, allocator)
+        trainer.train_step(order(k), 0.0)
+    sync(dev)
+    t0 = time.perf_counter()
+    for k in range(5, 5 + steps):
+        trainer.train_step(order(k), 0.0)
+    sync(dev)
+    step_s = (time.perf_counter() - t0) / steps
+    aug_cfg = AugmentConfig(enabled=augmentation)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        params = sample_params(batch, aug_cfg, step_generator(0, k, dev), dev)
+        augmented_batch(trainer.train_set.images, trainer.train_set.masks, order(k), params)
+    sync(dev)
+    aug_s = (time.perf_counter() - t0) / steps
+    return {"augmentation": augmentation, "width": trainer.cfg.width, "batch_size": batch,
+            "patches_per_s": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 2),
+            "augment_ms": round(aug_s * 1e3, 2), "augment_share": round(aug_s / step_s, 4)}
+
+
+PEAK = """
+import json, resource, sys, torch
+from extremeaug.dataset import Case
+from extremeaug.train import RunOptions, TrainConfig, Trainer
+image, label, out, device, augment, width, batch = sys.argv[1:8]
+t = Trainer(TrainConfig(augment=int(augment), width=None if width == 'None' else int(width), batch_size=int(batch)),
+            [Case(image, label)], [], out, RunOptions(device=device, show_progress=False))
+if t.device.type == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+for k in range(20):
+    t.train_step(t.train_set.patches[t.order.batch(0, k)], 0.0)
+gpu = torch.cuda.max_memory_allocated() / 2**20 if t.device.type == 'cuda' else None
+print(json.dumps({"augment": int(augment), "steps_per_epoch": t.steps_per_epoch,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": gpu}))
+"""
+
+
+def peak_memory(case: Case, device: str, width, batch: int, augment: int, work: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", PEAK, case.image, case.label, str(work / f"peak{augment}"), device,
+                          str(augment), str(width), str(batch)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def segmentation_speed(model: Path, scan_path: Path, device: str, repeats: int = 3) -> dict:
+    from extremeaug.io import read_scan
+    from extremeaug.train import load_weights
+
+    scan = read_scan(scan_path)
+    seg = Segmenter(model, device)
+    seg.segment(scan)                                      # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        seg.segment(scan)
+    onnx_s = (time.perf_counter() - t0) / repeats
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    net = load_weights(model.with_name("model.pt")).to(dev)
+
+    def torch_segment():
+        slices, grid = scan_to_slices(scan, seg.prep)
+        with torch.no_grad():
+            prob = torch.cat([net.probabilities(torch.from_numpy(slices[s:s + 8, None]).to(dev)).cpu()
+                              for s in range(0, len(slices), 8)])[:, 0].numpy()
+        return slices_to_scan(prob, grid, seg.prep.axis, scan) > 0.5
+
+    torch_segment()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch_segment()
+    torch_s = (time.perf_counter() - t0) / repeats
+    return {"slices": scan.GetSize()[0], "onnxruntime_s": round(onnx_s, 3), "providers": seg.providers,
+            "torch_eager_s": round(torch_s, 3), "speedup": round(torch_s / onnx_s, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--width", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--image", help="training scan (default: a built-in phantom)")
+    p.add_argument("--label")
+    p.add_argument("--out", help="write the results here as JSON")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="extremeaug-bench-"))
+    if a.image:
+        case = Case(a.image, a.label)
+    else:
+        image, mask = write_phantoms(work / "data", 1)[0]
+        case = Case(str(image), str(mask))
+    dev = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
+    width = a.width or DEFAULT_WIDTH[dev.type]
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpu_threads": torch.get_num_threads(),
+                           "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
+                           "torch": torch.__version__}, "case": case.image}
+    results["training"] = [training_speed(case, a.device, width, a.batch_size, a.steps, aug, work)
+                           for aug in (True, False)]
+    on, off = results["training"]
+    results["augmentation_overhead"] = round(off["patches_per_s"] / on["patches_per_s"] - 1, 4)
+    results["memory"] = [peak_memory(case, a.device, width, a.batch_size, n, work) for n in (5, 50)]
+    # a 67-slice sagittal scan (the real data's size), segmented with a model of this width
+    big = make_phantom(7, size=(67, 221, 221), spacing=(1.0, 1.0, 1.0))
+    write_image(big.image, work / "scan67.nii.gz")
+    Trainer(TrainConfig(width=width, epochs=1, augment=1), [case], [], work / "segmodel",
+            RunOptions(device=a.device, show_progress=False, max_steps=2)).run()
+    results["segmentation"] = segmentation_speed(work / "segmodel" / "model.onnx", work / "scan67.nii.gz", a.device)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
