@@ -82,7 +82,7 @@ def test_mask_on_another_grid_is_resampled(tmp_path, scan_array):
     assert sitk.GetArrayFromImage(on_scan)[2:10, 5:15, 5:15].all()
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "2d", "4d", "nan", "constant", "vector"])
+@pytest.mark.parametrize("case", ["missing", "text", "2d", "4d", "nan", "constant", "vector", "one-slice"])
 def test_bad_scans(tmp_path, case):
     path = tmp_path / "scan.nii.gz"
     if case == "text":
@@ -99,11 +99,13 @@ def test_bad_scans(tmp_path, case):
         sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
     elif case == "constant":
         sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 7, np.int16)), str(path))
+    elif case == "one-slice":
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(1, 20, 20).astype(np.float32)), str(path))
     elif case == "vector":
         sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(4, 5, 6, 3).astype(np.float32), isVector=True),
                         str(path))
     expected = {"missing": "no such file", "text": "not an image", "2d": "2D", "4d": "4D", "nan": "NaN",
-                "constant": "constant", "vector": "components"}[case]
+                "constant": "constant", "vector": "components", "one-slice": "single 2D slice"}[case]
     with pytest.raises(ExtremeAugError, match=expected):
         read_scan(path)
 

@@ -35,29 +35,42 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training_speed(case: Case, device: str, width, batch: int, steps: int, augmentation: bool, work: Path) -> dict:
-    cfg = TrainConfig(width=width, batch_size=batch, augmentation=augmentation)
-    trainer = Trainer(cfg, [case], [], work / f"speed_{augmentation}", RunOptions(device=device, show_progress=False))
-    dev, patches = trainer.device, trainer.train_set.patches
-    order = lambda k: patches[trainer.order.batch(0, k)]
+def training_speed(case: Case, device: str, width, batch: int, steps: int, work: Path) -> list:
+    """Steps with augmentation on and off, timed in alternating blocks so drift hits both alike."""
+    trainers = {aug: Trainer(TrainConfig(width=width, batch_size=batch, augmentation=aug), [case], [],
+                             work / f"speed_{aug}", RunOptions(device=device, show_progress=False))
+                for aug in (True, False)}
+    dev = trainers[True].device
+    rows = lambda t, k: t.train_set.patches[t.order.batch(0, k)]
+    spent = {True: 0.0, False: 0.0}
     for k in range(5):                                   # warm-up (cuDNN autotune, allocator)
-        trainer.train_step(order(k), 0.0)
-    sync(dev)
-    t0 = time.perf_counter()
-    for k in range(5, 5 + steps):
-        trainer.train_step(order(k), 0.0)
-    sync(dev)
-    step_s = (time.perf_counter() - t0) / steps
-    aug_cfg = AugmentConfig(enabled=augmentation)
-    t0 = time.perf_counter()
-    for k in range(steps):
-        params = sample_params(batch, aug_cfg, step_generator(0, k, dev), dev)
-        augmented_batch(trainer.train_set.images, trainer.train_set.masks, order(k), params)
-    sync(dev)
-    aug_s = (time.perf_counter() - t0) / steps
-    return {"augmentation": augmentation, "width": trainer.cfg.width, "batch_size": batch,
-            "patches_per_s": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 2),
-            "augment_ms": round(aug_s * 1e3, 2), "augment_share": round(aug_s / step_s, 4)}
+        for t in trainers.values():
+            t.train_step(rows(t, k), 0.0)
+    block = 5
+    for start in range(5, 5 + steps, block):
+        for aug, t in trainers.items():
+            sync(dev)
+            t0 = time.perf_counter()
+            for k in range(start, start + block):
+                t.train_step(rows(t, k), 0.0)
+            sync(dev)
+            spent[aug] += time.perf_counter() - t0
+    n = len(range(5, 5 + steps, block)) * block
+    results = []
+    for aug, t in trainers.items():
+        step_s = spent[aug] / n
+        aug_cfg = AugmentConfig(enabled=aug)
+        sync(dev)
+        t0 = time.perf_counter()
+        for k in range(n):
+            params = sample_params(batch, aug_cfg, step_generator(0, k, dev), dev)
+            augmented_batch(t.train_set.images, t.train_set.masks, rows(t, k), params)
+        sync(dev)
+        aug_s = (time.perf_counter() - t0) / n
+        results.append({"augmentation": aug, "width": t.cfg.width, "batch_size": batch, "steps": n,
+                        "patches_per_s": round(batch / step_s, 1), "step_ms": round(step_s * 1e3, 2),
+                        "augment_ms": round(aug_s * 1e3, 2), "augment_share": round(aug_s / step_s, 4)})
+    return results
 
 
 PEAK = """
@@ -118,7 +131,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--width", type=int)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--image", help="training scan (default: a built-in phantom)")
     p.add_argument("--label")
     p.add_argument("--out", help="write the results here as JSON")
@@ -135,8 +148,7 @@ def main() -> None:
                            "cpu_threads": torch.get_num_threads(),
                            "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
                            "torch": torch.__version__}, "case": case.image}
-    results["training"] = [training_speed(case, a.device, width, a.batch_size, a.steps, aug, work)
-                           for aug in (True, False)]
+    results["training"] = training_speed(case, a.device, width, a.batch_size, a.steps, work)
     on, off = results["training"]
     results["augmentation_overhead"] = round(off["patches_per_s"] / on["patches_per_s"] - 1, 4)
     results["memory"] = [peak_memory(case, a.device, width, a.batch_size, n, work) for n in (5, 50)]

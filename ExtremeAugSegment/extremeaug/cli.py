@@ -155,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MemoryError:
         print(f"extremeaug {args.command}: error: out of memory", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (during training, SIGINT stops cleanly)
+        print(f"extremeaug {args.command}: interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

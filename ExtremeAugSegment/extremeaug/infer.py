@@ -70,7 +70,12 @@ class Segmenter:
         name = self.session.get_inputs()[0].name
         for s in range(0, len(slices), BATCH_SLICES):
             batch = slices[s:s + BATCH_SLICES, None]
-            out[s:s + BATCH_SLICES] = self.session.run(None, {name: batch})[0][:, 0]
+            try:
+                out[s:s + BATCH_SLICES] = self.session.run(None, {name: batch})[0][:, 0]
+            except Exception as e:  # onnxruntime's own exception types (GPU out of memory among them)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise ExtremeAugError(f"onnxruntime failed on {self.providers[0]} ({first}); "
+                                      "try --device cpu") from None
         return slices_to_scan(out, grid, self.prep.axis, scan)
 
     def segment(self, scan: sitk.Image, threshold: Optional[float] = None,

@@ -47,6 +47,8 @@ def _as_3d(image: sitk.Image, path: str | os.PathLike, what: str) -> sitk.Image:
         dim = 3
     if dim != 3:
         raise ExtremeAugError(f"{path}: {what} is {dim}D {tuple(image.GetSize())}; a 3D volume is needed")
+    if min(image.GetSize()) < 2:
+        raise ExtremeAugError(f"{path}: {what} is a single 2D slice {tuple(image.GetSize())}; a 3D volume is needed")
     return image
 
 

@@ -1,7 +1,6 @@
 """Training: on-the-fly extreme augmentation, Dice loss, Adam, checkpoints, resume, clean stops."""
 from __future__ import annotations
 
-import copy
 import io
 import math
 import signal
@@ -140,17 +139,20 @@ class Trainer:
         self.val_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in val_cases],
                                 self.device) if val_cases else None
         torch.manual_seed(cfg.seed)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"   # fixed 128x128 shapes: autotune once
         self.net = ResUNet(cfg.width).to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.steps_per_epoch = self.order.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
+        self.lr_progress = self.lr_progress_before = 0.0
         if state:
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.history, self.elapsed_before = state["step"], state["history"], state["elapsed_s"]
             self.best = state.get("best")
+            self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
 
     def _resume_state(self, cfg, train_cases, val_cases) -> Optional[dict]:
         ckpt = self.out / CHECKPOINT
@@ -165,10 +167,15 @@ class Trainer:
         return None
 
     def _lr(self, elapsed: float) -> float:
-        frac = self.step / self.total_steps
+        """Cosine decay over the run's progress: steps done or, under a time budget, time spent.
+
+        A resumed run's budget covers what is left of the schedule, so the rate does not jump back up."""
+        frac = max(self.step / self.total_steps, self.lr_progress_before)
         if self.opts.time_budget_min:
-            frac = max(frac, elapsed / (self.opts.time_budget_min * 60))
-        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            left = 1.0 - self.lr_progress_before
+            frac = max(frac, self.lr_progress_before + left * elapsed / (self.opts.time_budget_min * 60))
+        self.lr_progress = min(frac, 1.0)
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self.lr_progress)))
 
     def train_step(self, rows: torch.Tensor, elapsed: float):
         aug = AugmentConfig(enabled=self.cfg.augmentation)
@@ -214,6 +221,7 @@ class Trainer:
                "val_cases": [asdict(c) for c in self.val_cases],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
+               "lr_progress": self.lr_progress,
                "version": __version__}, self.out / CHECKPOINT)
 
     def run(self) -> TrainResult:
@@ -236,7 +244,7 @@ class Trainer:
                     rows = self.train_set.patches[self.order.batch(epoch, k)]
                     loss, inter, total = self.train_step(rows, time.monotonic() - t0)
                     stats.add(loss, inter, total)
-                    reporter.step(self.step, epoch, stats.summary, self.cfg.batch_size)
+                    reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
                     ended_epoch = self.step % self.steps_per_epoch == 0
                     elapsed = time.monotonic() - t0
                     if budget_s and elapsed >= budget_s:
@@ -278,7 +286,7 @@ class Trainer:
         reporter.event("epoch", **row)
         if val is not None and (self.best is None or val > self.best["val_dice"]):
             self.best = {"val_dice": val, "epochs_done": done}
-            _save(copy.deepcopy(self.net.state_dict()), self.out / "best.pt")
+            _save(self.net.state_dict(), self.out / "best.pt")
 
     def _publish(self, status: str, elapsed: float) -> TrainResult:
         """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
@@ -304,23 +312,33 @@ class Trainer:
 
 
 class EpochStats:
-    """Loss and Dice sums kept on the device, so a step does not wait for the GPU to report."""
+    """Loss and Dice sums over the epoch and over the last progress window, kept on the device so a
+    step does not wait for the GPU; they are read only when reported."""
 
     def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.inter = torch.zeros((), device=device)
-        self.total = torch.zeros((), device=device)
+        self.epoch = torch.zeros(4, device=device)    # loss, intersection, total, steps
+        self.window = torch.zeros(4, device=device)
         self.steps, self.t0 = 0, time.monotonic()
 
     def add(self, loss, inter, total) -> None:
-        self.loss += loss
-        self.inter += inter
-        self.total += total
+        row = torch.stack([loss.float(), inter.float(), total.float(), torch.ones_like(loss, dtype=torch.float)])
+        self.epoch += row
+        self.window += row
         self.steps += 1
 
+    @staticmethod
+    def _summary(sums: torch.Tensor):
+        loss, inter, total, steps = sums.tolist()
+        return loss / max(steps, 1), (1.0 if total == 0 else 2 * inter / total)
+
     def summary(self):
-        total = float(self.total)
-        return float(self.loss) / max(self.steps, 1), (1.0 if total == 0 else 2 * float(self.inter) / total)
+        return self._summary(self.epoch)
+
+    def window_summary(self):
+        """Loss and Dice since the previous call (what the progress bar shows)."""
+        result = self._summary(self.window)
+        self.window.zero_()
+        return result
 
     def seconds(self) -> float:
         return max(time.monotonic() - self.t0, 1e-9)

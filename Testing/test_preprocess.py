@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image
+from extremeaug.errors import ExtremeAugError
+from extremeaug.preprocess import (Preprocessing, make_template, normalise, resolve_plane, scan_to_slices,
+                                   mask_to_slices)
+
+PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # index axes i, j, k along world y, z, x
+
+
+def volume(size=(20, 30, 40), spacing=(1.0, 1.0, 1.0), direction=None):
+    rng = np.random.default_rng(0)
+    return make_image(rng.normal(100, 10, size[::-1]).astype(np.float32), spacing, direction=direction)
+
+
+@pytest.mark.parametrize("spacing,direction,expected", [
+    ((4.0, 0.5, 0.5), None, "sagittal"),          # thick left-right slices: a sagittal acquisition
+    ((0.5, 4.0, 0.5), None, "coronal"),
+    ((0.5, 0.5, 4.0), None, "axial"),
+    ((0.5, 0.5, 4.0), PERMUTED, "sagittal"),      # k runs along world x: the thick axis is left-right
+])
+def test_auto_plane_is_the_acquisition_plane(spacing, direction, expected):
+    assert resolve_plane(volume(spacing=spacing, direction=direction), "auto") == expected
+
+
+def test_isotropic_tie_goes_to_the_thinnest_slab():
+    assert resolve_plane(volume(size=(67, 221, 221)), "auto") == "sagittal"
+    assert resolve_plane(volume(size=(221, 221, 50)), "auto") == "axial"
+    assert resolve_plane(volume(), "coronal") == "coronal"
+    with pytest.raises(ExtremeAugError, match="unknown plane"):
+        resolve_plane(volume(), "oblique")
+
+
+@pytest.mark.parametrize("plane,count", [("sagittal", 20), ("coronal", 30), ("axial", 40)])
+def test_slices_are_256_square_along_the_plane(plane, count):
+    image = volume(spacing=(1.0, 2.0, 0.7))
+    slices, grid = scan_to_slices(image, Preprocessing(plane, template=make_template(image)))
+    assert slices.shape == (count, 256, 256) and slices.dtype == np.float32
+    assert 0.0 <= slices.min() and slices.max() <= 1.0
+    # same physical extent: spacing x size is preserved on every axis
+    assert np.allclose(np.array(grid.GetSpacing()) * grid.GetSize(), np.array(image.GetSpacing()) * image.GetSize())
+
+
+def test_histogram_matching_removes_scanner_scaling_and_contrast(phantoms):
+    a = sitk.ReadImage(str(phantoms[0][0]), sitk.sitkFloat32)
+    prep = Preprocessing("sagittal", template=make_template(a))
+    b = a * 3.7 + 250.0                       # another scanner's gain and offset
+    c = sitk.Pow(a / 1000.0, 1.4) * 800.0     # another contrast
+    na = sitk.GetArrayFromImage(normalise(a, prep))
+    for other in (b, c):
+        nb = sitk.GetArrayFromImage(normalise(other, prep))
+        assert 0.0 <= nb.min() and nb.max() <= 1.0
+        assert np.abs(np.percentile(na, [25, 50, 75, 95]) - np.percentile(nb, [25, 50, 75, 95])).max() < 0.05
+
+
+def test_mask_slices_follow_the_image():
+    array = np.zeros((10, 40, 50), np.float32)
+    array[3:7, 10:20, 20:35] = 100
+    image = make_image(array + np.random.default_rng(1).normal(0, 1, array.shape).astype(np.float32), (1.2, 0.8, 3.0))
+    mask = make_image((array > 0).astype(np.uint8), (1.2, 0.8, 3.0))
+    prep = Preprocessing("axial", template=make_template(image))
+    slices, grid = scan_to_slices(image, prep)
+    m = mask_to_slices(mask, grid, prep.axis)
+    assert m.shape == slices.shape and set(np.unique(m)) == {0.0, 1.0}
+    assert slices[m > 0].mean() > 0.9 and slices[m == 0].mean() < 0.5
