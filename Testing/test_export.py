@@ -44,6 +44,7 @@ def test_dynamic_batch_height_width(shape):
     assert np.abs(session.run(None, {"image": x})[0] - expected).max() < PARITY_TOLERANCE
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_foreign_and_corrupted_onnx_are_refused(tmp_path, random_model):
     foreign = tmp_path / "foreign.onnx"
     torch.onnx.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),), str(foreign), dynamo=False)
