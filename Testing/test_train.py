@@ -91,3 +91,18 @@ def test_sigterm_stops_cleanly_keeps_model_and_resumes(tmp_path, phantoms):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith("finished") and events(progress)[-1]["status"] == "finished"
+
+
+def test_figures_are_written(tmp_path, phantoms):
+    import SimpleITK as sitk
+
+    from extremeaug.figures import overlay_png, training_curve_png
+
+    history = [{"epochs_done": 1.0, "val_dice": 0.8, "train_dice": 0.9, "loss": 0.1}]
+    curve = [{"epochs_done": 0.5, "step": 10, "loss": 0.4, "train_dice": 0.6},
+             {"epochs_done": 1.0, "step": 20, "loss": 0.1, "train_dice": 0.9}]
+    png = training_curve_png(history, curve, tmp_path / "curve.png")
+    scan, mask = sitk.ReadImage(str(phantoms[0][0])), sitk.ReadImage(str(phantoms[0][1]))
+    overlay = overlay_png(scan, mask, tmp_path / "overlay.png", mask, "sagittal", "t")
+    for p in (png, overlay):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

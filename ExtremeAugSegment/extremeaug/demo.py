@@ -28,7 +28,8 @@ def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = 2
                    [Case(str(pairs[0][0]), str(pairs[0][1]))], [Case(str(pairs[1][0]), str(pairs[1][1]))],
                    model_dir, RunOptions(device=device, time_budget_min=time_budget_min, show_progress=show_progress,
                                          progress_file=str(work / "progress.jsonl")))
-    training_curve_png(result.history, work / "training_curve.png", "phantom 0, on-the-fly augmentation")
+    training_curve_png(result.history, result.curve, work / "training_curve.png",
+                       f"trained on phantom 0, {augment}x on-the-fly augmentation; validation on phantom 1")
     segmenter = Segmenter(model_dir / "model.onnx", device)
     scores = {}
     for i, (image, mask) in enumerate(pairs[2:], start=2):

@@ -45,19 +45,21 @@ def overlay_png(scan: sitk.Image, prediction: sitk.Image, path: str | Path, refe
     return Path(path)
 
 
-def training_curve_png(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+def training_curve_png(history: Sequence[dict], curve: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Training loss and Dice over short windows (`curve`) and validation Dice per epoch (`history`)."""
     plt = _pyplot()
-    epochs = [h["epochs_done"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_dice"] for h in history], "o-", label="training Dice")
-    ax.plot(epochs, [1 - h["loss"] if h["loss"] is not None else None for h in history], "--", label="1 - loss")
-    if any(h.get("val_dice") is not None for h in history):
-        ax.plot(epochs, [h.get("val_dice") for h in history], "s-", label="validation Dice")
-    ax.set_xlabel("epoch (every patch seen N times per epoch)")
-    ax.set_ylabel("Dice")
+    if curve:
+        x = [c["epochs_done"] for c in curve]
+        ax.plot(x, [c["train_dice"] for c in curve], "-", label="training Dice")
+        ax.plot(x, [c["loss"] for c in curve], "-", alpha=0.7, label="loss")
+    val = [(h["epochs_done"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
+    if val:
+        ax.plot(*zip(*val), "s", color="green", label="validation Dice")
+    ax.set_xlabel("epochs (one epoch shows every patch N times)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -23,8 +23,10 @@ class ProgressReporter:
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self.file = open(path, "a", buffering=1, encoding="utf-8")
+        # tqdm's own "remaining" ignores the time budget; the postfix carries our ETA instead
         self.bar = tqdm(total=total_steps, initial=initial, disable=not show, unit="step", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=interval)
+                        dynamic_ncols=True, mininterval=interval,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
         self.t0 = self.last_t = time.monotonic()
         self.last_step, self.patches = initial, 0
 
@@ -32,12 +34,14 @@ class ProgressReporter:
         if self.file:
             self.file.write(json.dumps({"event": name, "time": round(time.time(), 3), **fields}) + "\n")
 
-    def step(self, step: int, epoch: int, metrics: Callable[[], Tuple[float, float]], batch: int) -> None:
+    def step(self, step: int, epoch: int, metrics: Callable[[], Tuple[float, float]],
+             batch: int) -> Optional[Tuple[float, float]]:
+        """Count a step; every `interval` seconds report and return (loss, dice) of the window."""
         self.bar.update(1)
         self.patches += batch
         now = time.monotonic()
         if now - self.last_t < self.interval and step < self.total:
-            return
+            return None
         loss, dice = metrics()
         rate = self.patches / (now - self.last_t)
         steps_per_s = (step - self.last_step) / (now - self.last_t)
@@ -45,10 +49,12 @@ class ProgressReporter:
         if self.budget_s is not None:
             left = max(self.budget_s - (now - self.t0), 0.0)
             eta = left if eta is None else min(eta, left)
-        self.bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}", patches_s=f"{rate:.0f}", refresh=False)
+        self.bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}", patches_s=f"{rate:.0f}",
+                             eta="?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)), refresh=False)
         self.event("progress", step=step, steps_total=self.total, epoch=epoch + 1, loss=round(loss, 5),
                    dice=round(dice, 5), patches_per_s=round(rate, 1), eta_s=None if eta is None else round(eta, 1))
         self.last_t, self.last_step, self.patches = now, step, 0
+        return loss, dice
 
     def close(self) -> None:
         self.bar.close()

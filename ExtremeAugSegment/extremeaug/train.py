@@ -25,6 +25,7 @@ from .progress import ProgressReporter
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
+CURVE_SECONDS = 5.0
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     best_val_dice: Optional[float] = None
     onnx_max_abs_diff: float = 0.0
+    curve: list = field(default_factory=list)
 
 
 def select_device(name: str) -> torch.device:
@@ -147,12 +149,14 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
         self.lr_progress = self.lr_progress_before = 0.0
+        self.curve: list = []     # training loss/Dice over short windows, for the training-curve figure
         if state:
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.history, self.elapsed_before = state["step"], state["history"], state["elapsed_s"]
             self.best = state.get("best")
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
+            self.curve = state.get("curve", [])
 
     def _resume_state(self, cfg, train_cases, val_cases) -> Optional[dict]:
         ckpt = self.out / CHECKPOINT
@@ -221,7 +225,7 @@ class Trainer:
                "val_cases": [asdict(c) for c in self.val_cases],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
-               "lr_progress": self.lr_progress,
+               "lr_progress": self.lr_progress, "curve": self.curve,
                "version": __version__}, self.out / CHECKPOINT)
 
     def run(self) -> TrainResult:
@@ -233,6 +237,7 @@ class Trainer:
                        epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
                        resumed_at_step=self.step)
         t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
+        last_curve = 0.0
         stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None
         self.net.train()
         try:
@@ -244,7 +249,11 @@ class Trainer:
                     rows = self.train_set.patches[self.order.batch(epoch, k)]
                     loss, inter, total = self.train_step(rows, time.monotonic() - t0)
                     stats.add(loss, inter, total)
-                    reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
+                    window = reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
+                    if window and time.monotonic() - last_curve >= CURVE_SECONDS:
+                        self.curve.append({"epochs_done": round(self.step / self.steps_per_epoch, 4), "step": self.step,
+                                           "loss": round(window[0], 5), "train_dice": round(window[1], 5)})
+                        last_curve = time.monotonic()
                     ended_epoch = self.step % self.steps_per_epoch == 0
                     elapsed = time.monotonic() - t0
                     if budget_s and elapsed >= budget_s:
@@ -305,10 +314,10 @@ class Trainer:
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
         _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": _json(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
-        write_bytes(_json({"metadata": meta, "history": self.history, "onnx_max_abs_diff": diff}, indent=1).encode(),
-                    self.out / HISTORY)
+        write_bytes(_json({"metadata": meta, "history": self.history, "curve": self.curve,
+                           "onnx_max_abs_diff": diff}, indent=1).encode(), self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
-                           self.best["val_dice"] if self.best else None, diff)
+                           self.best["val_dice"] if self.best else None, diff, self.curve)
 
 
 class EpochStats:
