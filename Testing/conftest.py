@@ -15,7 +15,9 @@ from extremeaug.model import ResUNet
 from extremeaug.phantom import write_phantoms
 from extremeaug.preprocess import Preprocessing, make_template
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ivd-mr-t2-lumbar"
+# the real MRI set lives beside the repository (never inside it); EXTREMEAUG_IVD_DATA points elsewhere
+REAL_DATA = Path(os.environ.get("EXTREMEAUG_IVD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+                                / "ivd-mr-t2-lumbar"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.augment import (AffineParams, AugmentConfig, augmented_batch, patch_corners, patch_table,
+from extremeaug.augment import (AugmentConfig, augmented_batch, patch_corners, patch_table,
                                 sample_params, step_generator)
 
 CPU = torch.device("cpu")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from extremeaug.errors import ExtremeAugError
-from extremeaug.export import METADATA_KEY, PARITY_TOLERANCE, export_onnx, parity, onnx_bytes
+from extremeaug.export import PARITY_TOLERANCE, export_onnx, onnx_bytes, parity
+from extremeaug.metadata import METADATA_KEY
 from extremeaug.infer import Segmenter
 from extremeaug.model import ProbabilityModel, ResUNet
 
@@ -56,3 +57,13 @@ def test_foreign_and_corrupted_onnx_are_refused(tmp_path, random_model):
         Segmenter(corrupted)
     with pytest.raises(ExtremeAugError, match="no such model"):
         Segmenter(tmp_path / "absent.onnx")
+
+
+def test_segmentation_needs_no_torch():
+    """The Slicer module can segment with onnxruntime alone: infer must not import torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, extremeaug.infer, extremeaug.evaluate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

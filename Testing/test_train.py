@@ -7,11 +7,10 @@ import sys
 import time
 
 import onnxruntime as ort
-import pytest
 import torch
 
 from extremeaug.dataset import Case
-from extremeaug.export import METADATA_KEY
+from extremeaug.metadata import METADATA_KEY
 from extremeaug.train import RunOptions, TrainConfig, load_weights, train
 
 TINY = dict(width=4, augment=1, batch_size=16, epochs=2, lr=3e-3)
@@ -106,3 +105,16 @@ def test_figures_are_written(tmp_path, phantoms):
     overlay = overlay_png(scan, mask, tmp_path / "overlay.png", mask, "sagittal", "t")
     for p in (png, overlay):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_several_training_scans(tmp_path, phantoms):
+    from extremeaug.train import Trainer
+
+    cases = [Case(*map(str, phantoms[0])), Case(*map(str, phantoms[3]))]
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1}), cases, [], tmp_path / "m",
+                      RunOptions(device="cpu", show_progress=False))
+    assert trainer.train_set.counts == [24, 24] and len(trainer.train_set.patches) == 2 * 24 * 9
+    result = trainer.run()
+    assert result.status == "finished"
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
+    assert meta["training_cases"] == [phantoms[0][0].name, phantoms[3][0].name]

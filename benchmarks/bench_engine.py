@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from extremeaug.augment import AugmentConfig, augmented_batch, sample_params, step_generator

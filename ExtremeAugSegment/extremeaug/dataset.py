@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from .augment import patch_table

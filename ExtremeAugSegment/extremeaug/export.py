@@ -11,10 +11,9 @@ import torch
 
 from .errors import ExtremeAugError
 from .io import write_bytes
+from .metadata import FORMAT_VERSION, METADATA_KEY
 from .model import ProbabilityModel, ResUNet
 
-METADATA_KEY = "extremeaug"
-FORMAT_VERSION = 1
 PARITY_TOLERANCE = 1e-3  # max |p_onnx - p_torch| on probabilities
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExtremeAugError
-from .export import METADATA_KEY
+from .metadata import METADATA_KEY
 from .io import read_scan, write_image
 from .preprocess import Preprocessing, scan_to_slices, slices_to_scan
 
