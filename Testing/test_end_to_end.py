@@ -47,5 +47,6 @@ def test_real_lumbar_mri_small_budget(tmp_path):
     assert seg.returncode == 0, seg.stderr
     metrics = json.loads(run_cli("evaluate", "--prediction", out, "--reference",
                                  REAL_DATA / "case20_mask.nii.gz", "--json").stdout)
-    assert metrics["dice"] >= 0.5, metrics
+    print("case 20 after 3 CPU minutes:", metrics)
+    assert metrics["dice"] >= 0.7, metrics   # 0.83 measured on CPU-2 (docs/results.md)
     assert metrics["found"] >= 4, metrics
