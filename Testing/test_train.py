@@ -118,3 +118,18 @@ def test_several_training_scans(tmp_path, phantoms):
     assert result.status == "finished"
     meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
     assert meta["training_cases"] == [phantoms[0][0].name, phantoms[3][0].name]
+
+
+def test_validation_between_epoch_ends_keeps_the_best(tmp_path, phantoms):
+    """Under a time budget a 50x epoch outlasts the run; validation then happens at checkpoints."""
+    progress = tmp_path / "p.jsonl"
+    result = train(TrainConfig(**{**TINY, "augment": 3, "epochs": 1}), [Case(*map(str, phantoms[0]))],
+                   [Case(*map(str, phantoms[1]))], tmp_path / "m",
+                   RunOptions(device="cpu", show_progress=False, checkpoint_minutes=0.03,
+                              progress_file=str(progress)))
+    assert len(result.val_curve) >= 2
+    assert any(e["event"] == "validation" for e in events(progress))
+    scores = [v["val_dice"] for v in result.val_curve] + [h["val_dice"] for h in result.history]
+    assert result.best_val_dice == max(scores)
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert meta["metadata"]["best_val_dice"] == max(scores) and meta["val_curve"] == result.val_curve

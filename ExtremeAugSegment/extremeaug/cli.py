@@ -37,7 +37,8 @@ def cmd_train(a) -> int:
                       augmentation=not a.no_augmentation, threshold=a.threshold,
                       min_component_mm3=a.min_component_mm3)
     opts = RunOptions(device=a.device, time_budget_min=a.time_budget, resume=a.resume,
-                      progress_file=a.progress_file, show_progress=not a.quiet)
+                      progress_file=a.progress_file, show_progress=not a.quiet,
+                      checkpoint_minutes=a.checkpoint_minutes)
     if not a.resume and not a.image:
         raise ExtremeAugError("train: give at least one --image SCAN --label MASK pair (or --resume)")
     result = train(cfg, _cases(a.image, a.label, "train"), _cases(a.val_image, a.val_label, "validation"),
@@ -114,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--min-component-mm3", type=float, default=100.0,
                    help="connected components smaller than this are removed at segmentation (0 keeps all)")
     t.add_argument("--progress-file", help="append JSON-lines progress here")
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                   help="checkpoint (and, with validation scans, validate) this often within an epoch")
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

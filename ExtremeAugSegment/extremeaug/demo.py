@@ -27,9 +27,10 @@ def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = 2
     result = train(TrainConfig(augment=augment, epochs=epochs, seed=seed),
                    [Case(str(pairs[0][0]), str(pairs[0][1]))], [Case(str(pairs[1][0]), str(pairs[1][1]))],
                    model_dir, RunOptions(device=device, time_budget_min=time_budget_min, show_progress=show_progress,
-                                         progress_file=str(work / "progress.jsonl")))
+                                         progress_file=str(work / "progress.jsonl"), checkpoint_minutes=0.5))
     training_curve_png(result.history, result.curve, work / "training_curve.png",
-                       f"trained on phantom 0, {augment}x on-the-fly augmentation; validation on phantom 1")
+                       f"trained on phantom 0, {augment}x on-the-fly augmentation; validation on phantom 1",
+                       result.val_curve)
     segmenter = Segmenter(model_dir / "model.onnx", device)
     scores = {}
     for i, (image, mask) in enumerate(pairs[2:], start=2):

@@ -45,17 +45,19 @@ def overlay_png(scan: sitk.Image, prediction: sitk.Image, path: str | Path, refe
     return Path(path)
 
 
-def training_curve_png(history: Sequence[dict], curve: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """Training loss and Dice over short windows (`curve`) and validation Dice per epoch (`history`)."""
+def training_curve_png(history: Sequence[dict], curve: Sequence[dict], path: str | Path, title: str = "",
+                       val_curve: Sequence[dict] = ()) -> Path:
+    """Training loss and Dice over short windows (`curve`) and validation Dice (`history`, `val_curve`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if curve:
         x = [c["epochs_done"] for c in curve]
         ax.plot(x, [c["train_dice"] for c in curve], "-", label="training Dice")
         ax.plot(x, [c["loss"] for c in curve], "-", alpha=0.7, label="loss")
-    val = [(h["epochs_done"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
+    val = sorted([(h["epochs_done"], h["val_dice"]) for h in list(history) + list(val_curve)
+                  if h.get("val_dice") is not None])
     if val:
-        ax.plot(*zip(*val), "s", color="green", label="validation Dice")
+        ax.plot(*zip(*val), "s-", color="green", label="validation Dice")
     ax.set_xlabel("epochs (one epoch shows every patch N times)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

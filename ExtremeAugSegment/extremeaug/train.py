@@ -74,6 +74,7 @@ class TrainResult:
     best_val_dice: Optional[float] = None
     onnx_max_abs_diff: float = 0.0
     curve: list = field(default_factory=list)
+    val_curve: list = field(default_factory=list)
 
 
 def select_device(name: str) -> torch.device:
@@ -150,6 +151,7 @@ class Trainer:
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
         self.lr_progress = self.lr_progress_before = 0.0
         self.curve: list = []     # training loss/Dice over short windows, for the training-curve figure
+        self.val_curve: list = []  # validations between epoch ends
         if state:
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -157,6 +159,7 @@ class Trainer:
             self.best = state.get("best")
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
             self.curve = state.get("curve", [])
+            self.val_curve = state.get("val_curve", [])
 
     def _resume_state(self, cfg, train_cases, val_cases) -> Optional[dict]:
         ckpt = self.out / CHECKPOINT
@@ -225,7 +228,7 @@ class Trainer:
                "val_cases": [asdict(c) for c in self.val_cases],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
-               "lr_progress": self.lr_progress, "curve": self.curve,
+               "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
                "version": __version__}, self.out / CHECKPOINT)
 
     def run(self) -> TrainResult:
@@ -268,6 +271,8 @@ class Trainer:
                     if status != "finished":
                         break
                     if ended_epoch or time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
+                        if not ended_epoch:   # long epochs (CPU, 50x): validate between epochs too
+                            self._validate_and_keep_best(reporter)
                         self._checkpoint(self.elapsed_before + elapsed)
                         last_ckpt = time.monotonic()
         except torch.cuda.OutOfMemoryError:
@@ -293,6 +298,17 @@ class Trainer:
                "patches_per_s": round(stats.steps * self.cfg.batch_size / stats.seconds(), 1)}
         self.history.append(row)
         reporter.event("epoch", **row)
+        self._keep_if_best(val, done)
+
+    def _validate_and_keep_best(self, reporter: ProgressReporter) -> None:
+        val = self.validate()
+        if val is not None:
+            done = round(self.step / self.steps_per_epoch, 4)
+            self.val_curve.append({"epochs_done": done, "step": self.step, "val_dice": val})
+            reporter.event("validation", epochs_done=done, step=self.step, val_dice=val)
+            self._keep_if_best(val, done)
+
+    def _keep_if_best(self, val: Optional[float], done: float) -> None:
         if val is not None and (self.best is None or val > self.best["val_dice"]):
             self.best = {"val_dice": val, "epochs_done": done}
             _save(self.net.state_dict(), self.out / "best.pt")
@@ -314,10 +330,10 @@ class Trainer:
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
         _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": _json(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
-        write_bytes(_json({"metadata": meta, "history": self.history, "curve": self.curve,
+        write_bytes(_json({"metadata": meta, "history": self.history, "curve": self.curve, "val_curve": self.val_curve,
                            "onnx_max_abs_diff": diff}, indent=1).encode(), self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
-                           self.best["val_dice"] if self.best else None, diff, self.curve)
+                           self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
 
 
 class EpochStats:
