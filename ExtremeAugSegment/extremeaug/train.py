@@ -126,7 +126,7 @@ class Trainer:
                  opts: RunOptions):
         self.out, self.opts = Path(out_dir), opts
         self.device = select_device(opts.device)
-        state = self._resume_state(cfg, train_cases, val_cases)
+        state = self._resume_state(train_cases)
         if state:
             cfg = TrainConfig(**state["config"])
             train_cases = [Case(**c) for c in state["train_cases"]]
@@ -161,7 +161,8 @@ class Trainer:
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
 
-    def _resume_state(self, cfg, train_cases, val_cases) -> Optional[dict]:
+    def _resume_state(self, train_cases) -> Optional[dict]:
+        """The checkpoint to continue from (its settings and cases win), or None for a fresh run."""
         ckpt = self.out / CHECKPOINT
         if self.opts.resume:
             if not ckpt.exists():
