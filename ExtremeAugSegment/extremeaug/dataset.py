@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from .augment import patch_table
@@ -32,24 +33,25 @@ class PreparedCase:
     masks: np.ndarray    # [n, S, S] float32 in {0, 1}
 
 
-def load_case(case: Case, prep: Preprocessing, label_values: Optional[Sequence[int]] = None) -> PreparedCase:
-    scan = read_scan(case.image)
+def load_case(case: Case, prep: Preprocessing, label_values: Optional[Sequence[int]] = None,
+              scan: Optional[sitk.Image] = None) -> PreparedCase:
+    """Slices and mask slices of a case; `scan` saves reading the image again when the caller has it."""
+    scan = read_scan(case.image) if scan is None else scan
     mask = read_mask(case.label, scan, label_values)
     images, grid = scan_to_slices(scan, prep)
     return PreparedCase(case, images, mask_to_slices(mask, grid, prep.axis))
 
 
 def check_cases(cases: Sequence[Case]) -> None:
-    """Fail before anything is written when a listed file is missing."""
+    """Fail fast, before minutes of preprocessing, when any listed file is missing."""
     for c in cases:
         for p in (c.image, c.label):
             if not os.path.exists(p):
                 raise ExtremeAugError(f"{p}: no such file or folder")
 
 
-def make_preprocessing(first: Case, plane: str) -> Preprocessing:
-    scan = read_scan(first.image)
-    return Preprocessing(plane=resolve_plane(scan, plane), template=make_template(scan))
+def make_preprocessing(template_scan: sitk.Image, plane: str) -> Preprocessing:
+    return Preprocessing(plane=resolve_plane(template_scan, plane), template=make_template(template_scan))
 
 
 class SliceSet:

@@ -17,7 +17,7 @@ from .augment import AugmentConfig, EpochOrder, augmented_batch, sample_params, 
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
-from .io import write_bytes
+from .io import read_scan, write_bytes
 from .losses import LOSSES, segmentation_loss
 from .model import ResUNet
 from .preprocess import PLANES, Preprocessing
@@ -136,9 +136,11 @@ class Trainer:
         if cfg.width is None:
             cfg.width = DEFAULT_WIDTH[self.device.type]
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
+        first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
-            self.train_cases[0], cfg.plane)
-        self.train_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in train_cases], self.device)
+            first_scan, cfg.plane)
+        self.train_set = SliceSet([load_case(c, self.prep, cfg.label_values, first_scan if i == 0 else None)
+                                   for i, c in enumerate(self.train_cases)], self.device)
         self.val_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in val_cases],
                                 self.device) if val_cases else None
         torch.manual_seed(cfg.seed)
