@@ -72,3 +72,27 @@ def test_small_components_removed_by_physical_size():
     assert kept.sum() == 4000
     assert sitk.GetArrayFromImage(remove_small_components(image, 50.0)).sum() == 4008
     assert sitk.GetArrayFromImage(remove_small_components(image, 0)).sum() == 4008
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_runtime_failure_is_a_clear_error(tmp_path, phantoms, random_model):
+    """A graph that cannot run on the slices (here: it wants 3 channels) fails with one clear message."""
+    import json as _json
+
+    import onnxruntime as ort
+    import torch
+
+    from extremeaug.errors import ExtremeAugError
+    from extremeaug.export import with_metadata
+
+    meta = _json.loads(ort.InferenceSession(str(random_model), providers=["CPUExecutionProvider"])
+                       .get_modelmeta().custom_metadata_map["extremeaug"])
+    import io
+
+    buffer = io.BytesIO()
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 3, padding=1), (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False,
+                      input_names=["image"], dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+    path = tmp_path / "three_channels.onnx"
+    path.write_bytes(with_metadata(buffer.getvalue(), meta))
+    with pytest.raises(ExtremeAugError, match="onnxruntime failed on CPUExecutionProvider"):
+        Segmenter(path, "cpu").segment(sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32))

@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import onnxruntime as ort
+import pytest
 import torch
 
 from extremeaug.dataset import Case
@@ -133,3 +135,66 @@ def test_validation_between_epoch_ends_keeps_the_best(tmp_path, phantoms):
     assert result.best_val_dice == max(scores)
     meta = json.loads((tmp_path / "m" / "history.json").read_text())
     assert meta["metadata"]["best_val_dice"] == max(scores) and meta["val_curve"] == result.val_curve
+
+
+def test_learning_rate_schedule_continues_after_resume(tmp_path, phantoms):
+    """A run stopped by its time budget has decayed its rate; resuming must not jump back to the peak."""
+    from extremeaug.train import Trainer
+
+    cfg = TrainConfig(**{**TINY, "epochs": 1000})
+    train(cfg, [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
+          RunOptions(device="cpu", time_budget_min=0.05, show_progress=False))
+    progress = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["lr_progress"]
+    assert progress > 0.9
+    resumed = Trainer(TrainConfig(), [], [], tmp_path / "m",
+                      RunOptions(device="cpu", resume=True, time_budget_min=1.0, show_progress=False))
+    assert resumed._lr(0.0) < 0.1 * cfg.lr
+    assert resumed._lr(60.0) == pytest.approx(0.05 * cfg.lr)
+
+
+def test_epoch_stats_window_and_epoch():
+    from extremeaug.train import EpochStats
+
+    stats = EpochStats(torch.device("cpu"))
+    stats.add(torch.tensor(0.8), torch.tensor(0.0), torch.tensor(10.0))
+    assert stats.window_summary() == pytest.approx((0.8, 0.0))
+    stats.add(torch.tensor(0.2), torch.tensor(5.0), torch.tensor(10.0))
+    assert stats.window_summary() == pytest.approx((0.2, 1.0))      # only the steps since the last call
+    assert stats.summary() == pytest.approx((0.5, 0.5))             # the whole epoch
+
+
+def test_outputs_are_readable_by_others(tmp_path, phantoms):
+    """Atomic writes go through mkstemp (mode 0600); published files get ordinary permissions."""
+    import os
+
+    train(TrainConfig(**{**TINY, "epochs": 1}), [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
+          RunOptions(device="cpu", show_progress=False, max_steps=2))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.onnx", "model.pt", "checkpoint.pt", "history.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_interrupt_before_training_writes_nothing(tmp_path, phantoms):
+    out = tmp_path / "m"
+    proc = subprocess.Popen([sys.executable, "-m", "extremeaug", "train", "--image", str(phantoms[0][0]),
+                             "--label", str(phantoms[0][1]), "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)                    # inside the imports / preprocessing, before the training loop
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; nothing written" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_and_reports(tmp_path):
+    from extremeaug.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo", time_budget_min=0.4, show_progress=False)
+    assert set(summary["scores"]) == {"phantom_2", "phantom_3"}
+    assert summary["mean_dice"] > 0.5
+    for key in ("model", "overlay", "training_curve"):
+        assert Path(summary["files"][key]).is_file()
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["mean_dice"] == summary["mean_dice"]
