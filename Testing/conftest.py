@@ -58,3 +58,13 @@ def random_model(tmp_path_factory, phantoms):
 def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "extremeaug", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def one_line_error(result, *needles):
+    """Bad input's contract: exit 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.strip().splitlines() if l]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -134,3 +134,30 @@ def test_epoch_order_covers_every_patch_n_times():
     again = EpochOrder(37, 7, 16, 0, CPU)
     assert torch.equal(again.batch(2, 5), order.batch(2, 5))
     assert not torch.equal(order.batch(3, 0), order.batch(2, 0))
+
+
+def _transforms_seen(order, pool, epoch):
+    """{(patch, copy): angle} over one epoch; pool=None draws fresh per-step parameters."""
+    from extremeaug.augment import AugmentConfig, sample_params, step_generator
+
+    seen = {}
+    for k in range(order.steps):
+        parts = order.parts(epoch, k)
+        idx = torch.cat([i for _, i in parts])
+        copies = torch.cat([torch.full((len(i),), r) for r, i in parts])
+        params = pool.for_parts(parts) if pool else sample_params(
+            len(idx), AugmentConfig(), step_generator(0, epoch * order.steps + k, CPU), CPU)
+        for p, r, a in zip(idx.tolist(), copies.tolist(), params.angle_rad.tolist()):
+            seen[(p, r)] = a
+    return seen
+
+
+def test_pool_mode_reuses_n_fixed_transforms_per_patch():
+    from extremeaug.augment import AugmentConfig, EpochOrder, PoolParams
+
+    order, pool = EpochOrder(23, 4, 8, 0, CPU), PoolParams(23, AugmentConfig(), 0, CPU)
+    first, second = _transforms_seen(order, pool, 0), _transforms_seen(order, pool, 1)
+    assert len(first) == 23 * 4 and first == second            # the same N copies, every epoch
+    assert all(len({first[(p, r)] for r in range(4)}) == 4 for p in range(23))   # N distinct ones per patch
+    fresh0, fresh1 = _transforms_seen(order, None, 0), _transforms_seen(order, None, 1)
+    assert len(set(fresh0.values()) & set(fresh1.values())) == 0   # fresh: never the same transform twice

@@ -6,16 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
-
-
-def one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.strip().splitlines() if l]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from conftest import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parents[1] / "ExtremeAugSegment" / "extremeaug"
-FILES = sorted(ENGINE.glob("*.py"))
+FILES = sorted(ENGINE.rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_engine_file_is_python39_and_headless(path):
-    tree = ast.parse(path.read_text(), feature_version=(3, 9))
+    tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -23,4 +23,4 @@ def test_engine_file_is_python39_and_headless(path):
         assert isinstance(first, ast.ImportFrom) and first.module == "__future__" or \
             isinstance(first, ast.Expr) and isinstance(tree.body[1], ast.ImportFrom) and \
             tree.body[1].module == "__future__", "postponed annotations keep `X | Y` hints legal on 3.9"
-    assert len(path.read_text().splitlines()) <= 400
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 400

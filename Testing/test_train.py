@@ -153,7 +153,7 @@ def test_learning_rate_schedule_continues_after_resume(tmp_path, phantoms):
 
 
 def test_epoch_stats_window_and_epoch():
-    from extremeaug.train import EpochStats
+    from extremeaug.progress import EpochStats
 
     stats = EpochStats(torch.device("cpu"))
     stats.add(torch.tensor(0.8), torch.tensor(0.0), torch.tensor(10.0))

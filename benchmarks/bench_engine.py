@@ -40,18 +40,18 @@ def training_speed(case: Case, device: str, width, batch: int, steps: int, work:
                              work / f"speed_{aug}", RunOptions(device=device, show_progress=False))
                 for aug in (True, False)}
     dev = trainers[True].device
-    rows = lambda t, k: t.train_set.patches[t.order.batch(0, k)]
+    parts = lambda t, k: t.order.parts(0, k)
     spent = {True: 0.0, False: 0.0}
     for k in range(5):                                   # warm-up (cuDNN autotune, allocator)
         for t in trainers.values():
-            t.train_step(rows(t, k), 0.0)
+            t.train_step(parts(t, k), 0.0)
     block = 5
     for start in range(5, 5 + steps, block):
         for aug, t in trainers.items():
             sync(dev)
             t0 = time.perf_counter()
             for k in range(start, start + block):
-                t.train_step(rows(t, k), 0.0)
+                t.train_step(parts(t, k), 0.0)
             sync(dev)
             spent[aug] += time.perf_counter() - t0
     n = len(range(5, 5 + steps, block)) * block
@@ -63,7 +63,7 @@ def training_speed(case: Case, device: str, width, batch: int, steps: int, work:
         t0 = time.perf_counter()
         for k in range(n):
             params = sample_params(batch, aug_cfg, step_generator(0, k, dev), dev)
-            augmented_batch(t.train_set.images, t.train_set.masks, rows(t, k), params)
+            augmented_batch(t.train_set.images, t.train_set.masks, t.train_set.patches[t.order.batch(0, k)], params)
         sync(dev)
         aug_s = (time.perf_counter() - t0) / n
         results.append({"augmentation": aug, "width": t.cfg.width, "batch_size": batch, "steps": n,
@@ -82,7 +82,7 @@ t = Trainer(TrainConfig(augment=int(augment), width=None if width == 'None' else
 if t.device.type == 'cuda':
     torch.cuda.reset_peak_memory_stats()
 for k in range(20):
-    t.train_step(t.train_set.patches[t.order.batch(0, k)], 0.0)
+    t.train_step(t.order.parts(0, k), 0.0)
 gpu = torch.cuda.max_memory_allocated() / 2**20 if t.device.type == 'cuda' else None
 print(json.dumps({"augment": int(augment), "steps_per_epoch": t.steps_per_epoch,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": gpu}))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 PATCH = 128
 STRIDE = 64
+AUGMENT_MODES = ("fresh", "pool")
+POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (fresh) draws
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,42 @@ class EpochOrder:
             self._cache = ((epoch, r), torch.randperm(self.n, generator=g).to(self.device))
         return self._cache[1]
 
-    def batch(self, epoch: int, k: int) -> torch.Tensor:
-        """Patch indices of batch k of `epoch` (the last batch of an epoch may be short)."""
+    def parts(self, epoch: int, k: int) -> List[Tuple[int, torch.Tensor]]:
+        """Batch k of `epoch` as (round, patch indices) pieces (a batch may straddle two rounds)."""
         start = k * self.batch_size
         stop = min(start + self.batch_size, self.n * self.augment)
         parts, p = [], start
         while p < stop:
             r, offset = divmod(p, self.n)
             take = min(stop - p, self.n - offset)
-            parts.append(self._round(epoch, r)[offset:offset + take])
+            parts.append((r, self._round(epoch, r)[offset:offset + take]))
             p += take
-        return torch.cat(parts)
+        return parts
+
+    def batch(self, epoch: int, k: int) -> torch.Tensor:
+        """Patch indices of batch k of `epoch` (the last batch of an epoch may be short)."""
+        return torch.cat([idx for _, idx in self.parts(epoch, k)])
+
+
+class PoolParams:
+    """The paper's fixed augmented set (`--augment-mode pool`) without storing it.
+
+    Copy r of every patch has one transform, drawn from a generator seeded with (seed, r) and drawn
+    again whenever round r comes back, so each epoch presents the same N transforms of every patch
+    (the paper pre-generated N copies and reused them for 100 epochs); memory holds one round's
+    parameters (n_patches x 4 numbers) at a time."""
+
+    def __init__(self, n_patches: int, cfg: AugmentConfig, seed: int, device: torch.device):
+        self.n, self.cfg, self.seed, self.device = n_patches, cfg, seed, device
+        self._cache: dict = {}
+
+    def _round(self, r: int) -> AffineParams:
+        if r not in self._cache:
+            g = step_generator(self.seed + POOL_SEED_OFFSET, r, self.device)
+            self._cache = {r: sample_params(self.n, self.cfg, g, self.device)}
+        return self._cache[r]
+
+    def for_parts(self, parts: List[Tuple[int, torch.Tensor]]) -> AffineParams:
+        chosen = [(self._round(r), idx) for r, idx in parts]
+        return AffineParams(torch.cat([p.angle_rad[i] for p, i in chosen]), torch.cat([p.scale[i] for p, i in chosen]),
+                            torch.cat([p.shift_px[i] for p, i in chosen]))

@@ -1,9 +1,10 @@
-"""The `extremeaug` command line: train, segment, evaluate, demo."""
+"""The `extremeaug` command line: train, segment, evaluate, demo, experiment, and the labeling project."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sqlite3
 import sys
 from typing import List, Optional
 
@@ -34,7 +35,7 @@ def cmd_train(a) -> int:
 
     cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width, lr=a.lr,
                       loss=a.loss, plane=a.plane, seed=a.seed, label_values=_labels(a.label_values),
-                      augmentation=not a.no_augmentation, threshold=a.threshold,
+                      augmentation=not a.no_augmentation, augment_mode=a.augment_mode, threshold=a.threshold,
                       min_component_mm3=a.min_component_mm3)
     opts = RunOptions(device=a.device, time_budget_min=a.time_budget, resume=a.resume,
                       progress_file=a.progress_file, show_progress=not a.quiet,
@@ -87,6 +88,32 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _ints(text: str, flag: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ExtremeAugError(f"{flag}: expected integers such as 1,2,3, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ExtremeAugError(f"{flag}: expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_experiment(a) -> int:
+    from .experiment import Settings, run_experiment
+
+    modes = [m for m in a.augment_mode.replace(",", " ").split()]
+    if not modes or set(modes) - {"fresh", "pool"}:
+        raise ExtremeAugError(f"--augment-mode: choose fresh, pool or both (fresh,pool), got {a.augment_mode!r}")
+    if a.match_steps and a.time_budget:
+        raise ExtremeAugError("--match-steps sets epochs per level; it cannot be combined with --time-budget")
+    s = Settings(epochs=a.epochs, time_budget_min=a.time_budget, plane=a.plane, device=a.device, width=a.width,
+                 batch_size=a.batch_size, seed=a.seed, label_values=_labels(a.label_values))
+    rows = run_experiment(a.data, a.out, _ints(a.scans, "--scans"), _ints(a.augment, "--augment"), modes, s,
+                          [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet)
+    print(f"{len(rows)} model(s); tables: {a.out}/results.md, {a.out}/results.csv; figures: {a.out}/fig_*.png")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extremeaug", description="Train a segmentation model from one labeled scan "
                                 "with extreme augmentation (Gaonkar et al.), export ONNX, segment, evaluate.")
@@ -100,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-label", action="append")
     t.add_argument("--out", required=True, help="model folder (model.onnx, model.pt, checkpoint.pt, history.json)")
     t.add_argument("--augment", type=int, default=50, help="augmented presentations of every patch per epoch")
+    t.add_argument("--augment-mode", default="fresh", choices=["fresh", "pool"],
+                   help="fresh: a new random transform at every presentation; pool: the paper's N fixed "
+                        "transforms per patch, reused every epoch (regenerated from the seed, never stored)")
     t.add_argument("--no-augmentation", action="store_true", help="present patches untransformed (baseline)")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop gracefully after this long")
@@ -145,7 +175,35 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("experiment", help="the paper's grid: training scans x augmentation level")
+    x.add_argument("--data", required=True, help="folder of ID_image/ID_mask pairs, or SPIDER's images/ + masks/")
+    x.add_argument("--out", required=True, help="results folder (finished models are kept; reruns skip them)")
+    x.add_argument("--scans", default="1", help="numbers of training scans, e.g. 1,3,5,9")
+    x.add_argument("--augment", default="5,10,20,30,40,50", help="augmentation levels")
+    x.add_argument("--augment-mode", default="fresh", help="fresh, pool or fresh,pool")
+    x.add_argument("--epochs", type=int, default=100)
+    x.add_argument("--time-budget", type=float, metavar="MINUTES", help="per model")
+    x.add_argument("--match-steps", action="store_true",
+                   help="give every level the optimiser steps of the highest (epochs x max(N) / N)")
+    x.add_argument("--val", help="fixed validation scan ids (default: the scans not used for training)")
+    x.add_argument("--folds", type=int, help="training sets per size when scans take turns (default: all)")
+    x.add_argument("--plane", default="auto", choices=["auto", "axial", "sagittal", "coronal"])
+    x.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    x.add_argument("--width", type=int)
+    x.add_argument("--batch-size", type=int, default=16)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--label-values", help="foreground labels (SPIDER layout: discs, >= 201, by default)")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_experiment)
+
+    from .project.cli import add_parser
+    add_parser(sub)
     return p
+
+
+def _name(args) -> str:
+    return f"{args.command} {args.project_command}" if args.command == "project" else args.command
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -153,13 +211,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except ExtremeAugError as e:
-        print(f"extremeaug {args.command}: error: {e}", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: error: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:   # a project database damaged after it was opened
+        print(f"extremeaug {_name(args)}: error: the project database is damaged ({e})", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"extremeaug {args.command}: error: out of memory", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started (during training, SIGINT stops cleanly)
-        print(f"extremeaug {args.command}: interrupted; nothing written", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: interrupted; nothing written", file=sys.stderr)
         return 130
 
 

@@ -20,10 +20,11 @@ from .preprocess import Preprocessing, make_template, mask_to_slices, resolve_pl
 class Case:
     image: str
     label: str
+    id: Optional[str] = None   # a project's case id; None names the case after its image file
 
     @property
     def name(self) -> str:
-        return Path(self.image).name
+        return self.id or Path(self.image).name
 
 
 @dataclass

@@ -52,19 +52,20 @@ def _as_3d(image: sitk.Image, path: str | os.PathLike, what: str) -> sitk.Image:
     return image
 
 
-def read_scan(path: str | os.PathLike) -> sitk.Image:
-    """Read a 3D scan as float32; refuse 2D/4D, vector, NaN/inf and constant images."""
-    image = _as_3d(_read_any(path), path, "the image")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ExtremeAugError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel;"
+def read_scan(path: str | os.PathLike, keep_type: bool = False) -> sitk.Image:
+    """Read a 3D scan as float32 (or in its own pixel type with keep_type, for storing it);
+    refuse 2D/4D, vector, NaN/inf and constant images."""
+    raw = _as_3d(_read_any(path), path, "the image")
+    if raw.GetNumberOfComponentsPerPixel() != 1:
+        raise ExtremeAugError(f"{path}: image has {raw.GetNumberOfComponentsPerPixel()} components per voxel;"
                               " a scalar (grey-level) scan is needed")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    image = sitk.Cast(raw, sitk.sitkFloat32)
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all():
         raise ExtremeAugError(f"{path}: image contains NaN or infinite values")
     if float(array.max()) == float(array.min()):
         raise ExtremeAugError(f"{path}: image is constant ({float(array.min()):g}); nothing to segment")
-    return image
+    return raw if keep_type else image
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE) -> bool:

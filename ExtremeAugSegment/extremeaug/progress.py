@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Callable, Optional, Tuple
 
+import torch
 from tqdm import tqdm
 
 
@@ -61,3 +62,36 @@ class ProgressReporter:
         if self.file:
             self.file.close()
             self.file = None
+
+
+class EpochStats:
+    """Loss and Dice sums over the epoch and over the last progress window, kept on the device so a
+    step does not wait for the GPU; they are read only when reported."""
+
+    def __init__(self, device: torch.device):
+        self.epoch = torch.zeros(4, device=device)    # loss, intersection, total, steps
+        self.window = torch.zeros(4, device=device)
+        self.steps, self.t0 = 0, time.monotonic()
+
+    def add(self, loss, inter, total) -> None:
+        row = torch.stack([loss.float(), inter.float(), total.float(), torch.ones_like(loss, dtype=torch.float)])
+        self.epoch += row
+        self.window += row
+        self.steps += 1
+
+    @staticmethod
+    def _summary(sums: torch.Tensor):
+        loss, inter, total, steps = sums.tolist()
+        return loss / max(steps, 1), (1.0 if total == 0 else 2 * inter / total)
+
+    def summary(self):
+        return self._summary(self.epoch)
+
+    def window_summary(self):
+        """Loss and Dice since the previous call (what the progress bar shows)."""
+        result = self._summary(self.window)
+        self.window.zero_()
+        return result
+
+    def seconds(self) -> float:
+        return max(time.monotonic() - self.t0, 1e-9)

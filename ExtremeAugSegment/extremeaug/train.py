@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
 import signal
 import threading
 import time
@@ -13,7 +15,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import __version__
-from .augment import AugmentConfig, EpochOrder, augmented_batch, sample_params, step_generator
+from .augment import (AUGMENT_MODES, AugmentConfig, EpochOrder, PoolParams, augmented_batch, sample_params,
+                      step_generator)
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
@@ -21,7 +24,7 @@ from .io import read_scan, write_bytes
 from .losses import LOSSES, segmentation_loss
 from .model import ResUNet
 from .preprocess import PLANES, Preprocessing
-from .progress import ProgressReporter
+from .progress import EpochStats, ProgressReporter
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
@@ -40,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     label_values: Optional[List[int]] = None
     augmentation: bool = True
+    augment_mode: str = "fresh"          # fresh: a new transform per presentation; pool: the paper's N fixed copies
     threshold: float = 0.5
     min_component_mm3: float = 100.0
 
@@ -50,6 +54,8 @@ class TrainConfig:
             raise ExtremeAugError("--width must be at least 1")
         if self.loss not in LOSSES:
             raise ExtremeAugError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise ExtremeAugError(f"unknown augment mode {self.augment_mode!r}; choose {' or '.join(AUGMENT_MODES)}")
         if self.plane not in PLANES:
             raise ExtremeAugError(f"unknown plane {self.plane!r}; choose one of {', '.join(PLANES)}")
 
@@ -63,6 +69,7 @@ class RunOptions:
     show_progress: bool = True
     checkpoint_minutes: float = 5.0
     max_steps: Optional[int] = None     # stop after this many steps in this run (benchmarks, tests)
+    stop_file: Optional[str] = None     # stop cleanly once this file exists (a cancel that works on Windows too)
 
 
 @dataclass
@@ -148,6 +155,8 @@ class Trainer:
         self.net = ResUNet(cfg.width).to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
+        self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
+                               self.device) if cfg.augment_mode == "pool" else None
         self.steps_per_epoch = self.order.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
@@ -187,9 +196,13 @@ class Trainer:
         self.lr_progress = min(frac, 1.0)
         return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self.lr_progress)))
 
-    def train_step(self, rows: torch.Tensor, elapsed: float):
-        aug = AugmentConfig(enabled=self.cfg.augmentation)
-        params = sample_params(len(rows), aug, step_generator(self.cfg.seed, self.step, self.device), self.device)
+    def train_step(self, parts, elapsed: float):
+        rows = self.train_set.patches[torch.cat([idx for _, idx in parts])]
+        if self.pool is not None:
+            params = self.pool.for_parts(parts)
+        else:
+            params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation),
+                                   step_generator(self.cfg.seed, self.step, self.device), self.device)
         x, y = augmented_batch(self.train_set.images, self.train_set.masks, rows, params)
         x = x.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
@@ -252,8 +265,7 @@ class Trainer:
                     epoch, k = divmod(self.step, self.steps_per_epoch)
                     if stats is None:
                         stats = EpochStats(self.device)
-                    rows = self.train_set.patches[self.order.batch(epoch, k)]
-                    loss, inter, total = self.train_step(rows, time.monotonic() - t0)
+                    loss, inter, total = self.train_step(self.order.parts(epoch, k), time.monotonic() - t0)
                     stats.add(loss, inter, total)
                     window = reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
                     if window and time.monotonic() - last_curve >= CURVE_SECONDS:
@@ -266,7 +278,7 @@ class Trainer:
                         status = "time_budget"
                     if stop_at is not None and self.step >= stop_at and self.step < self.total_steps:
                         status = "max_steps"
-                    if stop.reason:
+                    if stop.reason or (self.opts.stop_file and os.path.exists(self.opts.stop_file)):
                         status = "stopped"
                     if ended_epoch or status != "finished":
                         self._end_epoch(epoch, stats, reporter, elapsed)
@@ -288,7 +300,8 @@ class Trainer:
         self._checkpoint(self.elapsed_before + elapsed)
         result = self._publish(status, elapsed)
         reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
-                       onnx=str(self.out / ONNX_FILE), stop_reason=getattr(stop, "reason", None))
+                       onnx=str(self.out / ONNX_FILE),
+                       stop_reason=stop.reason or ("stop file" if status == "stopped" else None))
         reporter.close()
         return result
 
@@ -326,55 +339,18 @@ class Trainer:
                 "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
                 "training_cases": [c.name for c in self.train_cases],
                 "validation_cases": [c.name for c in self.val_cases],
-                "augment": self.cfg.augment, "augmentation": self.cfg.augmentation, "epochs_planned": self.cfg.epochs,
+                "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,
+                "augment_mode": self.cfg.augment_mode, "epochs_planned": self.cfg.epochs,
                 "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
                 "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
                 "last_epoch": self.history[-1] if self.history else None,
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
-        _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": _json(meta)}, self.out / WEIGHTS)
+        _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
-        write_bytes(_json({"metadata": meta, "history": self.history, "curve": self.curve, "val_curve": self.val_curve,
+        write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve, "val_curve": self.val_curve,
                            "onnx_max_abs_diff": diff}, indent=1).encode(), self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
                            self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
-
-
-class EpochStats:
-    """Loss and Dice sums over the epoch and over the last progress window, kept on the device so a
-    step does not wait for the GPU; they are read only when reported."""
-
-    def __init__(self, device: torch.device):
-        self.epoch = torch.zeros(4, device=device)    # loss, intersection, total, steps
-        self.window = torch.zeros(4, device=device)
-        self.steps, self.t0 = 0, time.monotonic()
-
-    def add(self, loss, inter, total) -> None:
-        row = torch.stack([loss.float(), inter.float(), total.float(), torch.ones_like(loss, dtype=torch.float)])
-        self.epoch += row
-        self.window += row
-        self.steps += 1
-
-    @staticmethod
-    def _summary(sums: torch.Tensor):
-        loss, inter, total, steps = sums.tolist()
-        return loss / max(steps, 1), (1.0 if total == 0 else 2 * inter / total)
-
-    def summary(self):
-        return self._summary(self.epoch)
-
-    def window_summary(self):
-        """Loss and Dice since the previous call (what the progress bar shows)."""
-        result = self._summary(self.window)
-        self.window.zero_()
-        return result
-
-    def seconds(self) -> float:
-        return max(time.monotonic() - self.t0, 1e-9)
-
-
-def _json(obj, indent=None) -> str:
-    import json
-    return json.dumps(obj, indent=indent)
 
 
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,

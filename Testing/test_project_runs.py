@@ -1,0 +1,102 @@
+"""Background training with real worker processes: one run at a time, kill -9, cancel, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import one_line_error, run_cli
+from extremeaug.project.runs import process_alive, tail_events
+from extremeaug.project.store import Store
+
+
+def ok(*args):
+    r = run_cli("project", *args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def status(proj) -> dict:
+    return json.loads(ok("status", proj, "--json"))
+
+
+def wait_for(predicate, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training_step(proj) -> int:
+    run = status(proj)["run"]
+    return (run.get("progress") or {}).get("step", 0) if run["status"] == "running" else 0
+
+
+@pytest.mark.slow
+def test_kill_cancel_resume_and_one_run_at_a_time(tmp_path, phantoms):
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    both = [subprocess.Popen([sys.executable, "-m", "extremeaug", "project", "train", str(proj), "--augment", "5",
+                              "--time-budget", "3", "--checkpoint-minutes", "0.05"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]   # two at the same moment
+    outcomes = sorted((p.wait(120), p.stderr.read()) for p in both)
+    assert [code for code, _ in outcomes] == [0, 2] and "already training" in outcomes[1][1]
+    wait_for(lambda: training_step(proj) >= 5, "the worker to train")
+    run = status(proj)["run"]
+    assert run["phase"] == "training" and run["heartbeat_age_s"] < 10
+    assert {"loss", "dice", "patches_per_s", "eta_s", "epoch"} <= set(run["progress"])
+
+    one_line_error(run_cli("project", "train", proj, "--augment", "5"), "already training")
+    with Store.open(proj) as store:
+        assert store.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+    wait_for(lambda: (proj / "runs" / run["id"] / "train" / "checkpoint.pt").is_file(), "a checkpoint")
+    os.kill(run["pid"], signal.SIGKILL)
+    wait_for(lambda: process_alive(run["pid"]) is False, "the worker to die", 30)
+    dead = status(proj)["run"]
+    assert dead["status"] == "died" and "gone" in dead["message"] and dead["resumable"]
+    assert ok("cases", proj).split()[:3] == ["p0", "manual", "train"]   # the project opens as before
+
+    ok("train", proj, "--resume")
+    resumed = wait_for(lambda: (status(proj)["run"].get("progress") or {}).get("step", 0) > 0 and
+                       status(proj)["run"]["status"] == "running" and status(proj)["run"], "the resumed worker")
+    assert resumed["id"] == run["id"] and resumed["pid"] != run["pid"]
+    starts = [e for e in tail_events(proj / "runs" / run["id"] / "progress.jsonl", 1 << 20) if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_at_step"] > 0
+
+    out = ok("cancel", proj)
+    assert "cancelled" in out
+    cancelled = status(proj)["run"]
+    assert cancelled["status"] == "cancelled" and cancelled["resumable"]
+    wait_for(lambda: process_alive(resumed["pid"]) is False, "the cancelled worker to exit", 30)
+    assert status(proj)["versions"] == 0   # a cancelled run is not a model version
+
+    ok("train", proj, "--resume", "--time-budget", "0.1", "--wait")
+    final = status(proj)
+    assert final["run"]["status"] == "finished" and final["versions"] == 1 and final["active_version"] == 1
+    with Store.open(proj) as store:
+        path = store.conn.execute("SELECT path FROM versions").fetchone()[0]
+        assert store.path(path).is_file() and not list((proj / "models").glob(".staging-*"))
+
+
+def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    one_line_error(run_cli("project", "train", proj), "no labeled training case")
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    (proj / "cases" / "p0" / "scan.nrrd").unlink()   # the worker will not find it
+    r = run_cli("project", "train", proj, "--wait")
+    assert r.returncode == 2 and "failed" in r.stderr and "scan.nrrd: no such file" in r.stderr
+    run = status(proj)["run"]
+    assert run["status"] == "failed" and "no such file" in run["message"] and not run["resumable"]
+    assert status(proj)["versions"] == 0
+    ok("add", proj, phantoms[1][0], "--id", "p1")   # the project stays usable
