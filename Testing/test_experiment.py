@@ -85,3 +85,14 @@ def test_experiment_bad_arguments(tmp_path, phantoms):
                            "--augment-mode", "paper"), "--augment-mode")
     one_line_error(run_cli("experiment", "--data", phantoms[0][0].parent, "--out", tmp_path / "o",
                            "--scans", "9"), "--scans 9")
+
+
+def test_table_one_uses_the_last_full_epoch_or_the_end_of_a_budgeted_run():
+    from extremeaug.experiment_report import final_train_dice
+
+    windows = [{"step": s, "train_dice": d} for s, d in ((10, 0.1), (50, 0.5), (85, 0.8), (100, 0.9))]
+    full = {"curve": [{"epochs_done": 1.0, "train_dice": 0.4}, {"epochs_done": 2.0, "train_dice": 0.7}],
+            "window_curve": windows, "steps": 100}
+    assert final_train_dice(full) == (0.7, "last epoch")
+    budgeted = {"curve": [{"epochs_done": 0.31, "train_dice": 0.45}], "window_curve": windows, "steps": 100}
+    assert final_train_dice(budgeted) == (pytest.approx(0.85), "last 20% of steps")

@@ -167,6 +167,7 @@ def test_bad_input_changes_nothing(small_project, phantoms, tmp_path):
     one_line_error(run_cli("project", "add", small_project, phantoms[2][0], "--label", tmp_path / "far.nii.gz"),
                    "does not overlap")
     one_line_error(run_cli("project", "add", small_project, phantoms[2][0], "--id", "p0"), "already in the project")
+    one_line_error(run_cli("project", "add", small_project, phantoms[2][0], "--split", "validation"), "with a label")
     one_line_error(run_cli("project", "accept", small_project, "nope", "--label", phantoms[1][1]), "no case 'nope'")
     one_line_error(run_cli("project", "accept", small_project, "p1", "--label", tmp_path / "far.nii.gz"),
                    "does not overlap")

@@ -100,3 +100,67 @@ def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
     assert run["status"] == "failed" and "no such file" in run["message"] and not run["resumable"]
     assert status(proj)["versions"] == 0
     ok("add", proj, phantoms[1][0], "--id", "p1")   # the project stays usable
+
+
+def test_a_stale_heartbeat_marks_the_run_dead(tmp_path):
+    """A worker that hangs (or lives on another machine) is judged by its heartbeat alone."""
+    from extremeaug.project.runs import STALE_S, reap, run_dir
+    from extremeaug.project.status import project_status
+
+    with Store.create(tmp_path / "proj") as store:
+        with store.write() as conn:
+            conn.execute("INSERT INTO runs (id, status, pid, created, config, train_labels) "
+                         "VALUES ('r1', 'running', NULL, ?, '{}', '[]')", (time.time() - 600,))
+        folder = run_dir(store, "r1")
+        folder.mkdir(parents=True)
+        (folder / "heartbeat.json").write_text(json.dumps({"pid": 0, "time": time.time(), "phase": "training"}))
+        reap(store)
+        assert project_status(store)["run"]["status"] == "running"
+        (folder / "heartbeat.json").write_text(json.dumps({"pid": 0, "time": time.time() - STALE_S - 5,
+                                                           "phase": "training"}))
+        run = project_status(store)["run"]
+        assert run["status"] == "died" and "no heartbeat for" in run["message"]
+
+
+PUBLISH_CRASH = """
+import contextlib, os, sys
+from pathlib import Path
+from extremeaug.project.store import Store
+from extremeaug.project.versions import publish
+
+@contextlib.contextmanager
+def write(self):   # the model folder is renamed into place, then the process dies before COMMIT
+    self.conn.execute('BEGIN IMMEDIATE')
+    yield self.conn
+    os._exit(9)
+
+store = Store.open(sys.argv[1])
+Store.write = write
+publish(store, 'r1', Path(sys.argv[2]), 'cpu')
+"""
+
+
+def test_a_crash_while_publishing_leaves_no_version(tmp_path, phantoms):
+    import subprocess as sp
+
+    from extremeaug.dataset import Case
+    from extremeaug.project.versions import list_versions, publish
+    from extremeaug.train import RunOptions, TrainConfig, train
+
+    model = tmp_path / "model"
+    train(TrainConfig(width=4, augment=1, epochs=1), [Case(str(phantoms[0][0]), str(phantoms[0][1]))], [], model,
+          RunOptions(device="cpu", show_progress=False, max_steps=2))
+    with Store.create(tmp_path / "proj") as store:
+        with store.write() as conn:
+            conn.execute("INSERT INTO runs (id, status, created, config, train_labels) "
+                         "VALUES ('r1', 'running', ?, '{}', '[]')", (time.time(),))
+    r = sp.run([sys.executable, "-c", PUBLISH_CRASH, str(tmp_path / "proj"), str(model)], capture_output=True,
+               text=True, timeout=300)
+    assert r.returncode == 9, r.stderr
+    with Store.open(tmp_path / "proj") as store:
+        assert list_versions(store) == [] and store.setting("active_version") is None
+        assert (tmp_path / "proj" / "models" / "v1" / "model.onnx").is_file()   # renamed, never registered
+        assert publish(store, "r1", model, "cpu") == 1
+        assert [v["version"] for v in list_versions(store)] == [1]
+        assert len(list((tmp_path / "proj" / "models").glob(".unregistered-v1-*"))) == 1
+        assert store.conn.execute("SELECT status FROM runs").fetchone()[0] == "finished"

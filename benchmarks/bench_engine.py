@@ -157,10 +157,14 @@ def main() -> None:
     Trainer(TrainConfig(width=width, epochs=1, augment=1), [case], [], work / "segmodel",
             RunOptions(device=a.device, show_progress=False, max_steps=2)).run()
     results["segmentation"] = segmentation_speed(work / "segmodel" / "model.onnx", work / "scan67.nii.gz", a.device)
+    emit(results, a.out)
+
+
+def emit(results: dict, out) -> None:
     text = json.dumps(results, indent=1)
     print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    if out:
+        Path(out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ $EXTREMEAUG experiment --data "$OUT/phantoms" --out "$OUT/phantoms-grid" --scans
 # 2. real data, the paper's protocol (pool, fixed epochs: 50x = 10x the steps of 5x): one scan, each in turn
 $EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --augment 5,20,50 --augment-mode pool \
   --epochs 1 --device "$DEVICE" --quiet
-# 3. real data, compute-matched (5x for 10 epochs = the steps of 50x for 1), fresh and pool, case 11 only
-$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --folds 1 --augment 5,50 \
-  --augment-mode fresh,pool --epochs 1 --match-steps --device "$DEVICE" --quiet
-# 4. real data, two training scans (each pair in turn), the paper's protocol at 5x and 20x
-$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 2 --augment 5,20 --augment-mode pool \
+# 3. real data, compute-matched with the 50x pool model of block 2 (case 11): 5x pool for 10 epochs (the same
+#    steps, 10 distinct transforms per patch instead of 50) and fresh (a new transform at every step)
+$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --folds 1 --augment 5 --augment-mode pool \
+  --epochs 10 --device "$DEVICE" --quiet
+$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --folds 1 --augment 50 --augment-mode fresh \
+  --epochs 1 --device "$DEVICE" --quiet
+# 4. real data, two training scans (cases 11 + 20, validation on 25), the paper's protocol at 5x and 50x
+$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 2 --folds 1 --augment 5,50 --augment-mode pool \
   --epochs 1 --device "$DEVICE" --quiet

@@ -137,7 +137,7 @@ def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, s: Settings) -> dict
            "width": history["metadata"]["width"], "train_dice": history["history"][-1]["train_dice"],
            "val": val, **{f"val_{k}": _mean([m[k] for m in val.values()]) for k in ("dice", "hd95_mm", "assd_mm")},
            "curve": [{"epochs_done": h["epochs_done"], "step": h["step"], "train_dice": h["train_dice"]}
-                     for h in history["history"]] or history["curve"],
+                     for h in history["history"]],
            "window_curve": history["curve"]}
     write_bytes(json.dumps(row, indent=1).encode(), done)
     return row

@@ -204,6 +204,10 @@ class Trainer:
             params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation),
                                    step_generator(self.cfg.seed, self.step, self.device), self.device)
         x, y = augmented_batch(self.train_set.images, self.train_set.masks, rows, params)
+        return self.optimise(x, y, elapsed)
+
+    def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
+        """One optimiser step on a batch of patches (benchmarks feed it from other pipelines too)."""
         x = x.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(elapsed)

@@ -54,6 +54,8 @@ def add_case(store: Store, scan_path: str, label_path: Optional[str] = None, cas
     if store.conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone():
         raise ExtremeAugError(f"case {case_id!r} is already in the project; pass --id to name this one")
     _check_split(split)
+    if split != "auto" and not label_path:
+        raise ExtremeAugError("--split is given with a label: a case joins a split with its first human label")
     scan = read_scan(scan_path, keep_type=True)
     mask = _read_label(store, label_path, scan) if label_path else None
     folder = store.root / "cases" / case_id

@@ -1,0 +1,171 @@
+"""The paper's protocol (1 scan, 50x, 100 epochs) on one GPU, and the two older ways to feed it.
+
+A. on the fly (the engine): the whole protocol through `train()` — wall time, augmented patches/s,
+   peak GPU memory; the share of step time spent augmenting comes from bench_engine's alternating
+   aug-on/aug-off blocks;
+B. per-sample augmentation on the CPU in DataLoader workers (one affine resample per patch, batches
+   copied to the GPU): STEPS steps timed, the protocol's time projected from them;
+C. a pre-generated N-fold copy in host memory (the paper's way): generation time, its size, STEPS
+   training steps from it, the protocol's time projected (generation included);
+D. onnxruntime segmentation of a 67-slice scan on CUDA and on CPU.
+
+    python benchmarks/bench_gpu_protocol.py --image IMG --label MASK --out gpu.json      # on the GPU
+    python benchmarks/bench_gpu_protocol.py --device cpu --epochs 1 --augment 2 --steps 4 --workers 1
+                                            # the same code paths on a CPU, in a minute
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import emit, sync, training_speed  # noqa: E402
+
+from extremeaug.augment import AugmentConfig, augmented_batch, sample_params  # noqa: E402
+from extremeaug.dataset import Case  # noqa: E402
+from extremeaug.infer import Segmenter  # noqa: E402
+from extremeaug.io import read_scan  # noqa: E402
+from extremeaug.phantom import write_phantoms  # noqa: E402
+from extremeaug.train import RunOptions, TrainConfig, Trainer, train  # noqa: E402
+
+
+class PerSampleAugment(torch.utils.data.Dataset):
+    """What a DataLoader pipeline does: each worker transforms one patch at a time on the CPU."""
+
+    def __init__(self, images, masks, patches, augment: int, seed: int = 0):
+        self.images, self.masks, self.patches, self.augment, self.seed = images, masks, patches, augment, seed
+
+    def __len__(self):
+        return len(self.patches) * self.augment
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        params = sample_params(1, AugmentConfig(), g, torch.device("cpu"))
+        x, y = augmented_batch(self.images, self.masks, self.patches[i % len(self.patches)][None], params)
+        return x[0], y[0]
+
+
+def timed_steps(trainer: Trainer, batches, steps: int) -> float:
+    """Seconds per optimiser step over `steps` steps after 3 warm-up steps."""
+    it = iter(batches)
+    for _ in range(3):
+        x, y = next(it)
+        trainer.optimise(x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True), 0.0)
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x, y = next(it)
+        trainer.optimise(x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True), 0.0)
+    sync(trainer.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def stored_batches(copy_x, copy_y, order, batch: int, pin: bool):
+    """Random batches from the stored copy, as a training loop over it would draw them."""
+    k = 0
+    while True:
+        idx = order[(k * batch) % len(order):][:batch]
+        k += 1
+        x = copy_x[idx]
+        yield (x.pin_memory() if pin else x), copy_y[idx].float()
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image")
+    p.add_argument("--label")
+    p.add_argument("--seg-image", help="scan to segment in D (default: --image)")
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--augment", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=100, help="timed steps for B and C")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers for B")
+    p.add_argument("--out")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="extremeaug-gpu-"))
+    if not a.image:
+        a.image, a.label = map(str, write_phantoms(work / "data", 1)[0])
+    case, dev = Case(a.image, a.label), torch.device(a.device)
+    cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width)
+    r = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+         "case": a.image, "augment": a.augment, "epochs": a.epochs, "batch_size": a.batch_size}
+
+    # A. the protocol, on the fly
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = train(cfg, [case], [], work / "protocol", RunOptions(device=a.device, show_progress=False))
+    wall = time.perf_counter() - t0
+    last = result.history[-1]
+    patches = last["step"] * a.batch_size
+    r["A_on_the_fly"] = {"wall_s": round(wall, 1), "training_s": last["elapsed_s"], "steps": last["step"],
+                         "patches_per_s": round(patches / last["elapsed_s"], 1), "train_dice": last["train_dice"],
+                         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+                         if dev.type == "cuda" else None, "peak_rss_gib": round(rss_gib(), 2)}
+    speed = training_speed(case, a.device, cfg.width, a.batch_size, max(a.steps // 2, 5), work / "speed")
+    r["A_on_the_fly"]["augment_share"] = speed[0]["augment_share"]
+    r["A_on_the_fly"]["aug_on_off_patches_per_s"] = [s["patches_per_s"] for s in speed]
+
+    trainer = Trainer(cfg, [case], [], work / "feeds", RunOptions(device=a.device, show_progress=False))
+    total_steps = trainer.total_steps
+    images, masks, patches = (t.cpu() for t in (trainer.train_set.images, trainer.train_set.masks,
+                                                trainer.train_set.patches))
+    # B. per-sample CPU augmentation in DataLoader workers
+    loader = torch.utils.data.DataLoader(PerSampleAugment(images, masks, patches, a.augment), batch_size=a.batch_size,
+                                         shuffle=True, num_workers=a.workers, pin_memory=dev.type == "cuda",
+                                         drop_last=True, persistent_workers=a.workers > 0)
+    step_s = timed_steps(trainer, loader, a.steps)
+    r["B_dataloader_workers"] = {"workers": a.workers, "patches_per_s": round(a.batch_size / step_s, 1),
+                                 "protocol_projected_s": round(step_s * total_steps, 1)}
+    del loader
+
+    # C. the pre-generated N-fold copy in host memory (float32 images, uint8 masks)
+    before = rss_gib()
+    t0 = time.perf_counter()
+    n = len(patches)
+    copy_x = torch.empty(n * a.augment, 1, 128, 128)
+    copy_y = torch.empty(n * a.augment, 1, 128, 128, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    for r_ in range(a.augment):
+        for s in range(0, n, 512):
+            rows = patches[s:s + 512]
+            x, y = augmented_batch(images, masks, rows, sample_params(len(rows), AugmentConfig(), g, torch.device("cpu")))
+            copy_x[r_ * n + s:r_ * n + s + len(rows)], copy_y[r_ * n + s:r_ * n + s + len(rows)] = x, y.to(torch.uint8)
+    generate_s = time.perf_counter() - t0
+    order = torch.randperm(len(copy_x))
+    step_s = timed_steps(trainer, stored_batches(copy_x, copy_y, order, a.batch_size, dev.type == "cuda"), a.steps)
+    r["C_pregenerated_copy"] = {"generate_s": round(generate_s, 1),
+                                "copy_gib": round((copy_x.nbytes + copy_y.nbytes) / 2 ** 30, 2),
+                                "rss_growth_gib": round(rss_gib() - before, 2),
+                                "patches_per_s": round(a.batch_size / step_s, 1),
+                                "protocol_projected_s": round(generate_s + step_s * total_steps, 1)}
+    del copy_x, copy_y
+
+    # D. onnxruntime segmentation, CUDA provider vs CPU
+    scan = read_scan(a.seg_image or a.image)
+    r["D_segmentation"] = {"slices": scan.GetSize()[0]}
+    for device in (["cuda", "cpu"] if dev.type == "cuda" else ["cpu"]):
+        seg = Segmenter(work / "protocol" / "model.onnx", device)
+        seg.segment(scan)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            seg.segment(scan)
+        r["D_segmentation"][f"{device}_s"] = round((time.perf_counter() - t0) / 3, 3)
+        r["D_segmentation"][f"{device}_providers"] = seg.providers
+    emit(r, a.out)
+
+
+if __name__ == "__main__":
+    main()
