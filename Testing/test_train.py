@@ -182,8 +182,11 @@ def test_interrupt_before_training_writes_nothing(tmp_path, phantoms):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)                    # inside the imports / preprocessing, before the training loop
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()                    # never leave a 100-epoch training behind when the test fails
+    assert proc.returncode in (130, -signal.SIGINT), stderr   # 130, or ended by the signal itself at exit
     assert "interrupted; nothing written" in stderr and "Traceback" not in stderr
     assert not out.exists()
 
@@ -192,7 +195,7 @@ def test_interrupt_before_training_writes_nothing(tmp_path, phantoms):
 def test_demo_runs_and_reports(tmp_path):
     from extremeaug.demo import run_demo
 
-    summary = run_demo(tmp_path / "demo", time_budget_min=0.4, show_progress=False)
+    summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=5, epochs=1, show_progress=False)
     assert set(summary["scores"]) == {"phantom_2", "phantom_3"}
     assert summary["mean_dice"] > 0.5
     for key in ("model", "overlay", "training_curve"):

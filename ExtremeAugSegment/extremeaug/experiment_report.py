@@ -137,10 +137,10 @@ def figures(rows: List[dict], out: Path) -> None:
         style = "-" if mode == "pool" else "--"
         pts = [(n, statistics.fmean(val[(mode, a, epochs, n)])) for n in counts if (mode, a, epochs, n) in val]
         axes[0].plot(*zip(*pts), style, marker="o", label=f"{a}x, {epochs} ep, {mode}")
-    for mode, n in sorted({(g[0], g[3]) for g in val}):
+    for mode, n, epochs in sorted({(g[0], g[3], g[2]) for g in val}):
         style = "-" if mode == "pool" else "--"
-        pts = sorted((a, statistics.fmean(v)) for (m, a, e, k), v in val.items() if m == mode and k == n)
-        axes[1].plot(*zip(*pts), style, marker="o", label=f"{n} scan(s), {mode}")
+        pts = sorted((a, statistics.fmean(v)) for (m, a, e, k), v in val.items() if (m, k, e) == (mode, n, epochs))
+        axes[1].plot(*zip(*pts), style, marker="o", label=f"{n} scan(s), {epochs} ep, {mode}")
     axes[0].set(xlabel="training scans", ylabel="mean validation Dice", xticks=counts, ylim=(0, 1))
     axes[1].set(xlabel="augmentation level N", ylabel="mean validation Dice", xticks=augments, ylim=(0, 1))
     for ax in axes:

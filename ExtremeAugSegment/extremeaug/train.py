@@ -280,6 +280,7 @@ class Trainer:
                     elapsed = time.monotonic() - t0
                     if budget_s and elapsed >= budget_s:
                         status = "time_budget"
+                        self._lr(elapsed)   # the schedule is spent: a resumed run goes on at its floor
                     if stop_at is not None and self.step >= stop_at and self.step < self.total_steps:
                         status = "max_steps"
                     if stop.reason or (self.opts.stop_file and os.path.exists(self.opts.stop_file)):
