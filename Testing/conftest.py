@@ -57,6 +57,7 @@ def random_model(tmp_path_factory, phantoms):
 
 def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "extremeaug", *map(str, args)], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace",
                           timeout=timeout, **kw)
 
 
