@@ -12,11 +12,6 @@ from .store import Store
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"   # the worker's ETA (it knows the budget)
 
 
-def _labels(text):
-    from ..cli import _labels as parse
-    return parse(text)
-
-
 def _print_json(obj) -> None:
     def clean(v):
         if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
@@ -30,6 +25,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_init(a) -> int:
+    from ..cli import _labels
     if not 0 <= a.val_fraction < 1:
         raise ExtremeAugError("--val-fraction must be in [0, 1)")
     with Store.create(a.dir, plane=a.plane, val_fraction=a.val_fraction, label_values=_labels(a.label_values)) as s:
