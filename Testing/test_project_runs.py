@@ -102,6 +102,43 @@ def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
     ok("add", proj, phantoms[1][0], "--id", "p1")   # the project stays usable
 
 
+def test_cancel_right_after_start_cancels_rather_than_kills(tmp_path, phantoms):
+    """The worker may still be importing when cancel comes (a GUI button right after Train): it must stop
+    cleanly, not die of SIGTERM."""
+    from extremeaug.project import runs
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    with Store.open(proj) as store:
+        runs.start(store, runs.new_config(store, "cpu", augment=1, epochs=1, width=4))
+        assert runs.cancel(store, wait_s=0)["status"] == "stopping"
+    run = wait_for(lambda: (lambda r: r if r["status"] not in ("starting", "running") else None)(status(proj)["run"]),
+                   "the run to stop")
+    assert run["status"] == "cancelled", run
+    assert status(proj)["versions"] == 0
+
+
+def test_the_worker_imports_the_engine_copy_that_started_it(tmp_path):
+    """Inside Slicer the engine is not installed but shipped in the module's folder: the worker must import
+    that copy (PYTHONPATH), not whatever else the interpreter finds."""
+    import shutil
+    from pathlib import Path
+
+    import extremeaug
+    copy = tmp_path / "module"
+    shutil.copytree(Path(extremeaug.__file__).parent, copy / "extremeaug",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    log = tmp_path / "worker.log"
+    code = (f"import sys; sys.path.insert(0, {str(copy)!r}); from pathlib import Path; "
+            "from extremeaug.project import runs; "
+            f"assert runs.__file__.startswith({str(copy)!r}); "
+            f"sys.exit(runs.spawn_worker(Path({str(tmp_path)!r}), 'r1', False, Path({str(log)!r})).wait(120))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0, result.stderr   # the folder is not a project: the worker says so ...
+    assert "is not an extremeaug project" in log.read_text()
+    assert str(copy / "extremeaug" / "project" / "worker.py") in log.read_text()   # ... from the copy
+
+
 def test_a_stale_heartbeat_marks_the_run_dead(tmp_path):
     """A worker that hangs (or lives on another machine) is judged by its heartbeat alone."""
     from extremeaug.project.runs import STALE_S, reap, run_dir

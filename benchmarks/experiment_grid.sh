@@ -23,6 +23,7 @@ $EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --folds 1 --au
   --epochs 10 --device "$DEVICE" --quiet
 $EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 1 --folds 1 --augment 50 --augment-mode fresh \
   --epochs 1 --device "$DEVICE" --quiet
-# 4. real data, two training scans (cases 11 + 20, validation on 25), the paper's protocol at 5x and 50x
-$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 2 --folds 1 --augment 5,50 --augment-mode pool \
+# 4. real data, two training scans, each pair in turn (11+20 -> 25, 20+25 -> 11, 25+11 -> 20), the paper's
+#    protocol at 5x and 50x
+$EXTREMEAUG experiment --data "$DATA" --out "$OUT/real" --scans 2 --augment 5,50 --augment-mode pool \
   --epochs 1 --device "$DEVICE" --quiet

@@ -44,10 +44,11 @@ def default_id(source: str) -> str:
 
 
 def add_case(store: Store, scan_path: str, label_path: Optional[str] = None, case_id: Optional[str] = None,
-             split: str = "auto") -> dict:
+             split: str = "auto", source: Optional[str] = None) -> dict:
     """Copy a scan (its own pixel type, NRRD) into the project, with its manual label when given.
 
-    Everything is checked before anything is written."""
+    Everything is checked before anything is written. `source` says where the data came from when the
+    files are temporary (a 3D Slicer node); by default it is the files' own paths."""
     case_id = case_id or default_id(scan_path)
     if not _ID.match(case_id):
         raise ExtremeAugError(f"case id {case_id!r}: use 1-64 letters, digits, '_', '-' or '.'")
@@ -63,13 +64,14 @@ def add_case(store: Store, scan_path: str, label_path: Optional[str] = None, cas
     label_file = write_image(mask, _new_label_path(folder, "manual")) if mask is not None else None
     with _removed_on_failure(scan_file, label_file), store.write() as conn:
         conn.execute("INSERT INTO cases (id, scan, source, added) VALUES (?, ?, ?, ?)",
-                     (case_id, store.relative(scan_file), str(Path(scan_path).resolve()), time.time()))
+                     (case_id, store.relative(scan_file), source or str(Path(scan_path).resolve()), time.time()))
         if label_file is not None:
-            _insert_human_label(store, conn, case_id, "manual", label_file, label_path, mask, split)
+            _insert_human_label(store, conn, case_id, "manual", label_file, source or label_path, mask, split)
     return case_summary(store, case_id)
 
 
-def accept(store: Store, case_id: str, label_path: str, split: str = "auto", kind: str = "corrected") -> dict:
+def accept(store: Store, case_id: str, label_path: str, split: str = "auto", kind: str = "corrected",
+           source: Optional[str] = None) -> dict:
     """Store a human-checked label for a case; the previous labels stay on disk and in the history."""
     case = store.case(case_id)
     _check_split(split)
@@ -85,7 +87,7 @@ def accept(store: Store, case_id: str, label_path: str, split: str = "auto", kin
     mask = _read_label(store, label_path, scan)
     label_file = write_image(mask, _new_label_path(store.root / "cases" / case_id, kind))
     with _removed_on_failure(label_file), store.write() as conn:
-        _insert_human_label(store, conn, case_id, kind, label_file, label_path, mask, split)
+        _insert_human_label(store, conn, case_id, kind, label_file, source or label_path, mask, split)
     return case_summary(store, case_id)
 
 
@@ -129,12 +131,19 @@ def _insert_human_label(store: Store, conn, case_id: str, kind: str, path: Path,
     conn.execute("INSERT INTO labels (case_id, kind, path, sha256, voxels, created, source) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
                  (case_id, kind, store.relative(path), sha256(path), voxels, time.time(),
-                  str(Path(source).resolve()) if source else None))
+                  _source(source)))
     row = conn.execute("SELECT split FROM cases WHERE id = ?", (case_id,)).fetchone()
     if row["split"] is None:
         order = conn.execute("SELECT COALESCE(MAX(labeled_order), 0) + 1 FROM cases").fetchone()[0]
         conn.execute("UPDATE cases SET split = ?, labeled_order = ? WHERE id = ?",
                      (split if split != "auto" else _policy_split(store, conn, order), order, case_id))
+
+
+def _source(source: Optional[str]) -> Optional[str]:
+    """A file's absolute path; a description that names no existing file is kept as it is."""
+    if source and Path(source).exists():
+        return str(Path(source).resolve())
+    return source
 
 
 def _policy_split(store: Store, conn, order: int) -> str:

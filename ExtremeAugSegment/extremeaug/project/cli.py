@@ -69,11 +69,9 @@ def cmd_train(a) -> int:
         if a.resume:
             config = {"device": a.device if a.device != "auto" else None, "time_budget_min": a.time_budget}
         else:
-            from ..train import TrainConfig
-            cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width, lr=a.lr,
-                              loss=a.loss, plane=store.setting("plane"), seed=a.seed)
-            cfg.check()
-            config = runs.config_dict(cfg, a.device, a.time_budget, a.checkpoint_minutes)
+            config = runs.new_config(store, a.device, a.time_budget, a.checkpoint_minutes, augment=a.augment,
+                                     epochs=a.epochs, batch_size=a.batch_size, width=a.width, lr=a.lr, loss=a.loss,
+                                     seed=a.seed)
         run_id = runs.start(store, config, a.resume)
         print(f"training run {run_id} started in the background (log: {runs.run_dir(store, run_id) / 'worker.log'})")
         if not a.wait:
@@ -86,28 +84,21 @@ def _follow(store: Store, run_id: str) -> int:
     """A progress bar fed by the worker's JSON lines; Ctrl-C stops following, not training."""
     from tqdm import tqdm
 
-    from .runs import ACTIVE, reap, run_dir
-    path, offset, bar = run_dir(store, run_id) / "progress.jsonl", 0, None
+    from .runs import ACTIVE, EventReader, reap, run_dir
+    reader, bar = EventReader(run_dir(store, run_id) / "progress.jsonl"), None
     try:
         while True:
             reap(store)
             run = store.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                offset += len(complete)
-                for line in complete.decode("utf-8", "replace").splitlines():
-                    e = json.loads(line)
-                    if e["event"] == "start":
-                        bar = bar or tqdm(total=e["steps_total"], initial=e["resumed_at_step"], unit="step", bar_format=BAR)
-                    elif e["event"] == "progress" and bar is not None:
-                        bar.update(e["step"] - bar.n)
-                        bar.set_postfix(epoch=e["epoch"], loss=e["loss"], dice=e["dice"],
-                                        patches_s=e["patches_per_s"], eta_s=e["eta_s"])
-                    elif e["event"] == "phase" and e["phase"] != "training":
-                        tqdm.write(f"[{run_id}] {e['phase']}")
+            for e in reader.read():
+                if e["event"] == "start":
+                    bar = bar or tqdm(total=e["steps_total"], initial=e["resumed_at_step"], unit="step", bar_format=BAR)
+                elif e["event"] == "progress" and bar is not None:
+                    bar.update(e["step"] - bar.n)
+                    bar.set_postfix(epoch=e["epoch"], loss=e["loss"], dice=e["dice"],
+                                    patches_s=e["patches_per_s"], eta_s=e["eta_s"])
+                elif e["event"] == "phase" and e["phase"] != "training":
+                    tqdm.write(f"[{run_id}] {e['phase']}")
             if run["status"] not in ACTIVE:
                 break
             time.sleep(0.5)

@@ -124,13 +124,19 @@ def start(store: Store, config: dict, resume: bool = False) -> str:
 
 
 def spawn_worker(root: Path, run_id: str, resume: bool, log: Path) -> subprocess.Popen:
-    """The worker outlives the command that started it: its own session, no terminal signals."""
+    """The worker outlives the command that started it: its own session, no terminal signals.
+
+    Inside 3D Slicer `sys.executable` is PythonSlicer, and the engine is not installed but shipped in the
+    module's folder, which PythonSlicer does not put on its path: the folder holding this package is
+    prepended to PYTHONPATH so `-m extremeaug.project.worker` imports this very copy."""
     args = [sys.executable, "-m", "extremeaug.project.worker", str(root), run_id] + (["--resume"] if resume else [])
     kwargs = {"start_new_session": True} if os.name == "posix" else {
         "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
     with open(log, "ab") as out:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=str(root), **kwargs)
+                                cwd=str(root), env=env, **kwargs)
 
 
 def cancel(store: Store, wait_s: float = 120.0) -> dict:
@@ -140,7 +146,8 @@ def cancel(store: Store, wait_s: float = 120.0) -> dict:
     if run is None:
         raise ExtremeAugError("no training is running in this project")
     (run_dir(store, run["id"]) / "cancel").write_text(str(time.time()))
-    if run["pid"] and os.name == "posix":
+    # a 'starting' worker may still be importing, before its SIGTERM handler exists: the file reaches it
+    if run["status"] == "running" and run["pid"] and os.name == "posix":
         try:
             os.kill(run["pid"], signal.SIGTERM)
         except ProcessLookupError:
@@ -164,6 +171,31 @@ def append_event(path: Path, name: str, **fields) -> None:
             cut = f.read(1) != b"\n"
         line = json.dumps({"event": name, "time": round(time.time(), 3), **fields}) + "\n"
         f.write((b"\n" if cut else b"") + line.encode())
+
+
+class EventReader:
+    """Reads the complete JSON lines appended to a progress file since the last call (what a GUI timer or
+    `train --wait` polls); a line still being written waits for the next call."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = Path(path), 0
+
+    def read(self) -> list:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        events = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass   # a line cut short by a killed worker
+        return events
 
 
 def tail_events(path: Path, max_bytes: int = 16384) -> list:
@@ -206,6 +238,14 @@ def run_status(store: Store, run) -> dict:
     return info
 
 
-def config_dict(train_cfg, device: str, time_budget_min: Optional[float], checkpoint_minutes: float) -> dict:
-    return {"train": asdict(train_cfg), "device": device, "time_budget_min": time_budget_min,
+def new_config(store: Store, device: str = "auto", time_budget_min: Optional[float] = None,
+               checkpoint_minutes: float = 2.0, **train) -> dict:
+    """A run's configuration: the engine's TrainConfig (checked; the project's plane) plus how to run it."""
+    from ..train import TrainConfig
+
+    cfg = TrainConfig(plane=store.setting("plane"), **train)
+    cfg.check()
+    if time_budget_min is not None and time_budget_min <= 0:
+        raise ExtremeAugError("--time-budget must be positive (minutes)")
+    return {"train": asdict(cfg), "device": device, "time_budget_min": time_budget_min,
             "checkpoint_minutes": checkpoint_minutes}

@@ -63,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     store = Store.open(a.project)
     folder = run_dir(store, a.run_id)
     events = folder / "progress.jsonl"
+    cancelled = threading.Event()
+    # before the claim: `cancel` signals only a claimed ('running') run, so the handler is always in place
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())   # the engine installs its own while training
     with store.write() as conn:
         claimed = conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE id = ? AND status = 'starting'",
                                (os.getpid(), a.run_id)).rowcount
@@ -72,8 +75,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     heart = Heartbeat(folder / "heartbeat.json", "preparing")
     heart.beat()
     heart.start()
-    cancelled = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())   # the engine installs its own while training
     try:
         heart.set_phase("preparing", events)
         version = _train_and_publish(store, a.run_id, a.resume, heart, events, cancelled)

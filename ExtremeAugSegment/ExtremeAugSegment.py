@@ -1,0 +1,68 @@
+"""3D Slicer module ExtremeAugSegment: train a segmentation model from one delineated scan, segment,
+correct, retrain. The panel is ExtremeAugSegmentLib.Widget, the logic ExtremeAugSegmentLib.Logic, the
+engine the `extremeaug` package shipped beside this file (also `pip install`-able for the command line)."""
+import tempfile
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
+
+
+class ExtremeAugSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "ExtremeAugSegment"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["The ExtremeAugSegment authors"]
+        self.parent.helpText = (
+            "Delineate one scan in the Segment Editor, add it as a labeled scan and click <b>Train from "
+            "labeled scans</b>: a residual U-Net learns from it with extreme augmentation (Gaonkar et al.) in a "
+            "background process. <b>Segment</b> new scans, correct them in the Segment Editor, <b>Accept "
+            "correction</b> and retrain: every label and model version is kept in the project folder. "
+            "See <a href='https://github.com/ExtremeAugSegment/ExtremeAugSegment#use-it-in-3d-slicer'>the "
+            "documentation</a>.")
+        self.parent.acknowledgementText = (
+            "Method: B. Gaonkar et al., \"Extreme Augmentation: Can deep learning based medical image "
+            "segmentation be trained using a single manually delineated scan?\"")
+
+
+class ExtremeAugSegmentWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        from ExtremeAugSegmentLib.Widget import Widget
+        self.widget = Widget()
+        self.layout.addWidget(self.widget)
+
+    def cleanup(self):
+        if getattr(self, "widget", None) is not None:
+            self.widget.cleanup()
+
+
+class ExtremeAugSegmentTest(ScriptedLoadableModuleTest):
+    """The clinician's loop on a phantom in this Slicer (ExtremeAugSegmentLib.SelfTest; CI runs the same
+    function in a bare MRML scene). Needs torch and onnxruntime (the module installs them on first use)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        from ExtremeAugSegmentLib.InstallLogic import missingModules
+        missing = missingModules()
+        if missing:
+            self.skipTest(f"install the dependencies first (missing: {', '.join(missing)})")
+        from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic
+        from ExtremeAugSegmentLib.SelfTest import runLoop
+
+        def wait(seconds):   # keep the application responsive while the worker trains
+            slicer.app.processEvents()
+            slicer.util.delayDisplay("training in the background...", int(seconds * 1000))
+
+        logic = ExtremeAugSegmentLogic(slicer.mrmlScene)
+        with tempfile.TemporaryDirectory(prefix="ExtremeAugSegmentTest-") as workdir:
+            try:
+                runLoop(logic, workdir, wait=wait, log=slicer.util.delayDisplay)
+            finally:
+                logic.closeProject()
+        slicer.util.delayDisplay("ExtremeAugSegment self-test passed")

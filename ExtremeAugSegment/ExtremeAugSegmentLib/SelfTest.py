@@ -1,0 +1,90 @@
+"""The clinician's loop on a synthetic phantom, through the Logic and the real background worker:
+add a labeled scan -> train -> wait (polling as the widget's timer does) -> segment -> correct -> accept.
+
+Slicer's self-test (ExtremeAugSegmentTest) runs it in the application's scene; the pytest suite runs the
+same function in a bare MRML scene, so the code Slicer's test runner executes is also tested in CI.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from extremeaug.phantom import write_phantoms
+
+from . import SceneIO
+from .Logic import SEGMENT_COLOR, SEGMENT_NAME, ExtremeAugSegmentLogic
+from .TrainingMonitor import TrainingState
+
+TINY_TRAINING = {"augment": 3, "epochs": 1, "width": 4, "device": "cpu"}
+
+
+def waitForTraining(logic: ExtremeAugSegmentLogic, wait: Callable[[float], None] = time.sleep,
+                    timeout_s: float = 900.0, interval_s: float = 1.0) -> TrainingState:
+    """Poll until the run is no longer active, as the widget's QTimer does (never a blocking call)."""
+    deadline = time.monotonic() + timeout_s
+    state = logic.poll()
+    while state.active:
+        if time.monotonic() > deadline:
+            logic.cancelTraining()
+            raise AssertionError(f"training did not finish within {timeout_s:.0f} s: {state.text}")
+        wait(interval_s)
+        state = logic.poll()
+    return state
+
+
+def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[float], None] = time.sleep,
+            log: Callable[[str], None] = print, training: dict = TINY_TRAINING) -> dict:
+    workdir = Path(workdir)
+    scans = write_phantoms(workdir / "phantoms", 2)
+    scene = logic.scene
+    labeled = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scans[0][0])), "phantom_0")
+    delineation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "phantom_0 delineation")
+    segmentId = SceneIO.setSegmentFromImage(delineation, sitk.ReadImage(str(scans[0][1])), labeled, SEGMENT_NAME,
+                                            SEGMENT_COLOR)
+    logic.openProject(str(workdir / "project"), create=True)
+    case = logic.addLabeledScan(labeled, delineation, segmentId)
+    _check(case["state"] == "manual" and case["split"] == "train", f"labeled scan added as {case}")
+    log(f"added labeled scan {case['id']}; training {training}")
+
+    logic.startTraining(**training)
+    waits = []
+    state = waitForTraining(logic, lambda seconds: (wait(seconds), waits.append(seconds)))
+    polls = len(waits) + 1
+    _check(state.status == "finished" and state.version == 1, f"training ended {state.status}: {state.message}")
+    _check(len(state.curve) > 0, "no training curve points were read")
+    chart = logic.updateTrainingPlot()
+    log(f"trained model v{state.version} ({len(state.curve)} curve points, {polls} polls)")
+
+    unseen = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scans[1][0])), "phantom_1")
+    segmentationNode, probabilityNode, result = logic.segmentVolume(unseen)
+    _check(segmentationNode.GetName() == "phantom_1 segmentation", segmentationNode.GetName())
+    prediction = SceneIO.segmentToImage(segmentationNode, segmentationNode.GetSegmentation().GetNthSegmentID(0),
+                                        unseen)
+    log(f"segmented {result['id']} with v{result['version']}: {result['voxels']} voxels, "
+        f"uncertainty {result['uncertainty']:.3f}")
+
+    suggestion, suggestedVolume, suggestedSegmentation, _ = logic.suggestNext()
+    _check(suggestion["case"] == result["id"] and suggestedVolume is unseen and
+           suggestedSegmentation is segmentationNode, f"suggested {suggestion}")   # loaded nodes are reused
+
+    truth = sitk.ReadImage(str(scans[1][1]))   # the "correction": what the clinician draws in the editor
+    SceneIO.setSegmentFromImage(segmentationNode, truth, unseen, SEGMENT_NAME, SEGMENT_COLOR,
+                                segmentationNode.GetSegmentation().GetNthSegmentID(0))
+    accepted = logic.acceptCorrection(segmentationNode)
+    _check(accepted["state"] == "corrected", f"accepted as {accepted['state']}")
+    stored = sitk.ReadImage(str(logic.project.path(accepted["label"])))
+    _check(np.array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(truth) > 0),
+           "the accepted label differs from the edited segment")
+    log(f"accepted the correction of {accepted['id']}")
+    return {"case": case, "state": state, "chart": chart, "segmentation": segmentationNode,
+            "probability": probabilityNode, "prediction": prediction, "result": result, "accepted": accepted,
+            "polls": polls, "volume": unseen}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)

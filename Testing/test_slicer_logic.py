@@ -1,0 +1,248 @@
+"""The module's Logic in a real MRML scene (the slicer-core wheel; see DEVELOPERS.md): scene nodes <-> project
+files with the geometry intact, results aligned voxel for voxel, the accept path, and the whole loop with
+the real background worker, polled as the widget polls it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, oblique_direction
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+import vtk  # noqa: E402  (installed with slicer-core)
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "ExtremeAugSegment"
+sys.path.insert(0, str(MODULE_DIR))
+
+from ExtremeAugSegmentLib import SceneIO  # noqa: E402
+from ExtremeAugSegmentLib.InstallLogic import InstallLogic, installPlan, missingModules  # noqa: E402
+from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
+from ExtremeAugSegmentLib.SelfTest import runLoop, waitForTraining  # noqa: E402
+from extremeaug.errors import ExtremeAugError  # noqa: E402
+from extremeaug.project.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    """A bare MRML scene with the Segmentations and Volumes logics, as the application sets them up."""
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.SetSliceLogics(vtk.vtkCollection())
+    app.SetViewLogics(vtk.vtkCollection())
+    logics = []
+    for name, cls in (("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("Volumes", slicer.vtkSlicerVolumesLogic)):
+        logic = cls()
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, logic)
+        logics.append(logic)
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def logic(scene, tmp_path):
+    logic = ExtremeAugSegmentLogic(scene)
+    logic.openProject(str(tmp_path / "project"), create=True)
+    yield logic
+    logic.closeProject()
+
+
+def oblique_scan(seed=0, shape=(9, 24, 32)):
+    rng = np.random.default_rng(seed)
+    array = rng.integers(-500, 1500, shape).astype(np.int16)
+    image = make_image(array, (0.6, 0.85, 3.3), (12.5, -40.25, 71.0), oblique_direction())
+    mask = np.zeros(shape, np.uint8)
+    mask[3:6, 6:18, 5:25] = 1
+    mask[7, 2, 3] = 1
+    return image, sitk.GetImageFromArray(mask)
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
+    """The IJK-to-RAS matrix a SimpleITK (LPS) image implies."""
+    d = np.diag([-1.0, -1.0, 1.0]) @ np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    out = np.eye(4)
+    out[:3, :3] = d
+    out[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.array(image.GetOrigin())
+    return out
+
+
+def labeled_volume(scene, seed=0, name="oblique"):
+    image, mask = oblique_scan(seed)
+    mask.CopyInformation(image)
+    volume = SceneIO.addVolumeNode(scene, image, name)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} delineation")
+    segment = SceneIO.setSegmentFromImage(segmentation, mask, volume, "disc", (1, 0, 0))
+    return image, mask, volume, segmentation, segment
+
+
+def test_volume_and_segment_become_case_files_with_geometry_preserved(scene, logic):
+    image, mask, volume, segmentation, segment = labeled_volume(scene)
+    assert [(r["id"], r["state"]) for r in logic.trainingDataRows()] == [("oblique", "in scene: oblique delineation")]
+    summary = logic.addLabeledScan(volume, segmentation, segment)
+    assert [(r["id"], r["state"]) for r in logic.trainingDataRows()] == [("oblique", "manual")]
+    assert summary["state"] == "manual" and summary["split"] == "train"
+    scan = sitk.ReadImage(str(logic.project.path(summary["scan"])))
+    label = sitk.ReadImage(str(logic.project.path(summary["label"])))
+    assert scan.GetPixelID() == sitk.sitkInt16   # the scan keeps its own pixel type
+    assert np.array_equal(sitk.GetArrayViewFromImage(scan), sitk.GetArrayViewFromImage(image))
+    assert np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(mask))
+    for stored in (scan, label):
+        np.testing.assert_allclose(ijk_to_ras_of(stored), ijk_to_ras(volume), atol=1e-9)
+    assert volume.GetAttribute(CASE_ATTRIBUTE) == summary["id"] == "oblique"
+    assert [(v.GetID(), s.GetID()) for v, s in logic.scenePairs()] == [(volume.GetID(), segmentation.GetID())]
+    row = logic.project.conn.execute("SELECT source FROM cases").fetchone()
+    assert row["source"] == "3D Slicer volume 'oblique'"
+
+
+def test_result_files_become_nodes_aligned_voxel_for_voxel(scene, logic, tmp_path):
+    image, mask, volume, _, _ = labeled_volume(scene)
+    case_id = logic.addScan(volume)
+    probability = sitk.GetImageFromArray(np.random.default_rng(1).random(mask.GetSize()[::-1]).astype(np.float32))
+    # what a prediction file holds: the scan's grid as written to and read back from disk
+    stored_scan = sitk.ReadImage(str(logic.project.path(logic.project.case(case_id)["scan"])))
+    for img in (mask, probability):
+        img.CopyInformation(stored_scan)
+    folder = logic.project.root / "cases" / case_id / "auto"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(mask, str(folder / "m.nrrd"))
+    sitk.WriteImage(probability, str(folder / "p.nrrd"))
+    segmentation, prob_node = logic.showResult(volume, case_id, f"cases/{case_id}/auto/m.nrrd",
+                                               f"cases/{case_id}/auto/p.nrrd", 3)
+    assert segmentation.GetName() == "oblique segmentation"
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "intervertebral disc"
+    back = SceneIO.segmentToImage(segmentation, segment_id, volume)
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(mask))
+    assert np.array_equal(slicer.util.arrayFromVolume(prob_node), sitk.GetArrayViewFromImage(probability))
+    assert np.array_equal(ijk_to_ras(prob_node), ijk_to_ras(volume))
+    # segmenting again reuses the nodes instead of piling up new ones
+    again, prob_again = logic.showResult(volume, case_id, f"cases/{case_id}/auto/m.nrrd", None, 3)
+    assert again is segmentation and prob_again is None
+    assert scene.GetNodesByClassByName("vtkMRMLSegmentationNode", "oblique segmentation").GetNumberOfItems() == 1
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_mask_on_another_grid_is_refused(scene, logic):
+    volume = labeled_volume(scene)[2]
+    mask = oblique_scan()[1]   # the same size, but at origin 0 and axis-aligned
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(ValueError, match="not on the grid"):
+        SceneIO.setSegmentFromImage(segmentation, mask, volume, "x", (1, 0, 0))
+
+
+def test_same_volume_is_one_case_and_unsaved_namesakes_are_two(scene, logic):
+    image, _ = oblique_scan()
+    first = SceneIO.addVolumeNode(scene, image, "scan")
+    assert logic.addScan(first) == logic.addScan(first) == "scan"
+    namesake = SceneIO.addVolumeNode(scene, image, "scan")
+    assert logic.addScan(namesake) == "scan_2"
+    assert len(logic.caseRows()) == 2
+
+
+def test_accept_refuses_foreign_or_empty_segmentations_and_changes_nothing(scene, logic):
+    _, _, volume, segmentation, segment = labeled_volume(scene)
+    with pytest.raises(ExtremeAugError, match="not a result of this module"):
+        logic.acceptCorrection(segmentation)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    empty.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    empty_id = empty.GetSegmentation().AddEmptySegment("", "nothing")
+    before = logic.project.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    with pytest.raises(ExtremeAugError, match="empty"):
+        logic.addLabeledScan(volume, empty, empty_id)
+    assert logic.project.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == before
+    assert logic.caseRows() == []
+    with pytest.raises(ExtremeAugError, match="no project is open"):
+        ExtremeAugSegmentLogic(scene).status()
+
+
+def test_whole_loop_through_the_logic_with_the_real_worker(scene, tmp_path):
+    """add labeled scan -> train (background worker) -> poll -> segment -> correct -> accept: the same
+    function Slicer's self-test runs."""
+    logic = ExtremeAugSegmentLogic(scene)
+    try:
+        out = runLoop(logic, tmp_path, log=lambda m: None)
+        store = logic.project
+        # the result is the stored prediction, voxel for voxel, on the volume's grid
+        auto = store.conn.execute("SELECT * FROM labels WHERE kind = 'auto'").fetchone()
+        stored = sitk.ReadImage(str(store.path(auto["path"])))
+        assert np.array_equal(sitk.GetArrayViewFromImage(out["prediction"]), sitk.GetArrayViewFromImage(stored))
+        assert np.array_equal(ijk_to_ras(out["probability"]), ijk_to_ras(out["volume"]))
+        # the accepted label is a new file: the auto label stays in the history
+        kinds = [r[0] for r in store.conn.execute("SELECT kind FROM labels WHERE case_id = 'phantom_1' ORDER BY id")]
+        assert kinds == ["auto", "corrected"]
+        assert out["polls"] >= 2 and out["state"].fraction == 1.0
+        chart = out["chart"]
+        assert chart.GetNumberOfPlotSeriesNodes() == 2
+        table = scene.GetFirstNodeByName("ExtremeAugSegment training curve").GetTable()
+        assert table.GetNumberOfRows() == len(out["state"].curve) > 0
+        assert [v["version"] for v in logic.versions()] == [1]
+        assert logic.useVersion(1) == 1
+        with pytest.raises(ExtremeAugError, match="no model version 5"):
+            logic.useVersion(5)
+        info, volume, segmentation, _ = logic.suggestNext()
+        assert info["case"] is None and volume is None   # every case now has a human label
+    finally:
+        logic.closeProject()
+    reopened = Store.open(tmp_path / "project")
+    assert reopened.state("phantom_1") == "corrected"
+    reopened.close()
+
+
+def test_a_failing_worker_is_reported_and_training_can_start_again(scene, logic):
+    _, _, volume, segmentation, segment = labeled_volume(scene)
+    case = logic.addLabeledScan(volume, segmentation, segment)
+    scan = logic.project.path(case["scan"])
+    hidden = scan.with_name("hidden.nrrd")
+    scan.rename(hidden)   # the worker cannot read its training scan
+    logic.startTraining(augment=1, epochs=1, width=4, device="cpu")
+    state = waitForTraining(logic, timeout_s=300)
+    assert state.status == "failed" and "scan.nrrd" in state.message and state.text.startswith("failed: ")
+    assert not state.active
+    hidden.rename(scan)
+    run = logic.startTraining(augment=1, epochs=1, width=4, device="cpu")   # not refused: nothing is stuck
+    assert logic.poll().run == run
+    logic.cancelTraining()
+    assert waitForTraining(logic, timeout_s=300).status in ("cancelled", "finished")
+
+
+def test_logic_imports_without_torch_or_onnxruntime():
+    """Dependencies are installed on first use, never needed at import."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; "
+            f"sys.path.insert(0, {str(MODULE_DIR)!r}); import ExtremeAugSegmentLib.Logic; "
+            "import ExtremeAugSegmentLib.InstallLogic")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_install_plan_prefers_pytorchutils_and_matches_onnxruntime_to_the_gpu():
+    plan = installPlan(["torch", "onnxruntime", "tqdm"], hasPyTorchUtils=True, cuda=True)
+    assert [(s.module, s.how, s.requirement) for s in plan] == [
+        ("torch", "pytorchutils", "torch>=2.1"), ("onnxruntime", "pip", "onnxruntime-gpu>=1.16"),
+        ("tqdm", "pip", "tqdm>=4.60")]
+    plan = installPlan(["torch", "onnxruntime"], hasPyTorchUtils=False, cuda=False)
+    assert [(s.how, s.requirement) for s in plan] == [("pip", "torch>=2.1"), ("pip", "onnxruntime>=1.16")]
+    assert installPlan([], True, True) == []
+
+
+def test_install_asks_first_and_installs_nothing_when_declined():
+    assert missingModules() == []                        # this environment has everything
+    asked = []
+    assert InstallLogic(confirm=lambda q: asked.append(q) or False).ensure() is True
+    assert asked == []                                    # nothing missing: no question
+    assert missingModules(find=lambda name: None if name in ("onnxruntime", "tqdm") else object()) == [
+        "onnxruntime", "tqdm"]

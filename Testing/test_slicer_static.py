@@ -1,0 +1,124 @@
+"""Static checks of what cannot run without the Slicer application: the module file and its library compile
+(for Slicer's Python 3.9 as well), the widget uses only widgets that exist in the .ui, the parameter node
+matches the .ui, CMake lists every file, and the extension description files are complete."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "ExtremeAugSegment"
+LIB = MODULE / "ExtremeAugSegmentLib"
+UI = MODULE / "Resources" / "UI" / "ExtremeAugSegment.ui"
+SLICER_ONLY = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+
+
+def module_python_files():
+    return sorted(p for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts and ".egg-info" not in str(p))
+
+
+def ui_widgets() -> dict:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def imported_modules(path: Path) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", [MODULE / "ExtremeAugSegment.py", *sorted(LIB.glob("*.py"))], ids=lambda p: p.name)
+def test_module_files_compile_for_python_3_9(path):
+    source = path.read_text(encoding="utf-8")
+    compile(source, str(path), "exec")
+    ast.parse(source, feature_version=(3, 9))   # Slicer's Python may be 3.9: no match, no 3.10+ syntax
+
+
+def test_module_file_is_thin_and_has_module_widget_and_test():
+    path = MODULE / "ExtremeAugSegment.py"
+    classes = {n.name: n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)}
+    assert set(classes) == {"ExtremeAugSegment", "ExtremeAugSegmentWidget", "ExtremeAugSegmentTest"}
+    assert [b.id for b in classes["ExtremeAugSegmentTest"].bases] == ["ScriptedLoadableModuleTest"]
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 100
+    source = path.read_text(encoding="utf-8")
+    assert 'self.parent.categories = ["Segmentation"]' in source and 'self.parent.title = "ExtremeAugSegment"' in source
+
+
+def test_every_ui_name_the_widget_uses_exists_in_the_ui():
+    used = set(re.findall(r"self\.ui\.(\w+)", (LIB / "Widget.py").read_text(encoding="utf-8")))
+    widgets = ui_widgets()
+    assert used, "the widget uses no ui names?"
+    assert not used - set(widgets), f"used but not in the .ui: {sorted(used - set(widgets))}"
+    names = [w.get("name") for w in ET.parse(UI).getroot().iter("widget")]
+    assert len(names) == len(set(names)), "widget names in the .ui must be unique"
+
+
+def test_every_widget_connects_to_a_parameter_and_back():
+    tree = ast.parse((LIB / "Parameter.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    connected = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                connected[prop.find("string").text] = name
+    assert set(connected) <= fields, f"the .ui names unknown parameters: {set(connected) - fields}"
+    assert fields - set(connected) == {"projectFolder"}, "every parameter but the project folder has a widget"
+    assert "__future__" not in imported_modules(LIB / "Parameter.py")   # the wrapper needs real annotations
+
+
+def test_cmake_lists_every_python_file_and_resource():
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "ExtremeAugSegment")
+    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", text, re.S).group(1).split()
+    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
+    on_disk = {p.relative_to(MODULE).as_posix() for p in module_python_files()}
+    assert set(scripts) == on_disk, f"missing: {on_disk - set(scripts)}; listed but absent: {set(scripts) - on_disk}"
+    assert set(resources) == {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*")
+                              if p.is_file()}
+    assert "slicerMacroBuildScriptedModule" in text
+    assert "slicer_add_python_unittest(SCRIPT ExtremeAugSegment.py)" in text
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "project(ExtremeAugSegment)" in top and "add_subdirectory(ExtremeAugSegment)" in top
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), key
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+
+
+def test_extension_description_and_catalog_entry():
+    s4ext = {}
+    for line in (ROOT / "ExtremeAugSegment.s4ext").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            s4ext[key] = value.strip()
+    required = ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "description", "screenshoturls", "status", "enabled")
+    assert not [k for k in required if not s4ext.get(k)], s4ext
+    entry = json.loads((ROOT / "ExtremeAugSegment.json").read_text(encoding="utf-8"))
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_url", "tier"}   # the schema allows no other property
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["category"] == s4ext["category"] == "Segmentation"
+    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
+    assert entry["build_subdirectory"] == s4ext["build_subdirectory"]
+
+
+@pytest.mark.parametrize("name", ["Logic.py", "SceneIO.py", "TrainingMonitor.py", "SelfTest.py", "InstallLogic.py"])
+def test_logic_uses_mrml_only(name):
+    """Logic runs without the application (and in a bare MRML scene): no Qt, no module framework."""
+    bad = {m for m in imported_modules(LIB / name) if m.split(".")[0] in ("qt", "ctk", "PythonQt") or m in SLICER_ONLY}
+    assert not bad, bad
+
+
+def test_engine_imports_nothing_from_slicer():
+    for path in (MODULE / "extremeaug").rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in ("slicer", "qt", "ctk", "vtk")}
+        assert not bad, (path, bad)
