@@ -151,13 +151,28 @@ def test_same_volume_is_one_case_and_unsaved_namesakes_are_two(scene, logic):
     assert logic.addScan(first) == logic.addScan(first) == "scan"
     namesake = SceneIO.addVolumeNode(scene, image, "scan")
     assert logic.addScan(namesake) == "scan_2"
-    assert len(logic.caseRows()) == 2
+    # a volume loaded from a file is known by that file, even when loaded again into a new node
+    loaded = []
+    for _ in range(2):
+        node = SceneIO.addVolumeNode(scene, image, "from disk")
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName("/data/lumbar/case7.nrrd")
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        loaded.append(logic.addScan(node))
+    assert loaded == ["from_disk", "from_disk"]
+    assert len(logic.caseRows()) == 3
+    with pytest.raises(ExtremeAugError, match="choose a volume"):
+        logic.addLabeledScan(first, None, "")
 
 
 def test_accept_refuses_foreign_or_empty_segmentations_and_changes_nothing(scene, logic):
     _, _, volume, segmentation, segment = labeled_volume(scene)
     with pytest.raises(ExtremeAugError, match="not a result of this module"):
         logic.acceptCorrection(segmentation)
+    with pytest.raises(ExtremeAugError, match="choose the result segmentation"):
+        logic.acceptCorrection(None)
+    with pytest.raises(ExtremeAugError, match="choose the volume to segment"):
+        logic.segmentVolume(None)
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     empty.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     empty_id = empty.GetSegmentation().AddEmptySegment("", "nothing")

@@ -191,6 +191,32 @@ def test_interrupt_before_training_writes_nothing(tmp_path, phantoms):
     assert not out.exists()
 
 
+def test_an_early_interrupt_swallowed_by_a_library_still_stops_training(tmp_path, phantoms):
+    """A Ctrl-C landing in a call that swallows KeyboardInterrupt (an import's bare `except:`) is
+    remembered: training then refuses to start and writes nothing (CI once lost one and trained on)."""
+    import os
+
+    from extremeaug import interrupts
+    from extremeaug.dataset import Case
+    from extremeaug.train import RunOptions, TrainConfig, train
+
+    previous = signal.getsignal(signal.SIGINT)
+    interrupts.watch()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except BaseException:   # what a swallowing library does
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(augment=1, epochs=1, width=4), [Case(str(phantoms[0][0]), str(phantoms[0][1]))], [],
+                  tmp_path / "m", RunOptions(device="cpu", show_progress=False))
+        assert not (tmp_path / "m").exists()
+    finally:
+        interrupts._seen.clear()
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
 def test_demo_runs_and_reports(tmp_path):
     from extremeaug.demo import run_demo

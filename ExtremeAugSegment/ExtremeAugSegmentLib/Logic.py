@@ -123,6 +123,8 @@ class ExtremeAugSegmentLogic:
     def addLabeledScan(self, volumeNode, segmentationNode, segmentId: str, caseId: Optional[str] = None,
                        split: str = "auto") -> dict:
         """The volume with a segment delineated on it becomes a manually labeled case (training data)."""
+        if volumeNode is None or segmentationNode is None or not segmentId:
+            raise ExtremeAugError("choose a volume, the segmentation drawn on it and its segment first")
         mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
         known = self.caseIdOf(volumeNode)
         with tempfile.TemporaryDirectory(prefix="extremeaug-") as tmp:
@@ -140,6 +142,8 @@ class ExtremeAugSegmentLogic:
 
     def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: str = "auto") -> dict:
         """Store the (edited) segment of a result as the case's corrected label; earlier labels are kept."""
+        if segmentationNode is None:
+            raise ExtremeAugError("choose the result segmentation to accept first")
         volumeNode = segmentationNode.GetNodeReference(VOLUME_ROLE)
         if volumeNode is None or segmentationNode.GetAttribute(CASE_ATTRIBUTE) is None:
             raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} is not a result of this module: "
@@ -183,6 +187,8 @@ class ExtremeAugSegmentLogic:
         """Segment a volume with a model version (default: the active one) -> (segmentation node,
         probability node or None, the project's result). The volume joins the project as a case, so
         its correction can be accepted."""
+        if volumeNode is None:
+            raise ExtremeAugError("choose the volume to segment first")
         caseId = self.addScan(volumeNode)
         result = projectSuggest.segment_cases(self.project, [caseId], version, device)[0]
         segmentationNode, probabilityNode = self.showResult(volumeNode, caseId, result["mask"],

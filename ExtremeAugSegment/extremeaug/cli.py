@@ -207,6 +207,8 @@ def _name(args) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .interrupts import watch
+    watch()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,8 +5,6 @@ import io
 import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from .augment import (AUGMENT_MODES, AugmentConfig, EpochOrder, PoolParams, augm
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
+from .interrupts import StopFlag, raise_if_interrupted
 from .io import read_scan, write_bytes
 from .losses import LOSSES, segmentation_loss
 from .model import ResUNet
@@ -92,27 +91,6 @@ def select_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ExtremeAugError(f"unknown device {name!r}; choose auto, cpu or cuda")
     return torch.device(name)
-
-
-class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (installed from the main thread only)."""
-
-    def __init__(self):
-        self.reason: Optional[str] = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.reason = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _save(obj, path: Path) -> None:
@@ -252,6 +230,7 @@ class Trainer:
                "version": __version__}, self.out / CHECKPOINT)
 
     def run(self) -> TrainResult:
+        raise_if_interrupted()   # a Ctrl-C swallowed during set-up still means: write nothing
         self.out.mkdir(parents=True, exist_ok=True)
         budget_s = self.opts.time_budget_min * 60 if self.opts.time_budget_min else None
         reporter = ProgressReporter(self.opts.progress_file, self.total_steps, self.opts.show_progress,

@@ -1,0 +1,52 @@
+"""Ctrl-C / SIGTERM: stop training cleanly after the current step, and never lose an early Ctrl-C.
+
+Before training starts, SIGINT raises KeyboardInterrupt as usual, so nothing is written. But a Ctrl-C that
+lands inside a library call which swallows KeyboardInterrupt (an import guarded by a bare `except:`)
+would be lost and a 100-epoch run would go on; the command line therefore installs `watch()` first, which
+also remembers the interrupt, and training refuses to start once one was seen (`raise_if_interrupted`).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Optional
+
+_seen = threading.Event()
+
+
+def watch() -> None:
+    """Install the remembering SIGINT handler (main thread only, as signal handlers must be)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _remember_and_raise)
+
+
+def _remember_and_raise(signum, frame):
+    _seen.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    if _seen.is_set():
+        raise KeyboardInterrupt
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (installed from the main thread only)."""
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self._old = {}
+
+    def __enter__(self):
+        raise_if_interrupted()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
