@@ -62,6 +62,20 @@ def test_train_refuses_cuda_without_cuda(tmp_path, phantoms):
     assert not out.exists()
 
 
+def test_train_and_project_train_refuse_a_non_positive_time_budget(tmp_path, phantoms):
+    out = tmp_path / "model"
+    for budget in ("0", "-2"):
+        result = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
+                         "--time-budget", budget)
+        one_line_error(result, "--time-budget must be positive")
+    assert not out.exists()
+    proj = tmp_path / "proj"
+    assert run_cli("project", "init", proj).returncode == 0
+    assert run_cli("project", "add", proj, phantoms[0][0], "--label", phantoms[0][1]).returncode == 0
+    one_line_error(run_cli("project", "train", proj, "--time-budget", "0"), "--time-budget must be positive")
+    assert not (proj / "runs").exists() or not any((proj / "runs").iterdir())   # no worker was started
+
+
 def test_train_refuses_unpaired_and_existing_model(tmp_path, phantoms, random_model):
     result = run_cli("train", "--image", phantoms[0][0], "--out", tmp_path / "m")
     one_line_error(result, "pairs")

@@ -70,6 +70,12 @@ class RunOptions:
     max_steps: Optional[int] = None     # stop after this many steps in this run (benchmarks, tests)
     stop_file: Optional[str] = None     # stop cleanly once this file exists (a cancel that works on Windows too)
 
+    def check(self) -> None:
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ExtremeAugError("--time-budget must be positive (minutes)")
+        if self.checkpoint_minutes <= 0:
+            raise ExtremeAugError("--checkpoint-minutes must be positive")
+
 
 @dataclass
 class TrainResult:
@@ -109,6 +115,7 @@ def _load(path: Path) -> dict:
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
                  opts: RunOptions):
+        opts.check()
         self.out, self.opts = Path(out_dir), opts
         self.device = select_device(opts.device)
         state = self._resume_state(train_cases)

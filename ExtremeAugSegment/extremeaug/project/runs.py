@@ -241,11 +241,10 @@ def run_status(store: Store, run) -> dict:
 def new_config(store: Store, device: str = "auto", time_budget_min: Optional[float] = None,
                checkpoint_minutes: float = 2.0, **train) -> dict:
     """A run's configuration: the engine's TrainConfig (checked; the project's plane) plus how to run it."""
-    from ..train import TrainConfig
+    from ..train import RunOptions, TrainConfig
 
     cfg = TrainConfig(plane=store.setting("plane"), **train)
     cfg.check()
-    if time_budget_min is not None and time_budget_min <= 0:
-        raise ExtremeAugError("--time-budget must be positive (minutes)")
+    RunOptions(device, time_budget_min, checkpoint_minutes=checkpoint_minutes).check()   # before a worker starts
     return {"train": asdict(cfg), "device": device, "time_budget_min": time_budget_min,
             "checkpoint_minutes": checkpoint_minutes}
