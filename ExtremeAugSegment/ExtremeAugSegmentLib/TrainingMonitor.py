@@ -11,8 +11,7 @@ from typing import List, Optional, Tuple
 
 import vtk
 
-from extremeaug.project.runs import ACTIVE, EventReader, run_dir
-from extremeaug.project.status import project_status
+from extremeaug.project.runs import ACTIVE, EventReader, latest_run_status, run_dir
 from extremeaug.project.store import Store
 
 TABLE_NAME = "ExtremeAugSegment training curve"
@@ -41,7 +40,7 @@ class TrainingMonitor:
         self.curve: List[Tuple[int, float, float]] = []
 
     def poll(self) -> TrainingState:
-        run = project_status(self.store)["run"]
+        run = latest_run_status(self.store)
         if run is None:
             return TrainingState()
         if run["id"] != self.runId:
@@ -92,11 +91,7 @@ class TrainingMonitor:
         return chart
 
     def _node(self, className: str, name: str):
-        for i in range(self.scene.GetNumberOfNodesByClass(className)):
-            node = self.scene.GetNthNodeByClass(i, className)
-            if node.GetName() == name:
-                return node
-        return self.scene.AddNewNodeByClass(className, name)
+        return self.scene.GetFirstNode(name, className) or self.scene.AddNewNodeByClass(className, name)
 
 
 def _describe(run: dict, progress: dict) -> str:

@@ -257,7 +257,8 @@ class Widget(qt.QWidget):
                                                     self.ui.inputSegmentComboBox.count)
         self.ui.segmentButton.enabled = bool(p.segmentVolume) and self.ui.modelVersionComboBox.count > 0
         self.ui.editButton.enabled = self.ui.acceptButton.enabled = bool(p.resultSegmentation)
-        self.ui.dependenciesLabel.text = ("missing: " + ", ".join(missingModules())) if missingModules() else \
+        missing = missingModules()
+        self.ui.dependenciesLabel.text = ("missing: " + ", ".join(missing)) if missing else \
             "torch, onnxruntime and the other packages are installed"
         self._setTrainingButtons(self._wasActive)
 
@@ -280,7 +281,8 @@ class Widget(qt.QWidget):
         table, combo = self.ui.versionsTableWidget, self.ui.modelVersionComboBox
         table.setRowCount(len(rows))
         combo.clear()
-        combo.addItem("active version", None)
+        if rows:
+            combo.addItem("active version", None)
         for r, v in enumerate(rows):
             dice, hd95 = v.get("val_then_dice"), v.get("val_then_hd95")
             values = (str(v["version"]), str(v["training_scans"]), f"{dice:.3f}" if dice is not None else "-",
@@ -288,8 +290,6 @@ class Widget(qt.QWidget):
             for col, value in enumerate(values):
                 table.setItem(r, col, qt.QTableWidgetItem(value))
             combo.addItem(f"v{v['version']}", v["version"])
-        if not rows:
-            combo.clear()
 
     def _show(self, volume, segmentation, probability) -> None:
         slicer.util.setSliceViewerLayers(background=volume, foreground=probability,

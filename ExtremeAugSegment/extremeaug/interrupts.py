@@ -38,7 +38,6 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
-        raise_if_interrupted()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)

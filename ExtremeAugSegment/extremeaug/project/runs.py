@@ -189,13 +189,7 @@ class EventReader:
             return []
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
-        events = []
-        for line in complete.decode("utf-8", "replace").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                pass   # a line cut short by a killed worker
-        return events
+        return _parse_events(complete.decode("utf-8", "replace").splitlines())
 
 
 def tail_events(path: Path, max_bytes: int = 16384) -> list:
@@ -208,13 +202,25 @@ def tail_events(path: Path, max_bytes: int = 16384) -> list:
             lines = f.read().decode("utf-8", "replace").splitlines()[1 if size > max_bytes else 0:]
     except OSError:
         return []
+    return _parse_events(lines)
+
+
+def _parse_events(lines) -> list:
     events = []
     for line in lines:
         try:
             events.append(json.loads(line))
         except ValueError:
-            pass   # a line still being written
+            pass   # a line still being written, or cut short by a killed worker
     return events
+
+
+def latest_run_status(store: Store) -> Optional[dict]:
+    """The newest run's status (dead workers reaped first); None before the first run. What a front end
+    polls every second: the database row and the run's small files only."""
+    reap(store)
+    run = store.conn.execute("SELECT * FROM runs ORDER BY created DESC LIMIT 1").fetchone()
+    return run_status(store, run) if run is not None else None
 
 
 def run_status(store: Store, run) -> dict:

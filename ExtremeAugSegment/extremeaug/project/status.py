@@ -2,7 +2,7 @@
 small files only (no image or model is opened, so it stays fast on large projects)."""
 from __future__ import annotations
 
-from .runs import reap, run_status
+from .runs import latest_run_status
 from .store import Store
 
 STATE_SQL = """
@@ -14,14 +14,13 @@ SELECT COALESCE(
 
 
 def project_status(store: Store) -> dict:
-    reap(store)
+    run = latest_run_status(store)
     states = {s: 0 for s in ("unlabeled", "auto", "manual", "corrected")}
     states.update(dict(store.conn.execute(STATE_SQL).fetchall()))
     splits = dict(store.conn.execute("SELECT split, COUNT(*) FROM cases WHERE split IS NOT NULL GROUP BY split"))
-    run = store.conn.execute("SELECT * FROM runs ORDER BY created DESC LIMIT 1").fetchone()
     return {"project": str(store.root), "cases": sum(states.values()), "states": states,
             "splits": {"train": splits.get("train", 0), "validation": splits.get("validation", 0)},
             "versions": store.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
             "active_version": store.setting("active_version"),
             "settings": {k: store.setting(k) for k in ("plane", "val_fraction", "label_values")},
-            "run": run_status(store, run) if run is not None else None}
+            "run": run}
