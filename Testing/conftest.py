@@ -69,3 +69,31 @@ def one_line_error(result, *needles):
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def scene():
+    """A bare MRML scene with the Segmentations and Volumes logics, as the 3D Slicer application sets them up
+    (the slicer-core wheel; see DEVELOPERS.md)."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.SetSliceLogics(vtk.vtkCollection())
+    app.SetViewLogics(vtk.vtkCollection())
+    logics = []
+    for name, cls in (("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("Volumes", slicer.vtkSlicerVolumesLogic)):
+        logic = cls()
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, logic)
+        logics.append(logic)
+    yield scene
+    scene.Clear(1)
+
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "ExtremeAugSegment"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from extremeaug.errors import ExtremeAugError
-from extremeaug.export import PARITY_TOLERANCE, export_onnx, onnx_bytes, parity
+from extremeaug.export import PARITY_TOLERANCE, export_onnx, onnx_bytes, parity, torchscript_exporter
 from extremeaug.metadata import METADATA_KEY
 from extremeaug.infer import Segmenter
 from extremeaug.model import ProbabilityModel, ResUNet
@@ -48,7 +48,8 @@ def test_dynamic_batch_height_width(shape):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_foreign_and_corrupted_onnx_are_refused(tmp_path, random_model):
     foreign = tmp_path / "foreign.onnx"
-    torch.onnx.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),), str(foreign), dynamo=False)
+    torch.onnx.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),), str(foreign),
+                      **torchscript_exporter())
     with pytest.raises(ExtremeAugError, match="not written by extremeaug"):
         Segmenter(foreign)
     corrupted = tmp_path / "corrupted.onnx"

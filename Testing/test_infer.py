@@ -83,15 +83,15 @@ def test_runtime_failure_is_a_clear_error(tmp_path, phantoms, random_model):
     import torch
 
     from extremeaug.errors import ExtremeAugError
-    from extremeaug.export import with_metadata
+    from extremeaug.export import torchscript_exporter, with_metadata
 
     meta = _json.loads(ort.InferenceSession(str(random_model), providers=["CPUExecutionProvider"])
                        .get_modelmeta().custom_metadata_map["extremeaug"])
     import io
 
     buffer = io.BytesIO()
-    torch.onnx.export(torch.nn.Conv2d(3, 1, 3, padding=1), (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False,
-                      input_names=["image"], dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 3, padding=1), (torch.zeros(1, 3, 32, 32),), buffer,
+                      **torchscript_exporter(), input_names=["image"], dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
     path = tmp_path / "three_channels.onnx"
     path.write_bytes(with_metadata(buffer.getvalue(), meta))
     with pytest.raises(ExtremeAugError, match="onnxruntime failed on CPUExecutionProvider"):

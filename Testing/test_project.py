@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, one_line_error, run_cli
-from extremeaug.project.cases import add_case
+from extremeaug.project import Project, Split
 from extremeaug.project.store import Store
 from extremeaug.project.suggest import uncertainty
 
@@ -65,19 +65,21 @@ def test_the_bootstrap_loop_on_phantoms(tmp_path, phantoms):
     versions = project_json("models", proj, "--plot", tmp_path / "versions.png")
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["active"]
     assert [v["training_scans"] for v in versions] == [1, 2]
-    assert versions[0]["val_then_cases"] == 0 and versions[1]["val_then_cases"] == 1
+    assert versions[0]["val_then"]["cases"] == 0 and versions[1]["val_then"]["cases"] == 1
     for v in versions:   # both scored on today's validation case, so they compare
-        assert 0.3 < v["val_now_dice"] <= 1.0 and v["val_now_hd95_mm"] is not None
-    assert versions[1]["val_then_dice"] == versions[1]["val_now_dice"]
+        assert 0.3 < v["val_now"]["dice"]["value"] <= 1.0 and v["val_now"]["hd95_mm"]["value"] is not None
+    assert versions[1]["val_then"]["dice"] == versions[1]["val_now"]["dice"]
+    assert versions[0]["corrections"]["corrections"] == 2   # p1 and p2 corrected v1's predictions
     assert (tmp_path / "versions.png").stat().st_size > 10_000
     assert project_json("suggest", proj)["case"] == "p3"
 
     # the history keeps the auto label under the correction; training used only human labels
     p2 = project_json("cases", proj, "p2")
     assert [h["kind"] for h in p2["history"]] == ["auto", "corrected"] and p2["state"] == "corrected"
+    fix = p2["history"][1]["correction"]
+    assert fix["auto_label"] == p2["history"][0]["id"] and fix["model_version"] == 1 and 0 <= fix["dice"] <= 1
     with Store.open(proj) as store:
-        run2 = store.conn.execute("SELECT train_labels FROM runs ORDER BY created DESC").fetchone()[0]
-        kinds = [store.label(i)["kind"] for i in json.loads(run2)]
+        kinds = [store.label(i).kind.value for i in store.latest_run().train_labels]
     assert sorted(kinds) == ["corrected", "manual"]
 
     ok("use", proj, "1")
@@ -90,20 +92,20 @@ def test_the_bootstrap_loop_on_phantoms(tmp_path, phantoms):
     assert project_json("cases", moved, "p3")["auto_version"] == 2
 
 
+def small_scan(seed: int) -> sitk.Image:
+    return make_image(np.random.default_rng(seed).random((6, 20, 20)).astype(np.float32))
+
+
 def test_fixed_split_policy(tmp_path):
-    scan = make_image(np.random.default_rng(0).random((6, 20, 20)).astype(np.float32))
     mask = np.zeros((6, 20, 20), np.uint8)
     mask[2:4, 5:15, 5:15] = 1
-    sitk.WriteImage(scan, str(tmp_path / "s.nrrd"))
     sitk.WriteImage(make_image(mask), str(tmp_path / "m.nrrd"))
-    with Store.create(tmp_path / "proj", val_fraction=0.25) as store:
-        splits = [add_case(store, str(tmp_path / "s.nrrd"), str(tmp_path / "m.nrrd"), f"c{i}")["split"]
-                  for i in range(1, 9)]
+    with Project.create(tmp_path / "proj", val_fraction=0.25) as project:
+        splits = [project.add(small_scan(i), str(tmp_path / "m.nrrd"), f"c{i}").split.value for i in range(1, 9)]
         assert splits == ["train"] * 3 + ["validation"] + ["train"] * 3 + ["validation"]
-        add_case(store, str(tmp_path / "s.nrrd"), None, "later")
-        from extremeaug.project.cases import accept
-        assert accept(store, "later", str(tmp_path / "m.nrrd"), split="validation")["split"] == "validation"
-        assert accept(store, "c4", str(tmp_path / "m.nrrd"))["split"] == "validation"   # stays where it was
+        project.add(small_scan(9), None, "later")
+        assert project.accept("later", str(tmp_path / "m.nrrd"), split=Split.VALIDATION).split == Split.VALIDATION
+        assert project.accept("c4", str(tmp_path / "m.nrrd")).split == Split.VALIDATION   # stays where it was
 
 
 def test_uncertainty_score():
@@ -143,9 +145,9 @@ CRASH = {
 
 @pytest.mark.parametrize("when", sorted(CRASH))
 def test_crash_while_accepting_keeps_the_old_label(small_project, phantoms, when):
-    script = (f"import os\nfrom extremeaug.project.store import Store\nfrom extremeaug.project.cases import accept\n"
-              f"store = Store.open({str(small_project)!r})\n{CRASH[when]}\n"
-              f"accept(store, 'p0', {str(phantoms[2][1])!r})\n")
+    script = (f"import os\nfrom extremeaug.project import Project\nfrom extremeaug.project.store import Store\n"
+              f"project = Project.open({str(small_project)!r})\n{CRASH[when]}\n"
+              f"project.accept('p0', {str(phantoms[2][1])!r})\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 9, r.stderr
     case = project_json("cases", small_project, "p0")
@@ -153,9 +155,8 @@ def test_crash_while_accepting_keeps_the_old_label(small_project, phantoms, when
     assert "matches its checksum" in ok("verify", small_project)
     ok("accept", small_project, "p0", "--label", phantoms[2][1])   # the project is usable, the new label lands
     case = project_json("cases", small_project, "p0")
-    assert [h["kind"] for h in case["history"]] == ["manual", "corrected"]
-    with Store.open(small_project) as store:
-        stored = sitk.GetArrayFromImage(sitk.ReadImage(str(store.path(case["label"]))))
+    assert [h["kind"] for h in case["history"]] == ["manual", "manual"]   # no prediction: nothing was corrected
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(small_project / case["label"])))
     assert np.array_equal(stored > 0, sitk.GetArrayFromImage(sitk.ReadImage(str(phantoms[2][1]))) > 0)
 
 
@@ -204,4 +205,4 @@ def test_not_a_project_and_damaged_database(tmp_path, small_project):
     one_line_error(run_cli("project", "status", small_project), "damaged")
     db.write_bytes(b"not a database at all" * 100)
     one_line_error(run_cli("project", "cases", small_project), "damaged")
-    assert (small_project / "cases" / "p0" / "scan.nrrd").is_file()
+    assert len(list((small_project / "cases" / "p0").glob("scan-*.nrrd"))) == 1   # the files are intact

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from conftest import one_line_error, run_cli
-from extremeaug.project.runs import process_alive, tail_events
+from extremeaug.events import tail_events
+from extremeaug.project import Project, RunSpec, TrainConfig
+from extremeaug.project.runs import process_alive
 from extremeaug.project.store import Store
 
 
@@ -57,7 +59,7 @@ def test_kill_cancel_resume_and_one_run_at_a_time(tmp_path, phantoms):
 
     one_line_error(run_cli("project", "train", proj, "--augment", "5"), "already training")
     with Store.open(proj) as store:
-        assert store.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+        assert store.run_count() == 1
 
     wait_for(lambda: (proj / "runs" / run["id"] / "train" / "checkpoint.pt").is_file(), "a checkpoint")
     os.kill(run["pid"], signal.SIGKILL)
@@ -83,9 +85,9 @@ def test_kill_cancel_resume_and_one_run_at_a_time(tmp_path, phantoms):
     ok("train", proj, "--resume", "--time-budget", "0.1", "--wait")
     final = status(proj)
     assert final["run"]["status"] == "finished" and final["versions"] == 1 and final["active_version"] == 1
-    with Store.open(proj) as store:
-        path = store.conn.execute("SELECT path FROM versions").fetchone()[0]
-        assert store.path(path).is_file() and not list((proj / "models").glob(".staging-*"))
+    with Project.open(proj) as project:
+        assert project.path(project.versions(rescore=False)[0].path).is_file()
+        assert not list((proj / "models").glob(".staging-*"))
 
 
 def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
@@ -93,9 +95,9 @@ def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
     ok("init", proj)
     one_line_error(run_cli("project", "train", proj), "no labeled training case")
     ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
-    (proj / "cases" / "p0" / "scan.nrrd").unlink()   # the worker will not find it
+    (proj / json.loads(ok("cases", proj, "p0", "--json"))["scan"]).unlink()   # the worker will not find it
     r = run_cli("project", "train", proj, "--wait")
-    assert r.returncode == 2 and "failed" in r.stderr and "scan.nrrd: no such file" in r.stderr
+    assert r.returncode == 2 and "failed" in r.stderr and ".nrrd: no such file" in r.stderr
     run = status(proj)["run"]
     assert run["status"] == "failed" and "no such file" in run["message"] and not run["resumable"]
     assert status(proj)["versions"] == 0
@@ -105,13 +107,12 @@ def test_a_failing_worker_reports_its_error(tmp_path, phantoms):
 def test_cancel_right_after_start_cancels_rather_than_kills(tmp_path, phantoms):
     """The worker may still be importing when cancel comes (a GUI button right after Train): it must stop
     cleanly, not die of SIGTERM."""
-    from extremeaug.project import runs
     proj = tmp_path / "proj"
     ok("init", proj)
     ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
-    with Store.open(proj) as store:
-        runs.start(store, runs.new_config(store, "cpu", augment=1, epochs=1, width=4))
-        assert runs.cancel(store, wait_s=0)["status"] == "stopping"
+    with Project.open(proj) as project:
+        project.train(RunSpec(TrainConfig(augment=1, epochs=1, width=4), device="cpu"))
+        assert project.cancel(wait_s=0).active   # asked to stop; not stopped yet
     run = wait_for(lambda: (lambda r: r if r["status"] not in ("starting", "running") else None)(status(proj)["run"]),
                    "the run to stop")
     assert run["status"] == "cancelled", run
@@ -141,39 +142,39 @@ def test_the_worker_imports_the_engine_copy_that_started_it(tmp_path):
 
 def test_a_stale_heartbeat_marks_the_run_dead(tmp_path):
     """A worker that hangs (or lives on another machine) is judged by its heartbeat alone."""
-    from extremeaug.project.runs import STALE_S, reap, run_dir
-    from extremeaug.project.status import project_status
+    from extremeaug.project.runs import STALE_S
 
     with Store.create(tmp_path / "proj") as store:
-        with store.write() as conn:
-            conn.execute("INSERT INTO runs (id, status, pid, created, config, train_labels) "
-                         "VALUES ('r1', 'running', NULL, ?, '{}', '[]')", (time.time() - 600,))
-        folder = run_dir(store, "r1")
+        with store.write():
+            store.insert_run("r1", {}, [])
+            store.claim_run("r1", 0)   # pid 0: nothing to ask the OS about
+            store.conn.execute("UPDATE runs SET created = ?, pid = NULL", (time.time() - 600,))
+    with Project.open(tmp_path / "proj") as project:
+        folder = project.run_folder("r1")
         folder.mkdir(parents=True)
         (folder / "heartbeat.json").write_text(json.dumps({"pid": 0, "time": time.time(), "phase": "training"}))
-        reap(store)
-        assert project_status(store)["run"]["status"] == "running"
+        assert project.status().run.status.value == "running"
         (folder / "heartbeat.json").write_text(json.dumps({"pid": 0, "time": time.time() - STALE_S - 5,
                                                            "phase": "training"}))
-        run = project_status(store)["run"]
-        assert run["status"] == "died" and "no heartbeat for" in run["message"]
+        run = project.status().run
+        assert run.status.value == "died" and "no heartbeat for" in run.message
 
 
 PUBLISH_CRASH = """
 import contextlib, os, sys
 from pathlib import Path
+from extremeaug.project import Project
 from extremeaug.project.store import Store
-from extremeaug.project.versions import publish
 
 @contextlib.contextmanager
 def write(self):   # the model folder is renamed into place, then the process dies before COMMIT
     self.conn.execute('BEGIN IMMEDIATE')
-    yield self.conn
+    yield
     os._exit(9)
 
-store = Store.open(sys.argv[1])
+project = Project.open(sys.argv[1])
 Store.write = write
-publish(store, 'r1', Path(sys.argv[2]), 'cpu')
+project.publish('r1', Path(sys.argv[2]), 'cpu')
 """
 
 
@@ -181,23 +182,21 @@ def test_a_crash_while_publishing_leaves_no_version(tmp_path, phantoms):
     import subprocess as sp
 
     from extremeaug.dataset import Case
-    from extremeaug.project.versions import list_versions, publish
-    from extremeaug.train import RunOptions, TrainConfig, train
+    from extremeaug.train import RunOptions, train
 
     model = tmp_path / "model"
     train(TrainConfig(width=4, augment=1, epochs=1), [Case(str(phantoms[0][0]), str(phantoms[0][1]))], [], model,
           RunOptions(device="cpu", show_progress=False, max_steps=2))
     with Store.create(tmp_path / "proj") as store:
-        with store.write() as conn:
-            conn.execute("INSERT INTO runs (id, status, created, config, train_labels) "
-                         "VALUES ('r1', 'running', ?, '{}', '[]')", (time.time(),))
+        with store.write():
+            store.insert_run("r1", {}, [])
     r = sp.run([sys.executable, "-c", PUBLISH_CRASH, str(tmp_path / "proj"), str(model)], capture_output=True,
                text=True, timeout=300)
     assert r.returncode == 9, r.stderr
-    with Store.open(tmp_path / "proj") as store:
-        assert list_versions(store) == [] and store.setting("active_version") is None
+    with Project.open(tmp_path / "proj") as project:
+        assert project.versions() == [] and project.status().active_version is None
         assert (tmp_path / "proj" / "models" / "v1" / "model.onnx").is_file()   # renamed, never registered
-        assert publish(store, "r1", model, "cpu") == 1
-        assert [v["version"] for v in list_versions(store)] == [1]
+        assert project.publish("r1", model, "cpu") == 1
+        assert [v.version for v in project.versions()] == [1]
         assert len(list((tmp_path / "proj" / "models").glob(".unregistered-v1-*"))) == 1
-        assert store.conn.execute("SELECT status FROM runs").fetchone()[0] == "finished"
+        assert project.run("r1").status.value == "finished"

@@ -11,41 +11,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, oblique_direction
+from conftest import MODULE_DIR, make_image, oblique_direction
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 import vtk  # noqa: E402  (installed with slicer-core)
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "ExtremeAugSegment"
 sys.path.insert(0, str(MODULE_DIR))
 
 from ExtremeAugSegmentLib import SceneIO  # noqa: E402
-from ExtremeAugSegmentLib.InstallLogic import InstallLogic, installPlan, missingModules  # noqa: E402
+from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, installPlan, missingModules,  # noqa: E402
+                                               modulesToInstall, outdatedModules)
 from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
 from ExtremeAugSegmentLib.SelfTest import runLoop, waitForTraining  # noqa: E402
 from extremeaug.errors import ExtremeAugError  # noqa: E402
-from extremeaug.project.store import Store  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    """A bare MRML scene with the Segmentations and Volumes logics, as the application sets them up."""
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.SetSliceLogics(vtk.vtkCollection())
-    app.SetViewLogics(vtk.vtkCollection())
-    logics = []
-    for name, cls in (("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("Volumes", slicer.vtkSlicerVolumesLogic)):
-        logic = cls()
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name, logic)
-        logics.append(logic)
-    yield scene
-    scene.Clear(1)
+from extremeaug.project import CaseState, Project, RunSpec, Split, TrainConfig  # noqa: E402
 
 
 @pytest.fixture
@@ -92,21 +71,21 @@ def labeled_volume(scene, seed=0, name="oblique"):
 
 def test_volume_and_segment_become_case_files_with_geometry_preserved(scene, logic):
     image, mask, volume, segmentation, segment = labeled_volume(scene)
-    assert [(r["id"], r["state"]) for r in logic.trainingDataRows()] == [("oblique", "in scene: oblique delineation")]
+    assert logic.caseRows() == [] and logic.scenePairsToAdd() == [(volume, segmentation)]
     summary = logic.addLabeledScan(volume, segmentation, segment)
-    assert [(r["id"], r["state"]) for r in logic.trainingDataRows()] == [("oblique", "manual")]
-    assert summary["state"] == "manual" and summary["split"] == "train"
-    scan = sitk.ReadImage(str(logic.project.path(summary["scan"])))
-    label = sitk.ReadImage(str(logic.project.path(summary["label"])))
+    assert [(r.id, r.state) for r in logic.caseRows()] == [("oblique", CaseState.MANUAL)]
+    assert logic.scenePairsToAdd() == []
+    assert summary.state == CaseState.MANUAL and summary.split == Split.TRAIN
+    scan = sitk.ReadImage(str(logic.project.path(summary.scan)))
+    label = sitk.ReadImage(str(logic.project.path(summary.label)))
     assert scan.GetPixelID() == sitk.sitkInt16   # the scan keeps its own pixel type
     assert np.array_equal(sitk.GetArrayViewFromImage(scan), sitk.GetArrayViewFromImage(image))
     assert np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(mask))
     for stored in (scan, label):
         np.testing.assert_allclose(ijk_to_ras_of(stored), ijk_to_ras(volume), atol=1e-9)
-    assert volume.GetAttribute(CASE_ATTRIBUTE) == summary["id"] == "oblique"
+    assert volume.GetAttribute(CASE_ATTRIBUTE) == summary.id == "oblique"
     assert [(v.GetID(), s.GetID()) for v, s in logic.scenePairs()] == [(volume.GetID(), segmentation.GetID())]
-    row = logic.project.conn.execute("SELECT source FROM cases").fetchone()
-    assert row["source"] == "3D Slicer volume 'oblique'"
+    assert summary.source == "3D Slicer volume 'oblique', segment 'disc'"
 
 
 def test_result_files_become_nodes_aligned_voxel_for_voxel(scene, logic, tmp_path):
@@ -114,7 +93,7 @@ def test_result_files_become_nodes_aligned_voxel_for_voxel(scene, logic, tmp_pat
     case_id = logic.addScan(volume)
     probability = sitk.GetImageFromArray(np.random.default_rng(1).random(mask.GetSize()[::-1]).astype(np.float32))
     # what a prediction file holds: the scan's grid as written to and read back from disk
-    stored_scan = sitk.ReadImage(str(logic.project.path(logic.project.case(case_id)["scan"])))
+    stored_scan = sitk.ReadImage(str(logic.project.path(logic.project.case(case_id).scan)))
     for img in (mask, probability):
         img.CopyInformation(stored_scan)
     folder = logic.project.root / "cases" / case_id / "auto"
@@ -145,22 +124,29 @@ def test_mask_on_another_grid_is_refused(scene, logic):
         SceneIO.setSegmentFromImage(segmentation, mask, volume, "x", (1, 0, 0))
 
 
-def test_same_volume_is_one_case_and_unsaved_namesakes_are_two(scene, logic):
+def test_a_scan_is_one_case_whatever_its_node_name_and_namesakes_with_other_voxels_are_two(scene, logic, tmp_path):
     image, _ = oblique_scan()
     first = SceneIO.addVolumeNode(scene, image, "scan")
     assert logic.addScan(first) == logic.addScan(first) == "scan"
-    namesake = SceneIO.addVolumeNode(scene, image, "scan")
-    assert logic.addScan(namesake) == "scan_2"
-    # a volume loaded from a file is known by that file, even when loaded again into a new node
-    loaded = []
-    for _ in range(2):
-        node = SceneIO.addVolumeNode(scene, image, "from disk")
-        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        storage.SetFileName("/data/lumbar/case7.nrrd")
-        node.SetAndObserveStorageNodeID(storage.GetID())
-        loaded.append(logic.addScan(node))
-    assert loaded == ["from_disk", "from_disk"]
+    renamed = SceneIO.addVolumeNode(scene, image, "scan_1")   # the same scan loaded again: Slicer renames it
+    assert logic.caseIdOf(renamed) == "scan" and logic.addScan(renamed) == "scan"
+    other, _ = oblique_scan(seed=1)
+    namesake = SceneIO.addVolumeNode(scene, other, "scan")     # another scan with the same name
+    assert logic.caseIdOf(namesake) is None and logic.addScan(namesake) == "scan_2"
+    # added from a file by the command line, then loaded into a node with another name and pixel type
+    third, _ = oblique_scan(seed=2)
+    sitk.WriteImage(third, str(tmp_path / "case7.nii.gz"))
+    with Project.open(logic.project.root) as cli_side:
+        assert cli_side.add(str(tmp_path / "case7.nii.gz")).id == "case7"
+    loaded = SceneIO.addVolumeNode(scene, sitk.Cast(sitk.ReadImage(str(tmp_path / "case7.nii.gz")), sitk.sitkFloat32),
+                                   "T2 sagittal")
+    assert logic.addScan(loaded) == "case7"
     assert len(logic.caseRows()) == 3
+    # the voxels of a node change: it is another scan now
+    array = slicer.util.arrayFromVolume(loaded)
+    array[0, 0, 0] += 1
+    slicer.util.arrayFromVolumeModified(loaded)
+    assert logic.caseIdOf(loaded) is None
     with pytest.raises(ExtremeAugError, match="choose a volume"):
         logic.addLabeledScan(first, None, "")
 
@@ -176,10 +162,10 @@ def test_accept_refuses_foreign_or_empty_segmentations_and_changes_nothing(scene
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     empty.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     empty_id = empty.GetSegmentation().AddEmptySegment("", "nothing")
-    before = logic.project.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    before = sum(c.labels for c in logic.caseRows())
     with pytest.raises(ExtremeAugError, match="empty"):
         logic.addLabeledScan(volume, empty, empty_id)
-    assert logic.project.conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == before
+    assert sum(c.labels for c in logic.caseRows()) == before
     assert logic.caseRows() == []
     with pytest.raises(ExtremeAugError, match="no project is open"):
         ExtremeAugSegmentLogic(scene).status()
@@ -191,46 +177,48 @@ def test_whole_loop_through_the_logic_with_the_real_worker(scene, tmp_path):
     logic = ExtremeAugSegmentLogic(scene)
     try:
         out = runLoop(logic, tmp_path, log=lambda m: None)
-        store = logic.project
+        project = logic.project
         # the result is the stored prediction, voxel for voxel, on the volume's grid
-        auto = store.conn.execute("SELECT * FROM labels WHERE kind = 'auto'").fetchone()
-        stored = sitk.ReadImage(str(store.path(auto["path"])))
+        history = project.case("phantom_1").history
+        stored = sitk.ReadImage(str(project.path(history[0].path)))
         assert np.array_equal(sitk.GetArrayViewFromImage(out["prediction"]), sitk.GetArrayViewFromImage(stored))
         assert np.array_equal(ijk_to_ras(out["probability"]), ijk_to_ras(out["volume"]))
-        # the accepted label is a new file: the auto label stays in the history
-        kinds = [r[0] for r in store.conn.execute("SELECT kind FROM labels WHERE case_id = 'phantom_1' ORDER BY id")]
-        assert kinds == ["auto", "corrected"]
+        # the accepted label is a new file: the auto label stays in the history, with what the correction changed
+        assert [h.kind.value for h in history] == ["auto", "corrected"]
+        fix = history[1].correction
+        assert fix.auto_label == history[0].id and fix.model_version == 1 and fix.seconds is not None
+        assert fix.voxels_added + fix.voxels_removed > 0
         assert out["polls"] >= 2 and out["state"].fraction == 1.0
         chart = out["chart"]
         assert chart.GetNumberOfPlotSeriesNodes() == 2
         table = scene.GetFirstNodeByName("ExtremeAugSegment training curve").GetTable()
         assert table.GetNumberOfRows() == len(out["state"].curve) > 0
-        assert [v["version"] for v in logic.versions()] == [1]
+        assert [v.version for v in logic.versions()] == [1]
         assert logic.useVersion(1) == 1
         with pytest.raises(ExtremeAugError, match="no model version 5"):
             logic.useVersion(5)
         info, volume, segmentation, _ = logic.suggestNext()
-        assert info["case"] is None and volume is None   # every case now has a human label
+        assert info.case is None and volume is None   # every case now has a human label
     finally:
         logic.closeProject()
-    reopened = Store.open(tmp_path / "project")
-    assert reopened.state("phantom_1") == "corrected"
-    reopened.close()
+    with Project.open(tmp_path / "project") as reopened:
+        assert reopened.case("phantom_1").state == CaseState.CORRECTED
 
 
 def test_a_failing_worker_is_reported_and_training_can_start_again(scene, logic):
     _, _, volume, segmentation, segment = labeled_volume(scene)
     case = logic.addLabeledScan(volume, segmentation, segment)
-    scan = logic.project.path(case["scan"])
+    scan = logic.project.path(case.scan)
     hidden = scan.with_name("hidden.nrrd")
     scan.rename(hidden)   # the worker cannot read its training scan
-    logic.startTraining(augment=1, epochs=1, width=4, device="cpu")
+    tiny = RunSpec(TrainConfig(augment=1, epochs=1, width=4), device="cpu")
+    logic.startTraining(tiny)
     state = waitForTraining(logic, timeout_s=300)
-    assert state.status == "failed" and "scan.nrrd" in state.message and state.text.startswith("failed: ")
+    assert state.status == "failed" and scan.name in state.message and state.text.startswith("failed: ")
     assert not state.active
     hidden.rename(scan)
-    run = logic.startTraining(augment=1, epochs=1, width=4, device="cpu")   # not refused: nothing is stuck
-    assert logic.poll().run == run
+    run = logic.startTraining(tiny)   # not refused: nothing is stuck
+    assert logic.poll().run.id == run
     logic.cancelTraining()
     assert waitForTraining(logic, timeout_s=300).status in ("cancelled", "finished")
 
@@ -254,8 +242,22 @@ def test_install_plan_prefers_pytorchutils_and_matches_onnxruntime_to_the_gpu():
     assert installPlan([], True, True) == []
 
 
+def test_install_upgrades_packages_older_than_the_engine_floor():
+    """An old torch is not 'installed' for the engine: it is upgraded like a missing one."""
+    from extremeaug.requirements import MINIMUM
+    versions = {"torch": "2.0.1+cu118", "onnxruntime": "1.15.1", "onnx": "1.16.0", "tqdm": "4.66.1",
+                "matplotlib": "3.8.0"}
+    present = lambda name: object()   # noqa: E731
+    assert modulesToInstall(present, versions.get) == ["torch", "onnxruntime"]
+    assert outdatedModules(versions.get) == [f"torch 2.0.1+cu118 (needs >= {MINIMUM['torch']})",
+                                             f"onnxruntime 1.15.1 (needs >= {MINIMUM['onnxruntime']})"]
+    assert [s.requirement for s in installPlan(["torch", "onnxruntime"], True, False)] == [
+        f"torch>={MINIMUM['torch']}", f"onnxruntime>={MINIMUM['onnxruntime']}"]
+    assert modulesToInstall(present, {**versions, "torch": "2.13.0", "onnxruntime": "1.20.0"}.get) == []
+
+
 def test_install_asks_first_and_installs_nothing_when_declined():
-    assert missingModules() == []                        # this environment has everything
+    assert missingModules() == [] and modulesToInstall() == []   # this environment has everything, new enough
     asked = []
     assert InstallLogic(confirm=lambda q: asked.append(q) or False).ensure() is True
     assert asked == []                                    # nothing missing: no question

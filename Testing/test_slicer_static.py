@@ -76,49 +76,55 @@ def test_every_widget_connects_to_a_parameter_and_back():
     assert "__future__" not in imported_modules(LIB / "Parameter.py")   # the wrapper needs real annotations
 
 
-def test_cmake_lists_every_python_file_and_resource():
-    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "ExtremeAugSegment")
-    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", text, re.S).group(1).split()
-    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
-    on_disk = {p.relative_to(MODULE).as_posix() for p in module_python_files()}
-    assert set(scripts) == on_disk, f"missing: {on_disk - set(scripts)}; listed but absent: {set(scripts) - on_disk}"
-    assert set(resources) == {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*")
-                              if p.is_file()}
-    assert "slicerMacroBuildScriptedModule" in text
-    assert "slicer_add_python_unittest(SCRIPT ExtremeAugSegment.py)" in text
-    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "project(ExtremeAugSegment)" in top and "add_subdirectory(ExtremeAugSegment)" in top
-    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
-        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), key
-    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+def test_training_parameters_take_their_names_and_defaults_from_the_engine():
+    """One definition of each training default: the parameter node's training fields are named like the
+    engine's TrainConfig/RunOptions fields and their defaults are read from TRAIN_DEFAULTS/RUN_DEFAULTS."""
+    from dataclasses import fields as dataclass_fields
+
+    from extremeaug.config import RunOptions, TrainConfig
+    cls = next(n for n in ast.parse((LIB / "Parameter.py").read_text(encoding="utf-8")).body
+               if isinstance(n, ast.ClassDef))
+    engine = {f.name for f in dataclass_fields(TrainConfig)} | {f.name for f in dataclass_fields(RunOptions)}
+    checked = []
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and node.target.id == "width":   # a preset combo: "auto" is None
+            assert node.value.value == "auto" and TrainConfig().width is None
+        elif isinstance(node, ast.AnnAssign) and node.target.id in engine:
+            names = {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)}
+            bases = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
+            assert node.target.id in names and bases & {"TRAIN_DEFAULTS", "RUN_DEFAULTS"}, ast.dump(node.value)
+            checked.append(node.target.id)
+    assert sorted(checked) == ["augment", "device", "epochs", "time_budget_min"]
 
 
-def test_extension_description_and_catalog_entry():
-    s4ext = {}
-    for line in (ROOT / "ExtremeAugSegment.s4ext").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            s4ext[key] = value.strip()
-    required = ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-                "category", "iconurl", "description", "screenshoturls", "status", "enabled")
-    assert not [k for k in required if not s4ext.get(k)], s4ext
-    entry = json.loads((ROOT / "ExtremeAugSegment.json").read_text(encoding="utf-8"))
-    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
-    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
-                          "scm_url", "tier"}   # the schema allows no other property
-    assert entry["scm_url"] == s4ext["scmurl"] and entry["category"] == s4ext["category"] == "Segmentation"
-    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
-    assert entry["build_subdirectory"] == s4ext["build_subdirectory"]
+def test_table_columns_match_the_ui():
+    import sys
+    sys.path.insert(0, str(MODULE))
+    from ExtremeAugSegmentLib import Tables
+    for table, columns in (("casesTableWidget", Tables.CASE_COLUMNS), ("versionsTableWidget", Tables.VERSION_COLUMNS)):
+        headers = [c.find("property/string").text for c in ui_widgets()[table].findall("column")]
+        assert headers == list(columns), table
 
 
-@pytest.mark.parametrize("name", ["Logic.py", "SceneIO.py", "TrainingMonitor.py", "SelfTest.py", "InstallLogic.py"])
-def test_logic_uses_mrml_only(name):
-    """Logic runs without the application (and in a bare MRML scene): no Qt, no module framework."""
-    bad = {m for m in imported_modules(LIB / name) if m.split(".")[0] in ("qt", "ctk", "PythonQt") or m in SLICER_ONLY}
-    assert not bad, bad
+FRONT_ENDS = [MODULE / "extremeaug" / "cli.py", MODULE / "extremeaug" / "project" / "cli.py",
+              MODULE / "extremeaug" / "project" / "worker.py",
+              *[LIB / n for n in ("Logic.py", "TrainingMonitor.py", "Tables.py", "SelfTest.py", "Widget.py")]]
 
 
-def test_engine_imports_nothing_from_slicer():
-    for path in (MODULE / "extremeaug").rglob("*.py"):
-        bad = {m for m in imported_modules(path) if m.split(".")[0] in ("slicer", "qt", "ctk", "vtk")}
-        assert not bad, (path, bad)
+@pytest.mark.parametrize("path", FRONT_ENDS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_front_ends_use_the_project_api_only(path):
+    """The command line, the worker and the Slicer module reach the project through `extremeaug.project`
+    (Project, records, choices) and never into its store, cases, runs, versions or suggest modules."""
+    here = {"project": "extremeaug.project", "extremeaug": "extremeaug"}.get(path.parent.name, path.parent.name)
+    reached = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:   # relative: resolve against the file's package
+                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                module = f"{base}.{module}" if module else base
+            reached.add(module)
+        elif isinstance(node, ast.Import):
+            reached |= {a.name for a in node.names}
+    project = {m for m in reached if m.startswith("extremeaug.project")}
+    assert project <= {"extremeaug.project", "extremeaug.project.cli"}, project

@@ -1,7 +1,7 @@
 """How fast `extremeaug project status --json` answers on a project of 1,000 registered cases.
 
-The project is real: 1,000 small scans added through `add_case` (300 with a manual label), 500 auto
-labels registered as `project segment` registers them, and a run whose progress file holds 20,000 lines.
+The project is real: 1,000 small, distinct scans added through `Project.add` (300 with a manual label), 500
+auto labels registered as `project segment` registers them, and a run whose progress file holds 20,000 lines.
 Usage: python benchmarks/bench_project_status.py [--cases 1000] [--out status.json]
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from extremeaug.project.cases import add_case, sha256
-from extremeaug.project.runs import append_event
-from extremeaug.project.status import project_status
+from extremeaug.events import append_event
+from extremeaug.project import LabelKind, Project
+from extremeaug.project.cases import sha256
 from extremeaug.project.store import Store
 
 
@@ -38,22 +38,21 @@ print(json.dumps(times))
 
 def build(root: Path, n: int) -> None:
     rng = np.random.default_rng(0)
-    scan = sitk.GetImageFromArray(rng.random((8, 32, 32)).astype(np.float32))
     mask_array = np.zeros((8, 32, 32), np.uint8)
     mask_array[3:5, 10:20, 10:20] = 1
     mask = sitk.GetImageFromArray(mask_array)
-    sitk.WriteImage(scan, str(root / "scan.nrrd"))
     sitk.WriteImage(mask, str(root / "mask.nrrd"))
-    with Store.create(root / "project") as store:
-        for i in range(n):
-            add_case(store, str(root / "scan.nrrd"), str(root / "mask.nrrd") if i < 300 else None, f"case{i:04d}")
-        digest = sha256(root / "mask.nrrd")
-        with store.write() as conn:
-            conn.executemany("INSERT INTO labels (case_id, kind, path, sha256, voxels, created, model_version, "
-                             "uncertainty) VALUES (?, 'auto', 'mask.nrrd', ?, 200, ?, 1, ?)",
-                             [(f"case{i:04d}", digest, time.time(), float(rng.random())) for i in range(300, 800)])
-            conn.execute("INSERT INTO runs (id, status, created, config, train_labels) "
-                         "VALUES ('r0001', 'finished', ?, '{}', '[]')", (time.time(),))
+    with Project.create(root / "project") as project:
+        for i in range(n):   # distinct scans: the project keeps one case per scan content
+            scan = sitk.GetImageFromArray(rng.random((8, 32, 32)).astype(np.float32))
+            project.add(scan, mask if i < 300 else None, f"case{i:04d}")
+    digest = sha256(root / "mask.nrrd")
+    with Store.open(root / "project") as store, store.write():   # auto labels as `project segment` stores them
+        for i in range(300, 800):
+            store.insert_label(f"case{i:04d}", LabelKind.AUTO, "mask.nrrd", digest, 200, model_version=1,
+                               uncertainty=float(rng.random()))
+        store.insert_run("r0001", {}, [])
+        store.end_run("r0001", "finished", None)
     events = root / "project" / "runs" / "r0001" / "progress.jsonl"
     events.parent.mkdir(parents=True)
     for step in range(20000):
@@ -75,16 +74,16 @@ def main() -> None:
         in_process = []
         for _ in range(20):
             t = time.perf_counter()
-            with Store.open(project) as store:
-                summary = project_status(store)
+            with Project.open(project) as opened:
+                summary = opened.status()
             in_process.append(time.perf_counter() - t)
         # timed from a small interpreter: spawning from this one (SimpleITK, numpy loaded) costs more
         cli = json.loads(subprocess.run([sys.executable, "-c", TIMER, str(project)], capture_output=True, text=True,
                                         check=True).stdout)
         r = subprocess.run([sys.executable, "-m", "extremeaug", "project", "status", str(project), "--json"],
                            capture_output=True, text=True, check=True)
-        assert json.loads(r.stdout)["cases"] == a.cases == summary["cases"]
-    result = {"cases": a.cases, "states": summary["states"], "build_s": round(built, 1),
+        assert json.loads(r.stdout)["cases"] == a.cases == summary.cases
+    result = {"cases": a.cases, "states": summary.states, "build_s": round(built, 1),
               "status_in_process_ms_median": round(1000 * statistics.median(in_process), 2),
               "status_cli_ms_median": round(1000 * statistics.median(cli), 1),
               "status_cli_ms_min": round(1000 * min(cli), 1), "status_cli_ms_max": round(1000 * max(cli), 1),

@@ -4,6 +4,7 @@ Slicer bundles numpy and SimpleITK (its SimpleITK has Slicer's own IO and must n
 what the engine adds is installed: torch through the PyTorch extension's PyTorchUtils, which picks the
 build that matches the machine's CUDA (pip's default torch is a multi-GB build that may not match), else
 pip; onnxruntime-gpu when a CUDA GPU is present, else onnxruntime; onnx, tqdm and matplotlib from pip.
+A package installed below the engine's floor (extremeaug.requirements) is upgraded the same way.
 A package already imported in this process cannot be replaced in place: then Slicer must restart.
 """
 from __future__ import annotations
@@ -15,11 +16,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Protocol
 
-# import name -> pip requirement (torch and onnxruntime are chosen per machine, see installPlan)
-PIP_REQUIREMENTS = {"onnx": "onnx>=1.14", "tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.5"}
-TORCH_REQUIREMENT = ">=2.1"
-ONNXRUNTIME_REQUIREMENT = ">=1.16"
-NEEDED = ("torch", "onnxruntime", *PIP_REQUIREMENTS)
+from extremeaug.requirements import MINIMUM, installed_version, requirement, too_old
+
+PIP_MODULES = ("onnx", "tqdm", "matplotlib")   # torch and onnxruntime are chosen per machine, see installPlan
+NEEDED = ("torch", "onnxruntime", *PIP_MODULES)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,18 @@ def missingModules(find: Callable[[str], object] = importlib.util.find_spec) -> 
     return [name for name in NEEDED if find(name) is None]
 
 
+def outdatedModules(version: Callable[[str], Optional[str]] = installed_version) -> List[str]:
+    """Installed packages older than the engine's floor, as 'name version (needs >= floor)'."""
+    return [f"{name} {version(name)} (needs >= {MINIMUM[name]})" for name in NEEDED if too_old(name, version(name))]
+
+
+def modulesToInstall(find: Callable[[str], object] = importlib.util.find_spec,
+                     version: Callable[[str], Optional[str]] = installed_version) -> List[str]:
+    """Missing or too old: what `ensure` installs, in NEEDED's order."""
+    stale = {name for name in NEEDED if find(name) is not None and too_old(name, version(name))}
+    return [name for name in NEEDED if find(name) is None or name in stale]
+
+
 def cudaAvailable() -> bool:
     """A CUDA GPU the engine could use: torch says so when it is installed, else an NVIDIA driver is there."""
     if importlib.util.find_spec("torch") is not None:
@@ -45,22 +57,23 @@ def cudaAvailable() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def installPlan(missing: List[str], hasPyTorchUtils: bool, cuda: bool) -> List[Step]:
-    """What to install, torch first (onnxruntime's choice may depend on it)."""
+def installPlan(modules: List[str], hasPyTorchUtils: bool, cuda: bool) -> List[Step]:
+    """What to install (or upgrade), torch first (onnxruntime's choice may depend on it)."""
     steps = []
-    if "torch" in missing:
-        steps.append(Step("torch", "pytorchutils" if hasPyTorchUtils else "pip", f"torch{TORCH_REQUIREMENT}"))
-    if "onnxruntime" in missing:
+    if "torch" in modules:
+        steps.append(Step("torch", "pytorchutils" if hasPyTorchUtils else "pip", requirement("torch")))
+    if "onnxruntime" in modules:
         package = "onnxruntime-gpu" if cuda else "onnxruntime"
-        steps.append(Step("onnxruntime", "pip", f"{package}{ONNXRUNTIME_REQUIREMENT}"))
-    steps += [Step(m, "pip", PIP_REQUIREMENTS[m]) for m in PIP_REQUIREMENTS if m in missing]
+        steps.append(Step("onnxruntime", "pip", f"{package}>={MINIMUM['onnxruntime']}"))
+    steps += [Step(m, "pip", requirement(m)) for m in PIP_MODULES if m in modules]
     return steps
 
 
 def describePlan(steps: List[Step]) -> str:
     lines = [f"- {s.requirement}" + (" (through the PyTorch extension)" if s.how == "pytorchutils" else "")
              for s in steps]
-    return ("ExtremeAugSegment needs these Python packages, which are not installed yet:\n" + "\n".join(lines) +
+    return ("ExtremeAugSegment needs these Python packages (not installed yet, or older than it runs on):\n" +
+            "\n".join(lines) +
             "\n\nThis downloads from the internet and may take several minutes (torch is large). Install now?")
 
 
@@ -74,18 +87,19 @@ class InstallLogic:
     def ensure(self) -> bool:
         """True when every dependency is importable (after installing, if the user agrees); False when the
         user declined. Install errors propagate with pip's message."""
-        missing = missingModules()
-        if not missing:
+        needed = modulesToInstall()
+        if not needed:
             return True
         torchUtils = self._torchUtils()
-        steps = installPlan(missing, torchUtils is not None, cudaAvailable())
+        steps = installPlan(needed, torchUtils is not None, cudaAvailable())
         if not self.confirm(describePlan(steps)):
             self.log("installation declined; training and segmentation need these packages")
             return False
         for step in steps:
             self.log(f"installing {step.requirement}...")
             if step.how == "pytorchutils":
-                if torchUtils.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                if torchUtils.installTorch(askConfirmation=False,
+                                           torchVersionRequirement=f">={MINIMUM['torch']}") is None:
                     raise RuntimeError("the PyTorch extension could not install torch; install it from the "
                                        "PyTorch module, then try again")
             else:
@@ -93,9 +107,10 @@ class InstallLogic:
             if step.module in sys.modules:
                 self.needsRestart = True
         importlib.invalidate_caches()
-        still = missingModules()
-        if still:
-            raise RuntimeError(f"still missing after installation: {', '.join(still)}; restart 3D Slicer and retry")
+        still = modulesToInstall()
+        if still and not self.needsRestart:
+            raise RuntimeError(f"still missing or too old after installation: {', '.join(still)}; restart 3D Slicer "
+                               "and retry")
         self.log("dependencies installed" + ("; restart 3D Slicer to use them" if self.needsRestart else ""))
         return True
 

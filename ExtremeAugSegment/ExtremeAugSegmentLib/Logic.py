@@ -1,25 +1,23 @@
 """The module's logic: the scene's volume and segmentation nodes <-> an extremeaug labeling project.
 
-MRML only (no Qt), so it runs in 3D Slicer and in a bare MRML scene under pytest. It adds no method of its
-own: every project change goes through `extremeaug.project` (the same code as `extremeaug project ...`),
-which keeps the label history, the fixed validation split and the model versions.
+MRML only (no Qt), so it runs in 3D Slicer and in a bare MRML scene under pytest. It adds no project
+behaviour of its own: every change goes through `extremeaug.project.Project` (the same API as
+`extremeaug project ...`), which keeps the label history, the fixed validation split, the model versions
+and the policy for what a label is. Node voxels go to the project as images, never as temporary files.
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import List, Optional, Tuple
+import time
+from typing import Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
 import slicer
+import vtk
 
 from extremeaug.errors import ExtremeAugError
-from extremeaug.io import write_image
-from extremeaug.project import cases as projectCases
-from extremeaug.project import runs, versions
-from extremeaug.project import suggest as projectSuggest
-from extremeaug.project.status import project_status
-from extremeaug.project.store import Store
+from extremeaug.io import image_sha256
+from extremeaug.project import (Case, CaseInfo, Device, LabelKind, Plane, Project, ProjectStatus, RunSpec, RunState,
+                                SegmentResult, Split, Version)
 
 from . import SceneIO
 from .TrainingMonitor import TrainingMonitor, TrainingState
@@ -27,6 +25,8 @@ from .TrainingMonitor import TrainingMonitor, TrainingState
 CASE_ATTRIBUTE = "ExtremeAugSegment.CaseId"
 PROJECT_ATTRIBUTE = "ExtremeAugSegment.Project"
 VERSION_ATTRIBUTE = "ExtremeAugSegment.ModelVersion"
+PREDICTION_ATTRIBUTE = "ExtremeAugSegment.PredictionLabel"   # the auto label a result shows
+SHOWN_ATTRIBUTE = "ExtremeAugSegment.ShownAt"                # when it was shown (for the correction's seconds)
 VOLUME_ROLE = "ExtremeAugSegment.Volume"
 SEGMENT_NAME = "intervertebral disc"
 SEGMENT_COLOR = (0.90, 0.62, 0.25)
@@ -36,48 +36,44 @@ PROBABILITY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 class ExtremeAugSegmentLogic:
     def __init__(self, scene=None):
         self.scene = scene if scene is not None else slicer.mrmlScene
-        self.store: Optional[Store] = None
+        self._project: Optional[Project] = None
         self.monitor: Optional[TrainingMonitor] = None
+        self._digests: Dict[str, Tuple[tuple, str]] = {}   # node ID -> (voxels + geometry state, content hash)
 
     # -- project -----------------------------------------------------------------------------------
-    def openProject(self, folder: str, create: bool = False, plane: str = "auto", valFraction: float = 0.25) -> dict:
+    def openProject(self, folder: str, create: bool = False, plane: Plane = Plane.AUTO,
+                    valFraction: float = 0.25) -> ProjectStatus:
         """Open a project folder, or create one in a new or empty folder."""
         self.closeProject()
-        if create:
-            if not 0 <= valFraction < 1:
-                raise ExtremeAugError("the validation fraction must be in [0, 1)")
-            self.store = Store.create(folder, plane=plane, val_fraction=valFraction)
-        else:
-            self.store = Store.open(folder)
-        self.monitor = TrainingMonitor(self.store, self.scene)
+        self._project = Project.create(folder, plane, valFraction) if create else Project.open(folder)
+        self.monitor = TrainingMonitor(self._project, self.scene)
         return self.status()
 
     def closeProject(self) -> None:
-        if self.store is not None:
-            self.store.close()
-        self.store, self.monitor = None, None
+        if self._project is not None:
+            self._project.close()
+        self._project, self.monitor = None, None
 
     @property
-    def project(self) -> Store:
-        if self.store is None:
+    def isOpen(self) -> bool:
+        return self._project is not None
+
+    @property
+    def project(self) -> Project:
+        if self._project is None:
             raise ExtremeAugError("no project is open: choose or create a project folder first")
-        return self.store
+        return self._project
 
-    def status(self) -> dict:
-        return project_status(self.project)
+    def status(self) -> ProjectStatus:
+        return self.project.status()
 
-    def caseRows(self) -> List[dict]:
-        return projectCases.list_cases(self.project)
+    def caseRows(self) -> List[CaseInfo]:
+        return self.project.cases()
 
-    def trainingDataRows(self) -> List[dict]:
-        """The project's cases, then the scene's volume + segmentation pairs not in the project yet (what
-        "Add labeled scan" would add)."""
-        rows = self.caseRows()
-        for volume, segmentation in self.scenePairs():
-            if self.caseIdOf(volume) is None:
-                rows.append({"id": volume.GetName(), "state": f"in scene: {segmentation.GetName()}", "split": None,
-                             "labels": 0, "auto_version": None, "uncertainty": None})
-        return rows
+    def scenePairsToAdd(self) -> List[Tuple[object, object]]:
+        """The scene's volume + segmentation pairs whose volume is not in the project yet (what "Add
+        labeled scan" would add)."""
+        return [(v, s) for v, s in self.scenePairs() if self.caseIdOf(v) is None]
 
     def scenePairs(self) -> List[Tuple[object, object]]:
         """(volume, segmentation) pairs of the scene: segmentations drawn on a volume, i.e. candidate
@@ -94,54 +90,59 @@ class ExtremeAugSegmentLogic:
 
     # -- scene -> project --------------------------------------------------------------------------
     def caseIdOf(self, volumeNode) -> Optional[str]:
-        """The project case a volume node holds: one this module loaded or added, or one added from the
-        same file; None for a volume the project does not know."""
-        caseId = volumeNode.GetAttribute(CASE_ATTRIBUTE)
-        if caseId and volumeNode.GetAttribute(PROJECT_ATTRIBUTE) == str(self.project.root) and self._known(caseId):
-            return caseId
-        if _fileOf(volumeNode) is None:   # an unsaved volume is known by its tag only, never by its name
+        """The project case holding this volume's scan: found by content (voxels and geometry), so the same
+        scan loaded twice, or under another name, is one case; None for a scan the project does not hold."""
+        if volumeNode.GetImageData() is None:
             return None
-        row = self.project.conn.execute("SELECT id FROM cases WHERE source = ? ORDER BY added LIMIT 1",
-                                        (_sourceDescription(volumeNode),)).fetchone()
-        if row is not None:
-            self._tag(volumeNode, row["id"])
-            return row["id"]
-        return None
+        caseId = self.project.case_with_scan(self._scanDigest(volumeNode))
+        if caseId is not None:
+            self._tag(volumeNode, caseId)
+        return caseId
+
+    def _scanDigest(self, volumeNode) -> str:
+        """The content hash of a node's scan, computed again only when its voxels or geometry changed."""
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        state = (volumeNode.GetImageData().GetMTime(),
+                 tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)))
+        cached = self._digests.get(volumeNode.GetID())
+        if cached is None or cached[0] != state:
+            cached = (state, image_sha256(SceneIO.imageFromVolumeNode(volumeNode)))
+            self._digests[volumeNode.GetID()] = cached
+        return cached[1]
 
     def addScan(self, volumeNode, caseId: Optional[str] = None) -> str:
-        """Register a volume as an unlabeled case (a copy of its voxels and geometry goes into the project)."""
+        """Register a volume as a case (a copy of its voxels and geometry goes into the project); a scan the
+        project holds already is its existing case."""
         known = self.caseIdOf(volumeNode)
         if known is not None:
             return known
-        with tempfile.TemporaryDirectory(prefix="extremeaug-") as tmp:
-            scan = write_image(SceneIO.imageFromVolumeNode(volumeNode), Path(tmp) / "scan.nrrd")
-            summary = projectCases.add_case(self.project, str(scan), case_id=caseId or self._newCaseId(volumeNode),
-                                            source=_sourceDescription(volumeNode))
-        self._tag(volumeNode, summary["id"])
-        return summary["id"]
+        case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), case_id=caseId or self._newCaseId(volumeNode),
+                                source=_sourceDescription(volumeNode))
+        self._tag(volumeNode, case.id)
+        return case.id
 
     def addLabeledScan(self, volumeNode, segmentationNode, segmentId: str, caseId: Optional[str] = None,
-                       split: str = "auto") -> dict:
+                       split: Split = Split.AUTO) -> Case:
         """The volume with a segment delineated on it becomes a manually labeled case (training data)."""
         if volumeNode is None or segmentationNode is None or not segmentId:
             raise ExtremeAugError("choose a volume, the segmentation drawn on it and its segment first")
         mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
         known = self.caseIdOf(volumeNode)
-        with tempfile.TemporaryDirectory(prefix="extremeaug-") as tmp:
-            label = str(write_image(mask, Path(tmp) / "label.nrrd"))
-            source = f"{_sourceDescription(volumeNode)}, segment {_segmentName(segmentationNode, segmentId)!r}"
-            if known is not None:
-                summary = projectCases.accept(self.project, known, label, split, kind="manual", source=source)
-            else:
-                scan = write_image(SceneIO.imageFromVolumeNode(volumeNode), Path(tmp) / "scan.nrrd")
-                summary = projectCases.add_case(self.project, str(scan), label, caseId or self._newCaseId(volumeNode),
-                                                split, source=_sourceDescription(volumeNode))
-        self._tag(volumeNode, summary["id"])
+        source = f"{_sourceDescription(volumeNode)}, segment {_segmentName(segmentationNode, segmentId)!r}"
+        if known is not None:
+            case = self.project.accept(known, mask, split, kind=LabelKind.MANUAL, source=source)
+        else:
+            case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), mask,
+                                    caseId or self._newCaseId(volumeNode), split, source=source)
+        self._tag(volumeNode, case.id)
         segmentationNode.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
-        return summary
+        return case
 
-    def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: str = "auto") -> dict:
-        """Store the (edited) segment of a result as the case's corrected label; earlier labels are kept."""
+    def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: Split = Split.AUTO) -> Case:
+        """Store the (edited) segment of a result as the case's label; earlier labels are kept. The project
+        decides its kind (corrected over a prediction) and records what the correction changed and how
+        long after the prediction was shown it was accepted."""
         if segmentationNode is None:
             raise ExtremeAugError("choose the result segmentation to accept first")
         volumeNode = segmentationNode.GetNodeReference(VOLUME_ROLE)
@@ -154,23 +155,20 @@ class ExtremeAugSegmentLogic:
                                   f"{segmentationNode.GetAttribute(CASE_ATTRIBUTE)!r}, which is not in this project")
         segmentId = segmentId or _firstSegmentId(segmentationNode)
         mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
-        kind = "corrected" if self.project.latest_label(caseId, ("auto",)) is not None else "manual"
-        with tempfile.TemporaryDirectory(prefix="extremeaug-") as tmp:
-            label = str(write_image(mask, Path(tmp) / "label.nrrd"))
-            return projectCases.accept(self.project, caseId, label, split, kind=kind,
-                                       source=f"3D Slicer segmentation {segmentationNode.GetName()!r}")
+        prediction, shownAt = segmentationNode.GetAttribute(PREDICTION_ATTRIBUTE), segmentationNode.GetAttribute(
+            SHOWN_ATTRIBUTE)
+        return self.project.accept(caseId, mask, split, source=f"3D Slicer segmentation {segmentationNode.GetName()!r}",
+                                   corrects=int(prediction) if prediction else None,
+                                   seconds=time.time() - float(shownAt) if shownAt else None)
 
     # -- training ----------------------------------------------------------------------------------
-    def startTraining(self, augment: int = 50, epochs: int = 100, timeBudgetMinutes: Optional[float] = None,
-                      width: Optional[int] = None, device: str = "auto", **train) -> str:
+    def startTraining(self, spec: RunSpec) -> str:
         """Start the background worker on every human label of the training split; returns the run id."""
-        config = runs.new_config(self.project, device, timeBudgetMinutes, augment=augment, epochs=epochs,
-                                 width=width, **train)
-        return runs.start(self.project, config)
+        return self.project.train(spec)
 
-    def cancelTraining(self) -> dict:
+    def cancelTraining(self) -> RunState:
         """Ask the worker to stop (it checkpoints); returns at once, `poll` shows when it has stopped."""
-        return runs.cancel(self.project, wait_s=0)
+        return self.project.cancel(wait_s=0)
 
     def poll(self) -> TrainingState:
         """What the widget's timer calls: the current run's state, with its new curve points read."""
@@ -183,20 +181,21 @@ class ExtremeAugSegmentLogic:
 
     # -- segment, versions, next case --------------------------------------------------------------
     def segmentVolume(self, volumeNode, version: Optional[int] = None, showProbabilities: bool = True,
-                      device: str = "auto"):
+                      device: Device = Device.AUTO) -> Tuple[object, object, SegmentResult]:
         """Segment a volume with a model version (default: the active one) -> (segmentation node,
         probability node or None, the project's result). The volume joins the project as a case, so
         its correction can be accepted."""
         if volumeNode is None:
             raise ExtremeAugError("choose the volume to segment first")
         caseId = self.addScan(volumeNode)
-        result = projectSuggest.segment_cases(self.project, [caseId], version, device)[0]
-        segmentationNode, probabilityNode = self.showResult(volumeNode, caseId, result["mask"],
-                                                            result["probabilities"] if showProbabilities else None,
-                                                            result["version"])
+        result = self.project.segment([caseId], version, device)[0]
+        segmentationNode, probabilityNode = self.showResult(
+            volumeNode, caseId, result.mask, result.probabilities if showProbabilities else None, result.version,
+            result.label)
         return segmentationNode, probabilityNode, result
 
-    def showResult(self, volumeNode, caseId: str, maskPath: str, probabilityPath: Optional[str], version: int):
+    def showResult(self, volumeNode, caseId: str, maskPath: str, probabilityPath: Optional[str], version: int,
+                   labelId: Optional[int] = None):
         """Load a stored result into nodes aligned voxel for voxel with the volume (reusing this volume's
         result nodes, so re-segmenting does not pile up nodes)."""
         name = volumeNode.GetName()
@@ -207,6 +206,8 @@ class ExtremeAugSegmentLogic:
                                     _firstSegmentId(segmentationNode, required=False))
         segmentationNode.SetAttribute(CASE_ATTRIBUTE, caseId)
         segmentationNode.SetAttribute(VERSION_ATTRIBUTE, str(version))
+        segmentationNode.SetAttribute(PREDICTION_ATTRIBUTE, str(labelId) if labelId is not None else "")
+        segmentationNode.SetAttribute(SHOWN_ATTRIBUTE, repr(time.time()))
         probabilityNode = None
         if probabilityPath:
             probabilityNode = self._resultNode("vtkMRMLScalarVolumeNode", volumeNode, f"{name} probability")
@@ -232,45 +233,37 @@ class ExtremeAugSegmentLogic:
                 volumeNode = node
                 break
         else:
-            volumeNode = SceneIO.addVolumeNode(self.scene, sitk.ReadImage(str(self.project.path(case["scan"]))), caseId)
+            volumeNode = SceneIO.addVolumeNode(self.scene, sitk.ReadImage(str(self.project.path(case.scan))), caseId)
             self._tag(volumeNode, caseId)
-        auto = self.project.latest_label(caseId, ("auto",))
+        auto = self.project.latest_prediction(caseId)
         if auto is None:
             return volumeNode, None, None
-        return (volumeNode, *self.showResult(volumeNode, caseId, auto["path"], auto["probabilities"],
-                                             auto["model_version"]))
+        return (volumeNode, *self.showResult(volumeNode, caseId, auto.path, auto.probabilities, auto.model_version,
+                                             auto.id))
 
     def suggestNext(self):
         """The case the project recommends correcting next, loaded -> (suggestion, volume, segmentation,
         probability); the nodes are None when every case has a human label."""
-        info = projectSuggest.suggest(self.project)
-        if info["case"] is None:
+        info = self.project.suggest()
+        if info.case is None:
             return info, None, None, None
-        return (info, *self.loadCase(info["case"]))
+        return (info, *self.loadCase(info.case))
 
-    def versions(self) -> List[dict]:
+    def versions(self) -> List[Version]:
         """Model versions with the validation scores recorded when each was published (no scoring here:
         the GUI thread must not run inference; `extremeaug project models` rescores)."""
-        return versions.list_versions(self.project, rescore=False)
+        return self.project.versions(rescore=False)
 
     def useVersion(self, version: int) -> int:
-        return versions.use(self.project, version)
+        return self.project.use(version)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _known(self, caseId: str) -> bool:
-        return self.project.conn.execute("SELECT 1 FROM cases WHERE id = ?", (caseId,)).fetchone() is not None
-
     def _tag(self, volumeNode, caseId: str) -> None:
         volumeNode.SetAttribute(CASE_ATTRIBUTE, caseId)
         volumeNode.SetAttribute(PROJECT_ATTRIBUTE, str(self.project.root))
 
     def _newCaseId(self, volumeNode) -> str:
-        base = projectCases.default_id(volumeNode.GetName() or "scan")
-        caseId, n = base, 1
-        while self._known(caseId):
-            n += 1
-            caseId = f"{base}_{n}"
-        return caseId
+        return self.project.new_case_id(volumeNode.GetName() or "scan")
 
     def _resultNode(self, className: str, volumeNode, name: str):
         for i in range(self.scene.GetNumberOfNodesByClass(className)):

@@ -14,12 +14,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from extremeaug.phantom import write_phantoms
+from extremeaug.project import CaseState, RunSpec, Split, TrainConfig
 
 from . import SceneIO
 from .Logic import SEGMENT_COLOR, SEGMENT_NAME, ExtremeAugSegmentLogic
 from .TrainingMonitor import TrainingState
 
-TINY_TRAINING = {"augment": 3, "epochs": 1, "width": 4, "device": "cpu"}
+TINY_TRAINING = RunSpec(TrainConfig(augment=3, epochs=1, width=4), device="cpu")
 
 
 def waitForTraining(logic: ExtremeAugSegmentLogic, wait: Callable[[float], None] = time.sleep,
@@ -37,7 +38,7 @@ def waitForTraining(logic: ExtremeAugSegmentLogic, wait: Callable[[float], None]
 
 
 def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[float], None] = time.sleep,
-            log: Callable[[str], None] = print, training: dict = TINY_TRAINING) -> dict:
+            log: Callable[[str], None] = print, training: RunSpec = TINY_TRAINING) -> dict:
     workdir = Path(workdir)
     scans = write_phantoms(workdir / "phantoms", 2)
     scene = logic.scene
@@ -47,10 +48,10 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
                                             SEGMENT_COLOR)
     logic.openProject(str(workdir / "project"), create=True)
     case = logic.addLabeledScan(labeled, delineation, segmentId)
-    _check(case["state"] == "manual" and case["split"] == "train", f"labeled scan added as {case}")
-    log(f"added labeled scan {case['id']}; training {training}")
+    _check(case.state == CaseState.MANUAL and case.split == Split.TRAIN, f"labeled scan added as {case}")
+    log(f"added labeled scan {case.id}; training {training}")
 
-    logic.startTraining(**training)
+    logic.startTraining(training)
     waits = []
     state = waitForTraining(logic, lambda seconds: (wait(seconds), waits.append(seconds)))
     polls = len(waits) + 1
@@ -64,22 +65,24 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     _check(segmentationNode.GetName() == "phantom_1 segmentation", segmentationNode.GetName())
     prediction = SceneIO.segmentToImage(segmentationNode, segmentationNode.GetSegmentation().GetNthSegmentID(0),
                                         unseen)
-    log(f"segmented {result['id']} with v{result['version']}: {result['voxels']} voxels, "
-        f"uncertainty {result['uncertainty']:.3f}")
+    log(f"segmented {result.case_id} with v{result.version}: {result.voxels} voxels, "
+        f"uncertainty {result.uncertainty:.3f}")
 
     suggestion, suggestedVolume, suggestedSegmentation, _ = logic.suggestNext()
-    _check(suggestion["case"] == result["id"] and suggestedVolume is unseen and
+    _check(suggestion.case == result.case_id and suggestedVolume is unseen and
            suggestedSegmentation is segmentationNode, f"suggested {suggestion}")   # loaded nodes are reused
 
     truth = sitk.ReadImage(str(scans[1][1]))   # the "correction": what the clinician draws in the editor
     SceneIO.setSegmentFromImage(segmentationNode, truth, unseen, SEGMENT_NAME, SEGMENT_COLOR,
                                 segmentationNode.GetSegmentation().GetNthSegmentID(0))
     accepted = logic.acceptCorrection(segmentationNode)
-    _check(accepted["state"] == "corrected", f"accepted as {accepted['state']}")
-    stored = sitk.ReadImage(str(logic.project.path(accepted["label"])))
+    _check(accepted.state == CaseState.CORRECTED, f"accepted as {accepted.state}")
+    _check(accepted.history[-1].correction is not None and accepted.history[-1].correction.auto_label == result.label,
+           "the correction was not recorded against the prediction shown")
+    stored = sitk.ReadImage(str(logic.project.path(accepted.label)))
     _check(np.array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(truth) > 0),
            "the accepted label differs from the edited segment")
-    log(f"accepted the correction of {accepted['id']}")
+    log(f"accepted the correction of {accepted.id}")
     return {"case": case, "state": state, "chart": chart, "segmentation": segmentationNode,
             "probability": probabilityNode, "prediction": prediction, "result": result, "accepted": accepted,
             "polls": polls, "volume": unseen}

@@ -11,8 +11,10 @@ from typing import List, Optional, Tuple
 
 import vtk
 
-from extremeaug.project.runs import ACTIVE, EventReader, latest_run_status, run_dir
-from extremeaug.project.store import Store
+from extremeaug.events import EventReader
+from extremeaug.project import Project, RunState
+
+from .Tables import runText
 
 TABLE_NAME = "ExtremeAugSegment training curve"
 CHART_NAME = "ExtremeAugSegment training"
@@ -21,42 +23,54 @@ SERIES = (("loss", (0.85, 0.25, 0.2)), ("training Dice", (0.2, 0.45, 0.85)))
 
 @dataclass
 class TrainingState:
-    run: Optional[str] = None
-    status: str = "idle"          # idle, starting, running, finished, cancelled, failed, died
-    phase: Optional[str] = None   # queued, preparing, training, scoring, done
-    active: bool = False
-    fraction: float = 0.0
-    text: str = "no training run"
-    message: Optional[str] = None
-    version: Optional[int] = None
-    curve: List[Tuple[int, float, float]] = field(default_factory=list)   # (step, loss, training Dice)
+    """The newest run (None before the first) and its training curve: (step, loss, training Dice)."""
+    run: Optional[RunState] = None
+    curve: List[Tuple[int, float, float]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.run.status.value if self.run else "idle"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.run and self.run.active)
+
+    @property
+    def fraction(self) -> float:
+        return self.run.fraction if self.run else 0.0
+
+    @property
+    def text(self) -> str:
+        return runText(self.run)
+
+    @property
+    def message(self) -> Optional[str]:
+        return self.run.message if self.run else None
+
+    @property
+    def version(self) -> Optional[int]:
+        return self.run.version if self.run else None
 
 
 class TrainingMonitor:
-    def __init__(self, store: Store, scene):
-        self.store, self.scene = store, scene
+    def __init__(self, project: Project, scene):
+        self.project, self.scene = project, scene
         self.runId: Optional[str] = None
         self.reader: Optional[EventReader] = None
         self.curve: List[Tuple[int, float, float]] = []
 
     def poll(self) -> TrainingState:
-        run = latest_run_status(self.store)
+        run = self.project.run()
         if run is None:
             return TrainingState()
-        if run["id"] != self.runId:
-            self.runId, self.reader, self.curve = run["id"], EventReader(run_dir(self.store, run["id"]) /
-                                                                         "progress.jsonl"), []
+        if run.id != self.runId:
+            self.runId, self.reader, self.curve = run.id, self.project.events(run.id), []
         for event in self.reader.read():
             if event["event"] == "start":   # a resumed run starts again at its checkpoint's step
                 self.curve = [p for p in self.curve if p[0] <= event.get("resumed_at_step", 0)]
             elif event["event"] == "progress":
                 self.curve.append((event["step"], event["loss"], event["dice"]))
-        progress = run.get("progress") or {}
-        total, step = progress.get("steps_total") or 0, progress.get("step") or 0
-        return TrainingState(run=run["id"], status=run["status"], phase=run["phase"],
-                             active=run["status"] in ACTIVE, fraction=min(1.0, step / total) if total else 0.0,
-                             text=_describe(run, progress), message=run["message"], version=run["version"],
-                             curve=list(self.curve))
+        return TrainingState(run, list(self.curve))
 
     def updatePlot(self):
         """The table + chart nodes of the current curve (created once, then updated); returns the chart."""
@@ -92,19 +106,3 @@ class TrainingMonitor:
 
     def _node(self, className: str, name: str):
         return self.scene.GetFirstNode(name, className) or self.scene.AddNewNodeByClass(className, name)
-
-
-def _describe(run: dict, progress: dict) -> str:
-    status = run["status"]
-    if status == "finished":
-        return f"finished: model version {run['version']} is active"
-    if status in ("failed", "died", "cancelled"):
-        return f"{status}: {run['message'] or ''}".rstrip(": ")
-    if not progress:
-        return f"{run['phase'] or status}..."
-    if run["phase"] == "scoring":
-        return "training done; scoring on the validation cases..."
-    eta = progress.get("eta_s")
-    eta = f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
-    return (f"epoch {progress.get('epoch')} · step {progress.get('step')}/{progress.get('steps_total')} · "
-            f"loss {progress.get('loss', 0):.3f} · Dice {progress.get('dice', 0):.3f}{eta}")

@@ -15,7 +15,8 @@ from pathlib import Path
 import qt
 import slicer
 
-from .InstallLogic import InstallLogic, missingModules
+from . import Tables
+from .InstallLogic import InstallLogic, missingModules, outdatedModules
 from .Logic import ExtremeAugSegmentLogic
 from .Parameter import ExtremeAugSegmentParameterNode
 
@@ -126,18 +127,19 @@ class Widget(qt.QWidget):
 
     @_action
     def onAddLabeledScan(self) -> None:
-        summary = self.logic.addLabeledScan(self._parameterNode.inputVolume, self._parameterNode.inputSegmentation,
-                                            self.ui.inputSegmentComboBox.currentData)
-        self._log(f"added {summary['id']}: {summary['state']} label, {summary['split']} split")
+        case = self.logic.addLabeledScan(self._parameterNode.inputVolume, self._parameterNode.inputSegmentation,
+                                         self.ui.inputSegmentComboBox.currentData)
+        self._log(f"added {case.id}: {case.state.value} label, {case.split.value} split")
 
     @_action
     def onTrain(self) -> None:
         if not self._dependenciesReady():
             return
+        from extremeaug.project import RunSpec, TrainConfig
         p = self._parameterNode
-        runId = self.logic.startTraining(augment=p.augment, epochs=p.epochs,
-                                         timeBudgetMinutes=p.timeBudgetMinutes or None,
-                                         width=None if p.width == "auto" else int(p.width), device=p.device)
+        runId = self.logic.startTraining(RunSpec(
+            TrainConfig(augment=p.augment, epochs=p.epochs, width=None if p.width == "auto" else int(p.width)),
+            device=p.device, time_budget_min=p.time_budget_min or None))
         self._log(f"training run {runId} started in the background")
         self.onShowPlot()
 
@@ -159,8 +161,8 @@ class Widget(qt.QWidget):
         segmentation, probability, result = self.logic.segmentVolume(
             volume, self.ui.modelVersionComboBox.currentData, self._parameterNode.showProbabilities)
         self._show(volume, segmentation, probability)
-        self._log(f"segmented {result['id']} with model v{result['version']} "
-                  f"(uncertainty {result['uncertainty']:.3f} bits)")
+        self._log(f"segmented {result.case_id} with model v{result.version} "
+                  f"(uncertainty {result.uncertainty:.3f} bits)")
 
     @_action
     def onEdit(self) -> None:
@@ -176,8 +178,8 @@ class Widget(qt.QWidget):
 
     @_action
     def onAccept(self) -> None:
-        summary = self.logic.acceptCorrection(self._parameterNode.resultSegmentation)
-        self._log(f"stored the {summary['state']} label of {summary['id']} ({summary['split']} split); "
+        case = self.logic.acceptCorrection(self._parameterNode.resultSegmentation)
+        self._log(f"stored the {case.state.value} label of {case.id} ({case.split.value} split); "
                   "train again to learn from it")
 
     @_action
@@ -191,7 +193,7 @@ class Widget(qt.QWidget):
     @_action
     def onSuggest(self) -> None:
         info, volume, segmentation, probability = self.logic.suggestNext()
-        self.ui.suggestionLabel.text = f"{info['case'] or 'nothing to correct'}: {info['reason']}"
+        self.ui.suggestionLabel.text = f"{info.case or 'nothing to correct'}: {info.reason}"
         if volume is not None:
             self._show(volume, segmentation, probability)
 
@@ -236,16 +238,11 @@ class Widget(qt.QWidget):
 
     def refresh(self) -> None:
         """Project summary, tables, model list and which buttons can act now."""
-        isOpen = self.logic.store is not None
+        isOpen = self.logic.isOpen
+        self.ui.projectStatusLabel.text = Tables.statusText(self.logic.status() if isOpen else None)
         if isOpen:
-            status = self.logic.status()
-            states = ", ".join(f"{n} {s}" for s, n in status["states"].items() if n)
-            self.ui.projectStatusLabel.text = (f"{status['cases']} case(s) ({states or 'none yet'}); "
-                                               f"model v{status['active_version'] or '-'} active")
             self._fillCases()
             self._fillVersions()
-        else:
-            self.ui.projectStatusLabel.text = "No project open: choose a folder, then Open or Create."
         pairs = len(self.logic.scenePairs())
         self.ui.scenePairsLabel.text = f"{pairs} volume + segmentation pair(s) in the scene"
         p = self._parameterNode
@@ -257,39 +254,31 @@ class Widget(qt.QWidget):
                                                     self.ui.inputSegmentComboBox.count)
         self.ui.segmentButton.enabled = bool(p.segmentVolume) and self.ui.modelVersionComboBox.count > 0
         self.ui.editButton.enabled = self.ui.acceptButton.enabled = bool(p.resultSegmentation)
-        missing = missingModules()
-        self.ui.dependenciesLabel.text = ("missing: " + ", ".join(missing)) if missing else \
+        missing, outdated = missingModules(), outdatedModules()
+        problems = (["missing: " + ", ".join(missing)] if missing else []) + (
+            ["too old: " + ", ".join(outdated)] if outdated else [])
+        self.ui.dependenciesLabel.text = "; ".join(problems) or \
             "torch, onnxruntime and the other packages are installed"
         self._setTrainingButtons(self._wasActive)
 
     def _setTrainingButtons(self, active: bool) -> None:
-        self.ui.trainButton.enabled = self.logic.store is not None and not active
+        self.ui.trainButton.enabled = self.logic.isOpen and not active
         self.ui.cancelButton.enabled = active
 
     def _fillCases(self) -> None:
-        rows = self.logic.trainingDataRows()
-        table = self.ui.casesTableWidget
-        table.setRowCount(len(rows))
-        for r, c in enumerate(rows):
-            values = (c["id"], c["state"], c["split"] or "-", f"v{c['auto_version']}" if c["auto_version"] else "-",
-                      f"{c['uncertainty']:.3f}" if c["uncertainty"] is not None else "-")
-            for col, value in enumerate(values):
-                table.setItem(r, col, qt.QTableWidgetItem(value))
+        rows = [Tables.caseRow(c) for c in self.logic.caseRows()]
+        rows += [Tables.scenePairRow(v.GetName(), s.GetName()) for v, s in self.logic.scenePairsToAdd()]
+        _fillTable(self.ui.casesTableWidget, rows)
 
     def _fillVersions(self) -> None:
-        rows = self.logic.versions()
-        table, combo = self.ui.versionsTableWidget, self.ui.modelVersionComboBox
-        table.setRowCount(len(rows))
+        versions = self.logic.versions()
+        _fillTable(self.ui.versionsTableWidget, [Tables.versionRow(v) for v in versions])
+        combo = self.ui.modelVersionComboBox
         combo.clear()
-        if rows:
+        if versions:
             combo.addItem("active version", None)
-        for r, v in enumerate(rows):
-            dice, hd95 = v.get("val_then_dice"), v.get("val_then_hd95")
-            values = (str(v["version"]), str(v["training_scans"]), f"{dice:.3f}" if dice is not None else "-",
-                      f"{hd95:.2f}" if hd95 is not None else "-", "yes" if v["active"] else "")
-            for col, value in enumerate(values):
-                table.setItem(r, col, qt.QTableWidgetItem(value))
-            combo.addItem(f"v{v['version']}", v["version"])
+        for v in versions:
+            combo.addItem(f"v{v.version}", v.version)
 
     def _show(self, volume, segmentation, probability) -> None:
         slicer.util.setSliceViewerLayers(background=volume, foreground=probability,
@@ -309,3 +298,10 @@ class Widget(qt.QWidget):
     def _log(self, message: str) -> None:
         logging.info(message)
         slicer.util.showStatusMessage(message, 5000)
+
+
+def _fillTable(table, rows) -> None:
+    table.setRowCount(len(rows))
+    for r, values in enumerate(rows):
+        for col, value in enumerate(values):
+            table.setItem(r, col, qt.QTableWidgetItem(value))

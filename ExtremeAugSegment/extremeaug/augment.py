@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 PATCH = 128
 STRIDE = 64
-AUGMENT_MODES = ("fresh", "pool")
 POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (fresh) draws
 
 

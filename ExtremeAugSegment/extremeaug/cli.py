@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sqlite3
 import sys
+from dataclasses import fields
 from typing import List, Optional
 
 from . import __version__
+from .config import (DEMO_MINUTES, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments, int_list,
+                     positive_int_list)
 from .errors import ExtremeAugError
+from .output import json_text
 
 
-def _labels(text: Optional[str]) -> Optional[List[int]]:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise ExtremeAugError(f"--label-values: expected integers such as 1,2,3, got {text!r}") from None
+TRAIN_FLAGS = [f.name for f in fields(TrainConfig)]
+RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes")
 
 
 def _cases(images, labels, what: str):
@@ -31,15 +28,11 @@ def _cases(images, labels, what: str):
 
 
 def cmd_train(a) -> int:
-    from .train import RunOptions, TrainConfig, train
+    from .train import train
 
-    cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width, lr=a.lr,
-                      loss=a.loss, plane=a.plane, seed=a.seed, label_values=_labels(a.label_values),
-                      augmentation=not a.no_augmentation, augment_mode=a.augment_mode, threshold=a.threshold,
-                      min_component_mm3=a.min_component_mm3)
-    opts = RunOptions(device=a.device, time_budget_min=a.time_budget, resume=a.resume,
-                      progress_file=a.progress_file, show_progress=not a.quiet,
-                      checkpoint_minutes=a.checkpoint_minutes)
+    cfg = from_arguments(TrainConfig, a, TRAIN_FLAGS)
+    opts = from_arguments(RunOptions, a, RUN_FLAGS, resume=a.resume, progress_file=a.progress_file,
+                          show_progress=not a.quiet)
     if not a.resume and not a.image:
         raise ExtremeAugError("train: give at least one --image SCAN --label MASK pair (or --resume)")
     result = train(cfg, _cases(a.image, a.label, "train"), _cases(a.val_image, a.val_label, "validation"),
@@ -60,16 +53,12 @@ def cmd_segment(a) -> int:
     return 0
 
 
-def _finite(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
-
-
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate_files
 
-    m = evaluate_files(a.prediction, a.reference, _labels(a.label_values))
+    m = evaluate_files(a.prediction, a.reference, a.label_values)
     if a.json:
-        print(json.dumps(_finite(m)))
+        print(json_text(m))
     else:
         print(f"Dice {m['dice']:.4f}  HD95 {m['hd95_mm']:.2f} mm  ASSD {m['assd_mm']:.2f} mm  "
               f"structures found {m['found']}/{m['reference_structures']}, missed {m['missed']}, extra {m['extra']}")
@@ -79,7 +68,7 @@ def cmd_evaluate(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    s = run_demo(a.workdir, a.time_budget, a.augment, a.device, not a.quiet)
+    s = run_demo(a.workdir, a.time_budget_min, a.augment, a.device, not a.quiet)
     for name, m in s["scores"].items():
         print(f"{name}: Dice {m['dice']:.3f}  HD95 {m['hd95_mm']:.1f} mm  ASSD {m['assd_mm']:.2f} mm  "
               f"discs found {m['found']}/{m['reference_structures']}")
@@ -88,35 +77,38 @@ def cmd_demo(a) -> int:
     return 0
 
 
-def _ints(text: str, flag: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise ExtremeAugError(f"{flag}: expected integers such as 1,2,3, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ExtremeAugError(f"{flag}: expected positive integers, got {text!r}")
-    return values
-
-
 def cmd_experiment(a) -> int:
-    from .experiment import Settings, run_experiment
+    from .experiment import run_experiment
 
-    modes = [m for m in a.augment_mode.replace(",", " ").split()]
-    if not modes or set(modes) - {"fresh", "pool"}:
+    try:
+        modes = [AugmentMode.parse(m) for m in a.augment_mode.replace(",", " ").split()]
+    except ExtremeAugError as e:
+        raise ExtremeAugError(f"--augment-mode: {e}") from None
+    if not modes:
         raise ExtremeAugError(f"--augment-mode: choose fresh, pool or both (fresh,pool), got {a.augment_mode!r}")
-    if a.match_steps and a.time_budget:
+    if a.match_steps and a.time_budget_min:
         raise ExtremeAugError("--match-steps sets epochs per level; it cannot be combined with --time-budget")
-    s = Settings(epochs=a.epochs, time_budget_min=a.time_budget, plane=a.plane, device=a.device, width=a.width,
-                 batch_size=a.batch_size, seed=a.seed, label_values=_labels(a.label_values))
-    rows = run_experiment(a.data, a.out, _ints(a.scans, "--scans"), _ints(a.augment, "--augment"), modes, s,
+    base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS)
+    opts = from_arguments(RunOptions, a, ("device", "time_budget_min"), show_progress=False)
+    rows = run_experiment(a.data, a.out, a.scans, a.augment, modes, base, opts,
                           [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet)
     print(f"{len(rows)} model(s); tables: {a.out}/results.md, {a.out}/results.csv; figures: {a.out}/fig_*.png")
     return 0
 
 
+EXPERIMENT_TRAIN_FLAGS = ("epochs", "plane", "width", "batch_size", "seed", "label_values")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="extremeaug", description="Train a segmentation model from one labeled scan "
-                                "with extreme augmentation (Gaonkar et al.), export ONNX, segment, evaluate.")
+    p = OneLineParser(prog="extremeaug", description="Train a segmentation model from one labeled scan with "
+                      "extreme augmentation (Gaonkar et al.), export ONNX, segment, evaluate.")
     p.add_argument("--version", action="version", version=f"extremeaug {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -126,74 +118,50 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-image", action="append", help="validation scan (repeat with --val-label)")
     t.add_argument("--val-label", action="append")
     t.add_argument("--out", required=True, help="model folder (model.onnx, model.pt, checkpoint.pt, history.json)")
-    t.add_argument("--augment", type=int, default=50, help="augmented presentations of every patch per epoch")
-    t.add_argument("--augment-mode", default="fresh", choices=["fresh", "pool"],
-                   help="fresh: a new random transform at every presentation; pool: the paper's N fixed "
-                        "transforms per patch, reused every epoch (regenerated from the seed, never stored)")
-    t.add_argument("--no-augmentation", action="store_true", help="present patches untransformed (baseline)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop gracefully after this long")
-    t.add_argument("--plane", default="auto", choices=["auto", "axial", "sagittal", "coronal"])
-    t.add_argument("--width", type=int, help="filters of the first stage (default 16 on CUDA, 8 on CPU)")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay to 5 %%)")
-    t.add_argument("--loss", default="dice", choices=["dice", "dice+bce"])
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--label-values", help="mask labels that are foreground, e.g. 1,2 (default: all > 0)")
-    t.add_argument("--threshold", type=float, default=0.5, help="probability threshold stored with the model")
-    t.add_argument("--min-component-mm3", type=float, default=100.0,
-                   help="connected components smaller than this are removed at segmentation (0 keeps all)")
+    add_arguments(t, TrainConfig, TRAIN_FLAGS)
+    add_arguments(t, RunOptions, RUN_FLAGS)
     t.add_argument("--progress-file", help="append JSON-lines progress here")
-    t.add_argument("--checkpoint-minutes", type=float, default=5.0,
-                   help="checkpoint (and, with validation scans, validate) this often within an epoch")
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("segment", help="segment a scan with an exported model")
-    s.add_argument("--model", required=True, help="model.onnx written by train")
+    s.add_argument("--model", required=True, metavar="MODEL.onnx", help="model.onnx written by train")
     s.add_argument("--image", required=True)
     s.add_argument("--out", required=True, help="output mask (same grid as the scan)")
     s.add_argument("--probabilities", help="also write the probability map here")
     s.add_argument("--threshold", type=float, help="default: the model's")
     s.add_argument("--min-component-mm3", type=float, help="default: the model's; 0 keeps every component")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_arguments(s, RunOptions, ["device"])
     s.set_defaults(func=cmd_segment)
 
     e = sub.add_parser("evaluate", help="compare a mask with a reference")
     e.add_argument("--prediction", required=True)
     e.add_argument("--reference", required=True)
-    e.add_argument("--label-values", help="reference labels that are foreground (default: all > 0)")
+    e.add_argument("--label-values", type=int_list, help="reference labels that are foreground (default: all > 0)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train on one synthetic phantom, segment three others")
     d.add_argument("--workdir", default="extremeaug-demo")
-    d.add_argument("--time-budget", type=float, default=2.5, metavar="MINUTES")
-    d.add_argument("--augment", type=int, default=50)
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_arguments(d, RunOptions, ("time_budget_min", "device"), time_budget_min=DEMO_MINUTES)
+    add_arguments(d, TrainConfig, ["augment"])
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
     x = sub.add_parser("experiment", help="the paper's grid: training scans x augmentation level")
     x.add_argument("--data", required=True, help="folder of ID_image/ID_mask pairs, or SPIDER's images/ + masks/")
     x.add_argument("--out", required=True, help="results folder (finished models are kept; reruns skip them)")
-    x.add_argument("--scans", default="1", help="numbers of training scans, e.g. 1,3,5,9")
-    x.add_argument("--augment", default="5,10,20,30,40,50", help="augmentation levels")
-    x.add_argument("--augment-mode", default="fresh", help="fresh, pool or fresh,pool")
-    x.add_argument("--epochs", type=int, default=100)
-    x.add_argument("--time-budget", type=float, metavar="MINUTES", help="per model")
+    x.add_argument("--scans", type=positive_int_list, default=[1], help="numbers of training scans, e.g. 1,3,5,9")
+    x.add_argument("--augment", type=positive_int_list, default=[5, 10, 20, 30, 40, 50], help="augmentation levels")
+    x.add_argument("--augment-mode", default=AugmentMode.FRESH.value, help="fresh, pool or fresh,pool")
+    add_arguments(x, RunOptions, ["time_budget_min"])
     x.add_argument("--match-steps", action="store_true",
                    help="give every level the optimiser steps of the highest (epochs x max(N) / N)")
     x.add_argument("--val", help="fixed validation scan ids (default: the scans not used for training)")
     x.add_argument("--folds", type=int, help="training sets per size when scans take turns (default: all)")
-    x.add_argument("--plane", default="auto", choices=["auto", "axial", "sagittal", "coronal"])
-    x.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    x.add_argument("--width", type=int)
-    x.add_argument("--batch-size", type=int, default=16)
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--label-values", help="foreground labels (SPIDER layout: discs, >= 201, by default)")
+    add_arguments(x, RunOptions, ["device"])
+    add_arguments(x, TrainConfig, EXPERIMENT_TRAIN_FLAGS)
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=cmd_experiment)
 

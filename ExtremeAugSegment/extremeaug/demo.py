@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .config import DEMO_MINUTES, RUN_DEFAULTS, TRAIN_DEFAULTS
 from .dataset import Case
 from .evaluate import evaluate
 from .figures import overlay_png, training_curve_png
@@ -16,8 +17,9 @@ from .train import RunOptions, TrainConfig, train
 DEMO_PHANTOMS = 4
 
 
-def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = 2.5, augment: int = 50,
-             device: str = "auto", show_progress: bool = True, epochs: int = 100, seed: int = 0) -> dict:
+def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = DEMO_MINUTES,
+             augment: int = TRAIN_DEFAULTS.augment, device: str = RUN_DEFAULTS.device, show_progress: bool = True,
+             epochs: int = TRAIN_DEFAULTS.epochs, seed: int = TRAIN_DEFAULTS.seed) -> dict:
     """Phantom 0 trains, phantom 1 validates (best epoch kept), phantoms 2.. are segmented and scored."""
     work = Path(workdir)
     pairs = write_phantoms(work / "data", DEMO_PHANTOMS)
@@ -27,7 +29,8 @@ def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = 2
     result = train(TrainConfig(augment=augment, epochs=epochs, seed=seed),
                    [Case(str(pairs[0][0]), str(pairs[0][1]))], [Case(str(pairs[1][0]), str(pairs[1][1]))],
                    model_dir, RunOptions(device=device, time_budget_min=time_budget_min, show_progress=show_progress,
-                                         progress_file=str(work / "progress.jsonl"), checkpoint_minutes=0.5))
+                                         progress_file=str(work / "progress.jsonl"),
+                                         checkpoint_minutes=time_budget_min / 5))   # validate 5 times
     training_curve_png(result.history, result.curve, work / "training_curve.png",
                        f"trained on phantom 0, {augment}x on-the-fly augmentation; validation on phantom 1",
                        result.val_curve)

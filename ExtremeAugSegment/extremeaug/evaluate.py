@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -12,9 +13,31 @@ from .io import on_grid, read_binary
 DETECTION_MIN_COVERAGE = 0.1  # a reference structure counts as found when >= 10 % of it is predicted
 
 
+@dataclass(frozen=True)
+class Mean:
+    """A mean over cases that says what it left out: `undefined` values (an infinite distance, e.g. the
+    HD95 of an empty prediction, or a missing score) are counted, never dropped silently."""
+    value: Optional[float]   # mean of the finite values; None when there is none
+    n: int                   # how many finite values went in
+    undefined: int = 0
+
+    def format(self, spec: str = ".3f", unit: str = "") -> str:
+        text = "-" if self.value is None else f"{format(self.value, spec)}{unit}"
+        return text + (f" ({self.undefined} undefined)" if self.undefined else "")
+
+
+def mean(values: Sequence[Optional[float]]) -> Mean:
+    """The one rule for means over cases (project versions and the experiment grid alike)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return Mean(sum(finite) / len(finite) if finite else None, len(finite), len(values) - len(finite))
+
+
 def _surface_distances(a: sitk.Image, b: sitk.Image) -> np.ndarray:
     """Distances (mm) from each surface voxel of `a` to the nearest surface voxel of `b`."""
-    signed = sitk.SignedMaurerDistanceMap(sitk.LabelContour(b), squaredDistance=False, useImageSpacing=True,
+    contour_b = sitk.LabelContour(b)
+    if not sitk.GetArrayViewFromImage(contour_b).any():   # b fills the image: it has no surface inside it
+        return np.full(1, math.inf)
+    signed = sitk.SignedMaurerDistanceMap(contour_b, squaredDistance=False, useImageSpacing=True,
                                           insideIsPositive=False)
     dist_to_b = sitk.Maximum(signed, 0.0)  # the one-voxel contour itself is "inside": distance 0
     surface_a = sitk.GetArrayFromImage(sitk.LabelContour(a)) > 0
@@ -53,8 +76,9 @@ def evaluate(pred: sitk.Image, ref: sitk.Image) -> dict:
         overlap = sitk.LabelOverlapMeasuresImageFilter()
         overlap.Execute(ref, pred)
         d = np.concatenate([_surface_distances(pred, ref), _surface_distances(ref, pred)])
-        result.update(dice=float(overlap.GetDiceCoefficient()), hd95_mm=float(np.percentile(d, 95)),
-                      assd_mm=float(d.mean()))
+        finite = bool(np.isfinite(d).all())   # a mask filling the image has no surface: distances undefined
+        result.update(dice=float(overlap.GetDiceCoefficient()), hd95_mm=float(np.percentile(d, 95)) if finite
+                      else math.inf, assd_mm=float(d.mean()) if finite else math.inf)
     result.update(detection(pred, ref))
     return result
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .config import RunOptions, TrainConfig
 from .errors import ExtremeAugError
 from .io import write_bytes
 
@@ -95,47 +95,34 @@ def grid(sets, augments: Sequence[int], modes: Sequence[str], epochs: int, match
             for train, val in sets for a in augments for mode in modes]
 
 
-@dataclass
-class Settings:
-    epochs: int = 100
-    time_budget_min: Optional[float] = None
-    plane: str = "auto"
-    device: str = "auto"
-    width: Optional[int] = None
-    batch_size: int = 16
-    seed: int = 0
-    label_values: Optional[List[int]] = None
-
-
-def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, s: Settings) -> dict:
+def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, opts: RunOptions) -> dict:
     from .dataset import Case
-    from .evaluate import evaluate
+    from .evaluate import evaluate, mean
     from .infer import Segmenter
     from .io import read_binary, read_scan
-    from .train import RunOptions, TrainConfig, train
+    from .train import train
 
     folder = out / "cells" / cell.name
     done = folder / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = TrainConfig(augment=cell.augment, epochs=cell.epochs, batch_size=s.batch_size, width=s.width,
-                      plane=s.plane, seed=s.seed, label_values=s.label_values, augment_mode=cell.mode)
+    cfg = replace(base, augment=cell.augment, epochs=cell.epochs, augment_mode=cell.mode)
     resume = (folder / "model" / "checkpoint.pt").is_file()
     result = train(cfg, [Case(scans[i].image, scans[i].label, id=i) for i in cell.train], [], folder / "model",
-                   RunOptions(device=s.device, time_budget_min=s.time_budget_min, resume=resume,
-                              show_progress=False, checkpoint_minutes=5.0,
-                              progress_file=str(folder / "progress.jsonl")))
-    segmenter = Segmenter(folder / "model" / "model.onnx", s.device)
+                   replace(opts, resume=resume, progress_file=str(folder / "progress.jsonl")))
+    segmenter = Segmenter(folder / "model" / "model.onnx", opts.device)
     val = {}
     for i in cell.val:
         pred, _ = segmenter.segment(read_scan(scans[i].image))
-        val[i] = evaluate(pred, read_binary(scans[i].label, s.label_values))
+        val[i] = evaluate(pred, read_binary(scans[i].label, base.label_values))
     history = json.loads((folder / "model" / "history.json").read_text())
+    means = {k: mean([m[k] for m in val.values()]) for k in ("dice", "hd95_mm", "assd_mm")}
     row = {**asdict(cell), "name": cell.name, "n_train": len(cell.train), "status": result.status,
            "epochs_done": round(result.epochs_done, 4), "steps": history["history"][-1]["step"],
            "seconds": history["metadata"]["training_seconds"], "device": history["metadata"]["device"],
            "width": history["metadata"]["width"], "train_dice": history["history"][-1]["train_dice"],
-           "val": val, **{f"val_{k}": _mean([m[k] for m in val.values()]) for k in ("dice", "hd95_mm", "assd_mm")},
+           "val": val, **{f"val_{k}": m.value for k, m in means.items()},
+           **{f"val_{k}_undefined": m.undefined for k, m in means.items()},
            "curve": [{"epochs_done": h["epochs_done"], "step": h["step"], "train_dice": h["train_dice"]}
                      for h in history["history"]],
            "window_curve": history["curve"]}
@@ -143,33 +130,31 @@ def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, s: Settings) -> dict
     return row
 
 
-def _mean(values) -> Optional[float]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(finite) if finite else None
-
-
 def run_experiment(data: str, out: str | Path, counts: Sequence[int], augments: Sequence[int],
-                   modes: Sequence[str], s: Settings, val: Sequence[str] = (), folds: Optional[int] = None,
-                   match_steps: bool = False, show_progress: bool = True) -> List[dict]:
+                   modes: Sequence[str], base: TrainConfig, opts: RunOptions, val: Sequence[str] = (),
+                   folds: Optional[int] = None, match_steps: bool = False, show_progress: bool = True) -> List[dict]:
+    """Every cell of the grid (scans x augmentation x mode): `base` gives the settings the cells share."""
     from tqdm import tqdm
 
     from .experiment_report import write_report
 
     scans, label_values = discover(data)
-    if s.label_values is None:
-        s.label_values = label_values
+    if base.label_values is None:
+        base = replace(base, label_values=label_values)
     by_id = {sc.id: sc for sc in scans}
-    cells = grid(training_sets([sc.id for sc in scans], counts, val, folds), augments, modes, s.epochs, match_steps)
+    cells = grid(training_sets([sc.id for sc in scans], counts, val, folds), augments, modes, base.epochs,
+                 match_steps)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "invocations.jsonl", "a", encoding="utf-8") as f:   # what each run of the command asked
-        f.write(json.dumps({"time": time.time(), "data": str(Path(data).resolve()), "settings": asdict(s),
+        settings = {"train": base.to_dict(), "device": opts.device.value, "time_budget_min": opts.time_budget_min}
+        f.write(json.dumps({"time": time.time(), "data": str(Path(data).resolve()), "settings": settings,
                             "cells": [c.name for c in cells], "match_steps": match_steps}) + "\n")
     rows = []
     with tqdm(cells, desc="experiment", unit="model", disable=not show_progress) as bar:
         for cell in bar:
             bar.set_postfix_str(cell.name)
-            rows.append(run_cell(cell, by_id, out, s))
+            rows.append(run_cell(cell, by_id, out, base, opts))
             # the report covers every finished model in the folder, from this and earlier invocations
             write_report([json.loads(p.read_text()) for p in sorted(out.glob("cells/*/result.json"))], out)
     return rows

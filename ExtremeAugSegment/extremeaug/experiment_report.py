@@ -19,7 +19,8 @@ PAPER_VAL = {5: {1: .641, 3: .773, 5: .787, 7: .814, 9: .838}, 10: {1: .682, 3: 
              20: {1: .710, 3: .804, 5: .819, 7: .842, 9: .855}, 30: {1: .721, 3: .812, 5: .824, 7: .851, 9: .860},
              40: {1: .723, 3: .818, 5: .822, 7: .853, 9: .858}, 50: {1: .729, 3: .817, 5: .826, 7: .861, 9: .863}}
 CSV_FIELDS = ("name", "mode", "augment", "n_train", "train", "val", "epochs", "epochs_done", "steps", "seconds",
-              "device", "width", "status", "train_dice", "train_dice_over", "val_dice", "val_hd95_mm", "val_assd_mm")
+              "device", "width", "status", "train_dice", "train_dice_over", "val_dice", "val_hd95_mm", "val_assd_mm",
+              "val_hd95_mm_undefined", "val_assd_mm_undefined")
 
 
 def _groups(rows: List[dict], key: str) -> Dict[tuple, List[float]]:
@@ -39,8 +40,16 @@ def _cell(values: List[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
+def _undefined(rows: List[dict], key: str) -> Dict[tuple, int]:
+    """Validation cases whose `key` is undefined (an infinite distance), by the groups of `_groups`."""
+    out: Dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        out[(r["mode"], r["augment"], r["epochs"], r["n_train"])] += r.get(f"{key}_undefined", 0)
+    return out
+
+
 def _table(rows: List[dict], key: str, paper: Optional[dict], title: str) -> List[str]:
-    groups = _groups(rows, key)
+    groups, undefined = _groups(rows, key), _undefined(rows, key)
     lines = []
     for mode in sorted({g[0] for g in groups}):
         counts = sorted({g[3] for g in groups if g[0] == mode})
@@ -52,7 +61,9 @@ def _table(rows: List[dict], key: str, paper: Optional[dict], title: str) -> Lis
             cells = []
             for n in counts:
                 ref = paper.get(a, {}).get(n) if paper else None
-                cells.append(_cell(groups.get((mode, a, epochs, n), [])) + (f" [paper {ref:.3f}]" if ref else ""))
+                lost = undefined.get((mode, a, epochs, n), 0)
+                cells.append(_cell(groups.get((mode, a, epochs, n), [])) + (f" ({lost} undefined)" if lost else "")
+                             + (f" [paper {ref:.3f}]" if ref else ""))
             lines.append(f"| {a}x ({epochs}) | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

@@ -1,6 +1,7 @@
 """ONNX export with everything segmentation needs in the file's metadata, checked against torch."""
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import warnings
@@ -17,6 +18,12 @@ from .model import ProbabilityModel, ResUNet
 PARITY_TOLERANCE = 1e-3  # max |p_onnx - p_torch| on probabilities
 
 
+def torchscript_exporter() -> dict:
+    """The keyword that picks the TorchScript exporter: torch >= 2.9 defaults to the dynamo exporter (which
+    needs onnxscript), torch < 2.5 has no `dynamo` keyword and only the TorchScript one."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def onnx_bytes(net: ResUNet, opset: int = 17) -> bytes:
     """Serialise the probability model (dynamic batch, height and width) with the TorchScript exporter,
     which works unchanged from torch 2.1 to 2.13 and needs no onnxscript."""
@@ -24,7 +31,7 @@ def onnx_bytes(net: ResUNet, opset: int = 17) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 1, 256, 256),), buffer, dynamo=False,
+        torch.onnx.export(model, (torch.zeros(1, 1, 256, 256),), buffer, **torchscript_exporter(),
                           input_names=["image"], output_names=["probability"], opset_version=opset,
                           dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                         "probability": {0: "batch", 2: "height", 3: "width"}})

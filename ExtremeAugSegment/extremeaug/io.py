@@ -1,10 +1,12 @@
 """Reading scans and masks (NIfTI, NRRD, MHA, Slicer .seg.nrrd, DICOM series) and atomic writing."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,7 +16,13 @@ from .errors import ExtremeAugError
 GEOMETRY_TOLERANCE = 1e-3  # mm, and direction cosine units
 
 
-def _read_any(path: str | os.PathLike) -> sitk.Image:
+ImageSource = Union[str, os.PathLike, sitk.Image]
+
+
+def _read_any(path: ImageSource) -> sitk.Image:
+    """A file, a DICOM folder, or an image already in memory (a 3D Slicer node's voxels) as it is."""
+    if isinstance(path, sitk.Image):
+        return path
     p = Path(path)
     if not p.exists():
         raise ExtremeAugError(f"{p}: no such file or folder")
@@ -40,7 +48,12 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ExtremeAugError(f"{folder}: DICOM series could not be read") from None
 
 
-def _as_3d(image: sitk.Image, path: str | os.PathLike, what: str) -> sitk.Image:
+def _name(path: ImageSource) -> str:
+    return "an image in memory" if isinstance(path, sitk.Image) else str(path)
+
+
+def _as_3d(image: sitk.Image, path: ImageSource, what: str) -> sitk.Image:
+    path = _name(path)
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -52,10 +65,11 @@ def _as_3d(image: sitk.Image, path: str | os.PathLike, what: str) -> sitk.Image:
     return image
 
 
-def read_scan(path: str | os.PathLike, keep_type: bool = False) -> sitk.Image:
+def read_scan(path: ImageSource, keep_type: bool = False) -> sitk.Image:
     """Read a 3D scan as float32 (or in its own pixel type with keep_type, for storing it);
-    refuse 2D/4D, vector, NaN/inf and constant images."""
+    refuse 2D/4D, vector, NaN/inf and constant images. An image in memory gets the same checks."""
     raw = _as_3d(_read_any(path), path, "the image")
+    path = _name(path)
     if raw.GetNumberOfComponentsPerPixel() != 1:
         raise ExtremeAugError(f"{path}: image has {raw.GetNumberOfComponentsPerPixel()} components per voxel;"
                               " a scalar (grey-level) scan is needed")
@@ -75,6 +89,22 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GEOMETRY_TOLERANCE) -> 
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
+def image_sha256(image: sitk.Image) -> str:
+    """SHA-256 of an image's content: its voxel values and its grid, not its file. The same scan read from
+    NIfTI, NRRD or a 3D Slicer node (whatever its name or pixel type) gives the same digest; geometry is
+    rounded to 1e-4 mm (1e-6 for direction cosines) so that float32 headers and double nodes agree."""
+    def rounded(values, digits):
+        return [round(float(v), digits) + 0.0 for v in values]   # + 0.0 turns -0.0 into 0.0
+    grid = {"size": list(image.GetSize()), "spacing": rounded(image.GetSpacing(), 4),
+            "origin": rounded(image.GetOrigin(), 4), "direction": rounded(image.GetDirection(), 6),
+            "components": image.GetNumberOfComponentsPerPixel()}
+    digest = hashlib.sha256(b"extremeaug image v1\n" + json.dumps(grid, sort_keys=True).encode())
+    array = sitk.GetArrayViewFromImage(image)
+    for plane in array:   # one slice at a time: no float64 copy of the whole volume
+        digest.update(np.ascontiguousarray(plane, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
 def _foreground(image: sitk.Image, label_values: Sequence[int] | None) -> np.ndarray:
     """Binary foreground from a label map; several components (4D .seg.nrrd layers) are united."""
     array = sitk.GetArrayFromImage(image)
@@ -87,7 +117,7 @@ def _foreground(image: sitk.Image, label_values: Sequence[int] | None) -> np.nda
     return fg.astype(np.uint8)
 
 
-def read_binary(path: str | os.PathLike, label_values: Iterable[int] | None = None) -> sitk.Image:
+def read_binary(path: ImageSource, label_values: Iterable[int] | None = None) -> sitk.Image:
     """Read a label map (3D, or a layered .seg.nrrd) as a binary uint8 image on its own grid; may be empty."""
     raw = _read_any(path)
     if raw.GetDimension() == 4 and raw.GetNumberOfComponentsPerPixel() == 1 and raw.GetSize()[3] > 1:
@@ -108,12 +138,13 @@ def on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def read_mask(path: str | os.PathLike, scan: sitk.Image, label_values: Iterable[int] | None = None) -> sitk.Image:
+def read_mask(path: ImageSource, scan: sitk.Image, label_values: Iterable[int] | None = None) -> sitk.Image:
     """Read a training mask as binary uint8 on the scan's grid; refuse empty or non-overlapping masks.
 
     Multi-label masks become foreground > 0 unless label_values picks labels.
     """
     mask = read_binary(path, label_values)
+    path = _name(path)
     if not sitk.GetArrayViewFromImage(mask).any():
         picked = f" with label values {sorted(label_values)}" if label_values else ""
         raise ExtremeAugError(f"{path}: mask is empty (no voxel{picked}); nothing to learn from")

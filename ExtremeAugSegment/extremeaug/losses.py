@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("dice", "dice+bce")
+from .config import Loss
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -12,13 +12,11 @@ def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
     return (2 * inter + eps) / (prob.sum() + target.sum() + eps)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: Loss = Loss.DICE) -> torch.Tensor:
     logits = logits.float()
     loss = 1 - soft_dice(torch.sigmoid(logits), target)
-    if kind == "dice+bce":
+    if Loss.parse(kind) == Loss.DICE_BCE:
         loss = loss + F.binary_cross_entropy_with_logits(logits, target)
-    elif kind != "dice":
-        raise ValueError(f"unknown loss {kind!r}")
     return loss
 
 

@@ -11,9 +11,7 @@ from typing import List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ExtremeAugError
-
-PLANES = ("auto", "sagittal", "coronal", "axial")
+from .config import Plane
 # After orienting to LPS, index axis 0 runs left-right (sagittal slices), 1 anterior-posterior
 # (coronal), 2 inferior-superior (axial).
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -50,10 +48,9 @@ def orient(image: sitk.Image) -> sitk.Image:
 
 def resolve_plane(image: sitk.Image, plane: str) -> str:
     """`auto` = the acquisition plane: the two finest spacings in-plane; ties go to the thinnest slab."""
-    if plane not in PLANES:
-        raise ExtremeAugError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
-    if plane != "auto":
-        return plane
+    plane = Plane.parse(plane)
+    if plane != Plane.AUTO:
+        return plane.value
     oriented = orient(image)
     spacing, size = oriented.GetSpacing(), oriented.GetSize()
     axis = max(range(3), key=lambda a: (round(spacing[a], 3), -size[a]))

@@ -6,8 +6,6 @@ come at most once per `interval` seconds and double as a heartbeat for backgroun
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from typing import Callable, Optional, Tuple
@@ -15,15 +13,14 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm import tqdm
 
+from .events import EventWriter, format_eta
+
 
 class ProgressReporter:
     def __init__(self, path: Optional[str], total_steps: int, show: bool = True, initial: int = 0,
                  budget_s: Optional[float] = None, interval: float = 1.0):
         self.total, self.budget_s, self.interval = total_steps, budget_s, interval
-        self.file = None
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.file = open(path, "a", buffering=1, encoding="utf-8")
+        self.file = EventWriter(path) if path else None
         # tqdm's own "remaining" ignores the time budget; the postfix carries our ETA instead
         self.bar = tqdm(total=total_steps, initial=initial, disable=not show, unit="step", file=sys.stderr,
                         dynamic_ncols=True, mininterval=interval,
@@ -33,7 +30,7 @@ class ProgressReporter:
 
     def event(self, name: str, **fields) -> None:
         if self.file:
-            self.file.write(json.dumps({"event": name, "time": round(time.time(), 3), **fields}) + "\n")
+            self.file.write(name, **fields)
 
     def step(self, step: int, epoch: int, metrics: Callable[[], Tuple[float, float]],
              batch: int) -> Optional[Tuple[float, float]]:
@@ -51,7 +48,7 @@ class ProgressReporter:
             left = max(self.budget_s - (now - self.t0), 0.0)
             eta = left if eta is None else min(eta, left)
         self.bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}", patches_s=f"{rate:.0f}",
-                             eta="?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)), refresh=False)
+                             eta=format_eta(eta), refresh=False)
         self.event("progress", step=step, steps_total=self.total, epoch=epoch + 1, loss=round(loss, 5),
                    dice=round(dice, 5), patches_per_s=round(rate, 1), eta_s=None if eta is None else round(eta, 1))
         self.last_t, self.last_step, self.patches = now, step, 0

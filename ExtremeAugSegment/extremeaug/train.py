@@ -13,68 +13,21 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import __version__
-from .augment import (AUGMENT_MODES, AugmentConfig, EpochOrder, PoolParams, augmented_batch, sample_params,
-                      step_generator)
+from .augment import AugmentConfig, EpochOrder, PoolParams, augmented_batch, sample_params, step_generator
+from .config import AugmentMode, Device, RunOptions, TrainConfig
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
 from .interrupts import StopFlag, raise_if_interrupted
 from .io import read_scan, write_bytes
-from .losses import LOSSES, segmentation_loss
+from .losses import segmentation_loss
 from .model import ResUNet
-from .preprocess import PLANES, Preprocessing
+from .preprocess import Preprocessing
 from .progress import EpochStats, ProgressReporter
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
 CURVE_SECONDS = 5.0
-
-
-@dataclass
-class TrainConfig:
-    augment: int = 50
-    epochs: int = 100
-    batch_size: int = 16
-    width: Optional[int] = None          # None: DEFAULT_WIDTH for the device
-    lr: float = 3e-3
-    loss: str = "dice"
-    plane: str = "auto"
-    seed: int = 0
-    label_values: Optional[List[int]] = None
-    augmentation: bool = True
-    augment_mode: str = "fresh"          # fresh: a new transform per presentation; pool: the paper's N fixed copies
-    threshold: float = 0.5
-    min_component_mm3: float = 100.0
-
-    def check(self) -> None:
-        if self.augment < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ExtremeAugError("--augment, --epochs and --batch-size must be at least 1")
-        if self.width is not None and self.width < 1:
-            raise ExtremeAugError("--width must be at least 1")
-        if self.loss not in LOSSES:
-            raise ExtremeAugError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.augment_mode not in AUGMENT_MODES:
-            raise ExtremeAugError(f"unknown augment mode {self.augment_mode!r}; choose {' or '.join(AUGMENT_MODES)}")
-        if self.plane not in PLANES:
-            raise ExtremeAugError(f"unknown plane {self.plane!r}; choose one of {', '.join(PLANES)}")
-
-
-@dataclass
-class RunOptions:
-    device: str = "auto"
-    time_budget_min: Optional[float] = None
-    resume: bool = False
-    progress_file: Optional[str] = None
-    show_progress: bool = True
-    checkpoint_minutes: float = 5.0
-    max_steps: Optional[int] = None     # stop after this many steps in this run (benchmarks, tests)
-    stop_file: Optional[str] = None     # stop cleanly once this file exists (a cancel that works on Windows too)
-
-    def check(self) -> None:
-        if self.time_budget_min is not None and self.time_budget_min <= 0:
-            raise ExtremeAugError("--time-budget must be positive (minutes)")
-        if self.checkpoint_minutes <= 0:
-            raise ExtremeAugError("--checkpoint-minutes must be positive")
 
 
 @dataclass
@@ -90,13 +43,12 @@ class TrainResult:
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
+    device = Device.parse(name)
+    if device == Device.AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if device == Device.CUDA and not torch.cuda.is_available():
         raise ExtremeAugError(f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ExtremeAugError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
+    return torch.device(device.value)
 
 
 def _save(obj, path: Path) -> None:
@@ -141,7 +93,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
-                               self.device) if cfg.augment_mode == "pool" else None
+                               self.device) if cfg.augment_mode == AugmentMode.POOL else None
         self.steps_per_epoch = self.order.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
@@ -228,7 +180,7 @@ class Trainer:
         return sum(scores) / len(scores)
 
     def _checkpoint(self, elapsed: float) -> None:
-        _save({"config": asdict(self.cfg), "preprocessing": self.prep.to_dict(),
+        _save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
                "train_cases": [asdict(c) for c in self.train_cases],
                "val_cases": [asdict(c) for c in self.val_cases],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),

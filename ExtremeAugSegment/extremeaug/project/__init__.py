@@ -1,6 +1,17 @@
 """The labeling project: the bootstrap loop (label one scan, train, segment, correct, retrain) as a
 crash-safe store (SQLite registry + files) with a background training worker.
 
-store (registry) -> cases (scans, labels, split) -> runs + worker (background training)
--> versions (publish, scores) -> suggest (segment, uncertainty, next case) -> status, cli.
+Front ends use `Project` and the records and choices below, nothing else from this package:
+records -> schema -> store (all SQL) -> cases, runs, versions, suggest -> api (`Project`) -> cli, worker.
 """
+from ..config import Device, Plane, RunOptions, TrainConfig
+from .api import Project
+from .cases import ImageInput
+from .records import (Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary, Label, LabelKind,
+                      Phase, Progress, ProjectStatus, RunSpec, RunState, RunStatus, Scores, SegmentResult, Settings,
+                      Split, Suggestion, Version)
+
+__all__ = ["Project", "ImageInput", "Case", "CaseInfo", "CaseState", "Correction", "CorrectionSummary", "Device",
+           "EpochSummary", "Label", "LabelKind", "Phase", "Plane", "Progress", "ProjectStatus", "RunOptions", "RunSpec",
+           "RunState", "RunStatus", "Scores", "SegmentResult", "Settings", "Split", "Suggestion", "TrainConfig",
+           "Version"]

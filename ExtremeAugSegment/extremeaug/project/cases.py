@@ -1,29 +1,30 @@
-"""Cases and their labels: add a scan, add or accept a human label, keep every earlier label file.
+"""Cases and their labels: add a scan (known by its content), add or accept a human label, record what a
+correction changed, keep every earlier label file, check the stored files.
 
-Split policy (fixed validation split): a case gets its split once, when it receives its first human
-label, and keeps it. The first labeled case always trains. After that a case goes to validation when
-that keeps the validation share at or under the project's `val_fraction` (default 0.25: the 4th, 8th,
-12th ... labeled cases validate); `--split train|validation` overrides the policy for that case.
+Scans and labels come as file paths or as SimpleITK images (a 3D Slicer node's voxels, with no temporary
+file). Everything is checked before anything is written.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
-import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExtremeAugError
-from ..io import read_mask, read_scan, write_image
-from .store import HUMAN_KINDS, Store
+from ..io import image_sha256, read_binary, read_mask, read_scan, write_image
+from .records import Case, Correction, Label, LabelKind, Split
+from .store import Store
 
-SPLITS = ("auto", "train", "validation")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ImageInput = Union[str, os.PathLike, sitk.Image]
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def sha256(path: Path) -> str:
@@ -43,52 +44,106 @@ def default_id(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "case"
 
 
-def add_case(store: Store, scan_path: str, label_path: Optional[str] = None, case_id: Optional[str] = None,
-             split: str = "auto", source: Optional[str] = None) -> dict:
+def free_id(store: Store, name: str) -> str:
+    base, n = default_id(name), 1
+    case_id = base
+    while store.has_case(case_id):
+        n += 1
+        case_id = f"{base[:60]}_{n}"
+    return case_id
+
+
+def _describe(item: ImageInput, source: Optional[str]) -> str:
+    if source:
+        return source
+    return str(Path(item).resolve()) if not isinstance(item, sitk.Image) else "an image in memory"
+
+
+def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None, case_id: Optional[str] = None,
+             split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False) -> Case:
     """Copy a scan (its own pixel type, NRRD) into the project, with its manual label when given.
 
-    Everything is checked before anything is written. `source` says where the data came from when the
-    files are temporary (a 3D Slicer node); by default it is the files' own paths."""
-    case_id = case_id or default_id(scan_path)
-    if not _ID.match(case_id):
+    A scan already in the project (same voxels and grid) is not added twice: its case is returned (with
+    `label` stored on it as a manual label), unless `new_case` or another `case_id` asks for a new case,
+    which is refused with the existing case's id."""
+    split = Split.parse(split)
+    if case_id is not None and not _ID.fullmatch(case_id):
         raise ExtremeAugError(f"case id {case_id!r}: use 1-64 letters, digits, '_', '-' or '.'")
-    if store.conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone():
-        raise ExtremeAugError(f"case {case_id!r} is already in the project; pass --id to name this one")
-    _check_split(split)
-    if split != "auto" and not label_path:
+    if split != Split.AUTO and label is None:
         raise ExtremeAugError("--split is given with a label: a case joins a split with its first human label")
-    scan = read_scan(scan_path, keep_type=True)
-    mask = _read_label(store, label_path, scan) if label_path else None
+    image = read_scan(scan, keep_type=True)   # its own pixel type, with every scan's checks
+    digest = image_sha256(image)
+    existing = store.case_with_scan(digest)
+    if existing is not None:
+        if new_case or (case_id is not None and case_id != existing):
+            raise ExtremeAugError(f"this scan is already in the project as case {existing!r}; nothing added")
+        case = accept(store, existing, label, split, LabelKind.MANUAL, source) if label is not None else \
+            case_view(store, existing)
+        return replace(case, existing=True)
+    case_id = case_id or (default_id(str(scan)) if not isinstance(scan, sitk.Image) else "scan")
+    _check_new_id(store, case_id)
+    mask = _read_label(store, label, image) if label is not None else None
     folder = store.root / "cases" / case_id
-    scan_file = write_image(scan, folder / "scan.nrrd")
-    label_file = write_image(mask, _new_label_path(folder, "manual")) if mask is not None else None
-    with _removed_on_failure(scan_file, label_file), store.write() as conn:
-        conn.execute("INSERT INTO cases (id, scan, source, added) VALUES (?, ?, ?, ?)",
-                     (case_id, store.relative(scan_file), source or str(Path(scan_path).resolve()), time.time()))
+    scan_file = write_image(image, folder / f"scan-{secrets.token_hex(3)}.nrrd")
+    label_file = write_image(mask, _new_label_path(folder, LabelKind.MANUAL)) if mask is not None else None
+    with _removed_on_failure(scan_file, label_file), store.write():
+        _check_new_id(store, case_id)   # again under the write lock: two adds cannot both take an id
+        other = store.case_with_scan(digest)
+        if other is not None:
+            raise ExtremeAugError(f"this scan was just added as case {other!r}; nothing added")
+        store.insert_case(case_id, store.relative(scan_file), digest, _describe(scan, source))
         if label_file is not None:
-            _insert_human_label(store, conn, case_id, "manual", label_file, source or label_path, mask, split)
-    return case_summary(store, case_id)
+            _insert_human_label(store, case_id, LabelKind.MANUAL, label_file, _describe(label, source), mask, split)
+    return case_view(store, case_id)
 
 
-def accept(store: Store, case_id: str, label_path: str, split: str = "auto", kind: str = "corrected",
-           source: Optional[str] = None) -> dict:
-    """Store a human-checked label for a case; the previous labels stay on disk and in the history."""
-    case = store.case(case_id)
-    _check_split(split)
-    if split != "auto" and case["split"] not in (None, split):
+def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.AUTO,
+           kind: Optional[LabelKind] = None, source: Optional[str] = None, corrects: Optional[int] = None,
+           seconds: Optional[float] = None) -> Case:
+    """Store a human-checked label for a case; the previous labels stay on disk and in the history.
+
+    `kind` None is the one policy for every front end: a label over a prediction is `corrected`, else
+    `manual`. A corrected label records what changed against the prediction it replaces (`corrects`, the
+    auto label's id; by default the case's newest) and `seconds` from that prediction being shown."""
+    case = store.case_row(case_id)
+    split = Split.parse(split)
+    if split != Split.AUTO and case["split"] not in (None, split.value):
         raise ExtremeAugError(f"case {case_id!r} is already in the {case['split']} split; the split is fixed "
                               "once a case is labeled (so validation scores stay comparable)")
-    if kind not in HUMAN_KINDS:
-        raise ExtremeAugError(f"label kind {kind!r}: choose manual or corrected")
+    auto = store.label(corrects) if corrects is not None else store.latest_label(case_id, [LabelKind.AUTO])
+    if auto is not None and (auto.case_id != case_id or auto.kind != LabelKind.AUTO):
+        raise ExtremeAugError(f"label {auto.id} is not a prediction of case {case_id!r}")
+    kind = LabelKind.parse(kind) if kind is not None else (LabelKind.CORRECTED if auto else LabelKind.MANUAL)
+    if not kind.human:
+        raise ExtremeAugError(f"label kind {kind.value!r}: choose manual or corrected")
     scan_path = store.path(case["scan"])
     if not scan_path.is_file():
         raise ExtremeAugError(f"case {case_id!r} has no scan ({case['scan']} is missing); nothing accepted")
     scan = read_scan(scan_path, keep_type=True)
-    mask = _read_label(store, label_path, scan)
+    mask = _read_label(store, label, scan)
+    correction = _correction(store, auto, mask, seconds) if kind == LabelKind.CORRECTED and auto else None
     label_file = write_image(mask, _new_label_path(store.root / "cases" / case_id, kind))
-    with _removed_on_failure(label_file), store.write() as conn:
-        _insert_human_label(store, conn, case_id, kind, label_file, source or label_path, mask, split)
-    return case_summary(store, case_id)
+    with _removed_on_failure(label_file), store.write():
+        label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
+        if correction is not None:
+            store.insert_correction(label_id, correction)
+    return case_view(store, case_id)
+
+
+def _correction(store: Store, auto: Label, mask: sitk.Image, seconds: Optional[float]) -> Correction:
+    before = sitk.GetArrayFromImage(read_binary(store.path(auto.path))) > 0   # a copy: the image is a temporary
+    after = sitk.GetArrayViewFromImage(mask) > 0
+    if before.shape != after.shape:
+        raise ExtremeAugError(f"prediction {auto.path} is not on the scan's grid; the project is damaged")
+    both, total = int(np.count_nonzero(before & after)), int(before.sum() + after.sum())
+    return Correction(auto.id, auto.model_version, int(np.count_nonzero(after & ~before)),
+                      int(np.count_nonzero(before & ~after)), 2 * both / total if total else 1.0,
+                      None if seconds is None else round(float(seconds), 1))
+
+
+def _check_new_id(store: Store, case_id: str) -> None:
+    if store.has_case(case_id):
+        raise ExtremeAugError(f"case {case_id!r} is already in the project; pass --id to name this one")
 
 
 @contextmanager
@@ -103,105 +158,69 @@ def _removed_on_failure(*paths: Optional[Path]):
         raise
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ExtremeAugError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-
-
-def _read_label(store: Store, label_path: str, scan: sitk.Image) -> sitk.Image:
+def _read_label(store: Store, label: ImageInput, scan: sitk.Image) -> sitk.Image:
     """The label as binary uint8 on the scan's exact grid (project label values applied)."""
-    reference = sitk.Cast(scan, sitk.sitkFloat32)
-    mask = read_mask(label_path, reference, store.setting("label_values"))
+    mask = read_mask(label, sitk.Cast(scan, sitk.sitkFloat32), store.setting("label_values"))
     mask.CopyInformation(scan)
     return mask
 
 
-def _new_label_path(folder: Path, kind: str) -> Path:
+def _new_label_path(folder: Path, kind: LabelKind) -> Path:
     """A file name no earlier label has used (numbered, plus a random tag so that two concurrent writers
     cannot pick the same one): labels are added, never overwritten."""
     labels = folder / "labels"
     n = 1 + max([int(p.name.split("-")[0]) for p in labels.glob("*-*.nrrd") if p.name.split("-")[0].isdigit()]
                 + [0])
-    return labels / f"{n:04d}-{kind}-{secrets.token_hex(3)}.nrrd"
+    return labels / f"{n:04d}-{kind.value}-{secrets.token_hex(3)}.nrrd"
 
 
-def _insert_human_label(store: Store, conn, case_id: str, kind: str, path: Path, source: Optional[str],
-                        mask: sitk.Image, split: str) -> None:
+def _insert_human_label(store: Store, case_id: str, kind: LabelKind, path: Path, source: Optional[str],
+                        mask: sitk.Image, split: Split) -> int:
     voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-    conn.execute("INSERT INTO labels (case_id, kind, path, sha256, voxels, created, source) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (case_id, kind, store.relative(path), sha256(path), voxels, time.time(),
-                  _source(source)))
-    row = conn.execute("SELECT split FROM cases WHERE id = ?", (case_id,)).fetchone()
-    if row["split"] is None:
-        order = conn.execute("SELECT COALESCE(MAX(labeled_order), 0) + 1 FROM cases").fetchone()[0]
-        conn.execute("UPDATE cases SET split = ?, labeled_order = ? WHERE id = ?",
-                     (split if split != "auto" else _policy_split(store, conn, order), order, case_id))
+    label_id = store.insert_label(case_id, kind, store.relative(path), sha256(path), voxels, source)
+    store.assign_split(case_id, split)
+    return label_id
 
 
-def _source(source: Optional[str]) -> Optional[str]:
-    """A file's absolute path; a description that names no existing file is kept as it is."""
-    if source and Path(source).exists():
-        return str(Path(source).resolve())
-    return source
+def case_view(store: Store, case_id: str) -> Case:
+    row = store.case_row(case_id)
+    labels = store.labels_of(case_id)
+    human = [lab for lab in labels if lab.kind.human]
+    auto = [lab for lab in labels if lab.kind == LabelKind.AUTO]
+    current = human[-1] if human else (labels[-1] if labels else None)
+    return Case(case_id, store.state(case_id), Split(row["split"]) if row["split"] else None, row["scan"],
+                len(labels), auto[-1].model_version if auto else None, auto[-1].uncertainty if auto else None,
+                row["scan_sha256"], row["source"], current.path if current else None, labels)
 
 
-def _policy_split(store: Store, conn, order: int) -> str:
-    if order == 1:
-        return "train"
-    fraction = float(store.setting("val_fraction"))
-    n_val = conn.execute("SELECT COUNT(*) FROM cases WHERE split = 'validation'").fetchone()[0]
-    return "validation" if n_val + 1 <= fraction * order + 1e-9 else "train"
-
-
-def case_summary(store: Store, case_id: str) -> dict:
-    row = store.case(case_id)
-    labels = store.conn.execute("SELECT * FROM labels WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
-    auto = [lab for lab in labels if lab["kind"] == "auto"]
-    return {"id": case_id, "state": store.state(case_id), "split": row["split"], "scan": row["scan"],
-            "label": _current_label(labels),
-            "uncertainty": auto[-1]["uncertainty"] if auto else None,
-            "auto_version": auto[-1]["model_version"] if auto else None,
-            "history": [{"id": lab["id"], "kind": lab["kind"], "path": lab["path"], "sha256": lab["sha256"],
-                         "voxels": lab["voxels"], "created": lab["created"], "model_version": lab["model_version"]}
-                        for lab in labels]}
-
-
-def _current_label(labels) -> Optional[str]:
-    human = [lab for lab in labels if lab["kind"] in HUMAN_KINDS]
-    chosen = human[-1] if human else (labels[-1] if labels else None)
-    return chosen["path"] if chosen is not None else None
-
-
-def list_cases(store: Store) -> List[dict]:
-    """One row per case (a single query, so it stays fast on large projects)."""
-    rows = store.conn.execute(
-        "SELECT c.id, c.split, c.scan, "
-        " (SELECT kind FROM labels WHERE case_id = c.id AND kind IN ('manual', 'corrected') "
-        "  ORDER BY id DESC LIMIT 1) AS human, "
-        " (SELECT id FROM labels WHERE case_id = c.id AND kind = 'auto' ORDER BY id DESC LIMIT 1) AS auto_id, "
-        " (SELECT COUNT(*) FROM labels WHERE case_id = c.id) AS n_labels "
-        "FROM cases c ORDER BY c.added").fetchall()
-    out = []
-    for r in rows:
-        auto = store.label(r["auto_id"]) if r["auto_id"] is not None else None
-        out.append({"id": r["id"], "state": r["human"] or ("auto" if auto is not None else "unlabeled"),
-                    "split": r["split"], "labels": r["n_labels"],
-                    "auto_version": auto["model_version"] if auto is not None else None,
-                    "uncertainty": auto["uncertainty"] if auto is not None else None})
-    return out
+def find_scan(store: Store, scan: ImageInput) -> Optional[str]:
+    """The case holding this scan (same voxels and grid), or None."""
+    return store.case_with_scan(image_sha256(read_scan(scan, keep_type=True)))
 
 
 def verify(store: Store) -> List[str]:
-    """Problems with the stored files: missing scans or labels, label files whose checksum changed."""
+    """Every stored file against the database: missing scans and labels, a scan whose voxels or grid
+    changed (content hash), a label file whose bytes changed (file hash)."""
     problems = []
-    for case in store.conn.execute("SELECT id, scan FROM cases"):
-        if not store.path(case["scan"]).is_file():
+    for case in store.scans():
+        path = store.path(case["scan"])
+        if not path.is_file():
             problems.append(f"case {case['id']}: scan {case['scan']} is missing")
-    for lab in store.conn.execute("SELECT * FROM labels ORDER BY id"):
-        p = store.path(lab["path"])
+            continue
+        try:
+            digest = image_sha256(read_scan(path, keep_type=True))
+        except ExtremeAugError as e:
+            problems.append(f"case {case['id']}: scan {case['scan']} is unreadable ({e})")
+            continue
+        if case["scan_sha256"] is None:
+            problems.append(f"case {case['id']}: scan {case['scan']} has no recorded checksum")
+        elif digest != case["scan_sha256"]:
+            problems.append(f"case {case['id']}: scan {case['scan']} changed on disk (its voxels or grid differ "
+                            "from those added)")
+    for lab in store.all_labels():
+        p = store.path(lab.path)
         if not p.is_file():
-            problems.append(f"case {lab['case_id']}: {lab['kind']} label {lab['path']} is missing")
-        elif sha256(p) != lab["sha256"]:
-            problems.append(f"case {lab['case_id']}: {lab['kind']} label {lab['path']} changed on disk (checksum)")
+            problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} is missing")
+        elif sha256(p) != lab.sha256:
+            problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} changed on disk (checksum)")
     return problems

@@ -1,4 +1,5 @@
-"""The project registry: one SQLite file (WAL, transactions) beside the files it lists.
+"""The project registry: one SQLite file (WAL, transactions) beside the files it lists. All of the
+project's SQL is here; the layers above see typed records.
 
 Every path in the database is relative to the project folder, so a project can be moved or copied.
 Files are written first (atomically: temporary file, fsync, rename) and the database commit that
@@ -10,71 +11,45 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ExtremeAugError
+from . import schema
+from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split
 
 DB_FILE = "project.db"
-SCHEMA_VERSION = 1
-LABEL_KINDS = ("manual", "corrected", "auto")
-HUMAN_KINDS = ("manual", "corrected")
-
-SCHEMA = """
-CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE cases (
-    id TEXT PRIMARY KEY,
-    scan TEXT NOT NULL,            -- relative path of the stored scan
-    source TEXT NOT NULL,          -- where it was added from (information only)
-    added REAL NOT NULL,
-    split TEXT CHECK (split IN ('train', 'validation')),   -- set once, with the first human label
-    labeled_order INTEGER          -- 1 for the first case that got a human label, 2 for the next, ...
-);
-CREATE TABLE labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    case_id TEXT NOT NULL REFERENCES cases(id),
-    kind TEXT NOT NULL CHECK (kind IN ('manual', 'corrected', 'auto')),
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    voxels INTEGER NOT NULL,
-    created REAL NOT NULL,
-    source TEXT,
-    model_version INTEGER,         -- auto labels: the version that predicted it
-    probabilities TEXT,            -- auto labels: relative path of the probability map
-    uncertainty REAL               -- auto labels: mean binary entropy (bits) near the prediction
-);
-CREATE INDEX labels_case ON labels (case_id, id);
-CREATE TABLE runs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,          -- starting, running, finished, cancelled, failed, died
-    pid INTEGER,
-    created REAL NOT NULL,
-    ended REAL,
-    config TEXT NOT NULL,          -- JSON: TrainConfig fields and run options
-    train_labels TEXT NOT NULL,    -- JSON list of label ids the run trains on
-    message TEXT,
-    version INTEGER
-);
-CREATE TABLE versions (
-    version INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    created REAL NOT NULL,
-    path TEXT NOT NULL,            -- relative path of model.onnx
-    train_labels TEXT NOT NULL,    -- JSON list of label ids
-    val_labels TEXT NOT NULL,      -- JSON list of the validation label ids when it was trained
-    summary TEXT NOT NULL          -- JSON: epochs, training Dice, seconds, device, status
-);
-CREATE TABLE scores (
-    version INTEGER NOT NULL REFERENCES versions(version),
-    label_id INTEGER NOT NULL REFERENCES labels(id),
-    case_id TEXT NOT NULL,
-    metrics TEXT NOT NULL,         -- JSON from extremeaug.evaluate
-    created REAL NOT NULL,
-    PRIMARY KEY (version, label_id)
-);
-"""
-
 DEFAULT_SETTINGS = {"plane": "auto", "val_fraction": 0.25, "label_values": None, "active_version": None}
+HUMAN = (LabelKind.MANUAL.value, LabelKind.CORRECTED.value)
+
+# a case's state, defined once: the newest human label wins over any prediction
+STATE_SQL = """COALESCE(
+    (SELECT kind FROM labels WHERE case_id = c.id AND kind IN ('manual', 'corrected') ORDER BY id DESC LIMIT 1),
+    CASE WHEN EXISTS (SELECT 1 FROM labels WHERE case_id = c.id AND kind = 'auto') THEN 'auto' ELSE 'unlabeled' END)"""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    status: RunStatus
+    pid: Optional[int]
+    created: float
+    spec: dict
+    train_labels: List[int]
+    message: Optional[str]
+    version: Optional[int]
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: int
+    run_id: str
+    created: float
+    path: str
+    train_labels: List[int]
+    val_labels: List[int]
+    summary: dict
 
 
 class Store:
@@ -97,10 +72,11 @@ class Store:
         tmp = root / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)
         conn = _connect(tmp)
-        with conn:
-            conn.executescript(SCHEMA)
-            values = {**DEFAULT_SETTINGS, **settings, "schema_version": SCHEMA_VERSION, "created": time.time()}
-            conn.executemany("INSERT INTO settings VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+        conn.execute("BEGIN IMMEDIATE")
+        schema.migrate(conn, root, 0)
+        values = {**DEFAULT_SETTINGS, **settings, "created": time.time()}
+        conn.executemany("INSERT INTO settings VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+        conn.commit()
         conn.close()
         tmp.replace(root / DB_FILE)   # a half-created project never looks like a project
         return cls.open(root)
@@ -114,14 +90,19 @@ class Store:
                                   f"create one with: extremeaug project init {root}")
         try:
             conn = _connect(db)
-            version = conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
+            version = schema.stored_version(conn)
         except sqlite3.DatabaseError as e:
             raise ExtremeAugError(f"{db} is damaged ({e}); the scans and labels under {root / 'cases'} are "
                                   "untouched: restore project.db from a backup") from None
-        if version is None or json.loads(version[0]) != SCHEMA_VERSION:
-            raise ExtremeAugError(f"{db}: unknown project format {version and version[0]}; this is "
-                                  f"extremeaug project format {SCHEMA_VERSION}")
-        return cls(root, conn)
+        if not 1 <= version <= schema.CURRENT:
+            conn.close()
+            raise ExtremeAugError(f"{db}: unknown project format {version}; this extremeaug reads formats 1 to "
+                                  f"{schema.CURRENT} (a newer extremeaug made it?)")
+        store = cls(root, conn)
+        if version < schema.CURRENT:
+            with store.write():
+                schema.migrate(conn, root, schema.stored_version(conn))   # re-read under the lock
+        return store
 
     def close(self) -> None:
         self.conn.close()
@@ -132,38 +113,44 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    # -- transactions and settings -----------------------------------------------------------------
+    # -- transactions, settings, paths -------------------------------------------------------------
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[None]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock before any read, so
-        check-then-insert sequences (one training at a time, version numbers) cannot race."""
+        check-then-insert sequences (one training at a time, case ids, version numbers) cannot race."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
             raise ExtremeAugError(f"{self.root / DB_FILE} is busy ({e}); try again") from None
         try:
-            yield self.conn
+            yield
         except BaseException:
             self.conn.rollback()
             raise
         self.conn.commit()
 
+    def _writing(self) -> sqlite3.Connection:
+        assert self.conn.in_transaction, "a change outside `with store.write()`"
+        return self.conn
+
     def setting(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else DEFAULT_SETTINGS.get(key)
 
-    def set_setting(self, conn: sqlite3.Connection, key: str, value: Any) -> None:
-        conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))
+    def set_setting(self, key: str, value: Any) -> None:
+        self._writing().execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))
 
-    # -- paths -----------------------------------------------------------------------------------
+    def settings(self) -> Settings:
+        return Settings(**{k: self.setting(k) for k in ("plane", "val_fraction", "label_values", "active_version")})
+
     def path(self, relative: str) -> Path:
         return self.root / relative
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root).as_posix()
 
-    # -- queries ---------------------------------------------------------------------------------
-    def case(self, case_id: str) -> sqlite3.Row:
+    # -- cases -----------------------------------------------------------------------------------
+    def case_row(self, case_id: str) -> sqlite3.Row:
         row = self.conn.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
         if row is None:
             known = [r[0] for r in self.conn.execute("SELECT id FROM cases ORDER BY added LIMIT 6")]
@@ -172,27 +159,203 @@ class Store:
             raise ExtremeAugError(f"no case {case_id!r} in {self.root}{hint}")
         return row
 
-    def latest_label(self, case_id: str, kinds=LABEL_KINDS) -> Optional[sqlite3.Row]:
+    def has_case(self, case_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone() is not None
+
+    def case_with_scan(self, scan_sha256: str) -> Optional[str]:
+        row = self.conn.execute("SELECT id FROM cases WHERE scan_sha256 = ? ORDER BY added LIMIT 1",
+                                (scan_sha256,)).fetchone()
+        return row[0] if row else None
+
+    def insert_case(self, case_id: str, scan: str, scan_sha256: str, source: str) -> None:
+        self._writing().execute("INSERT INTO cases (id, scan, source, added, scan_sha256) VALUES (?, ?, ?, ?, ?)",
+                                (case_id, scan, source, time.time(), scan_sha256))
+
+    def state(self, case_id: str) -> CaseState:
+        return CaseState(self.conn.execute(f"SELECT {STATE_SQL} FROM cases c WHERE id = ?", (case_id,)).fetchone()[0])
+
+    def case_infos(self) -> List[CaseInfo]:
+        """One row per case (a single query, so it stays fast on large projects)."""
+        rows = self.conn.execute(
+            f"SELECT c.id, c.split, c.scan, {STATE_SQL} AS state, "
+            " (SELECT COUNT(*) FROM labels WHERE case_id = c.id) AS n_labels, a.model_version, a.uncertainty "
+            "FROM cases c LEFT JOIN labels a ON a.id = "
+            " (SELECT MAX(id) FROM labels WHERE case_id = c.id AND kind = 'auto') ORDER BY c.added").fetchall()
+        return [CaseInfo(r["id"], CaseState(r["state"]), Split(r["split"]) if r["split"] else None, r["scan"],
+                         r["n_labels"], r["model_version"], r["uncertainty"]) for r in rows]
+
+    def state_counts(self) -> Dict[str, int]:
+        counts = {s.value: 0 for s in CaseState}
+        counts.update(dict(self.conn.execute(f"SELECT {STATE_SQL} AS state, COUNT(*) FROM cases c GROUP BY state")))
+        return counts
+
+    def split_counts(self) -> Dict[str, int]:
+        counts = {Split.TRAIN.value: 0, Split.VALIDATION.value: 0}
+        counts.update(dict(self.conn.execute("SELECT split, COUNT(*) FROM cases WHERE split IS NOT NULL "
+                                             "GROUP BY split")))
+        return counts
+
+    def unlabeled_ids(self) -> List[str]:
+        """Cases without a human label (unlabeled or auto), in the order they were added."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM cases c WHERE NOT EXISTS (SELECT 1 FROM labels WHERE case_id = c.id AND kind IN "
+            "('manual', 'corrected')) ORDER BY added")]
+
+    def scans(self) -> List[sqlite3.Row]:
+        return self.conn.execute("SELECT id, scan, scan_sha256 FROM cases ORDER BY added").fetchall()
+
+    def assign_split(self, case_id: str, requested: Split) -> None:
+        """Fixed split: a case gets one with its first human label and keeps it. The first labeled case
+        trains; after that a case validates when that keeps the validation share at or under
+        `val_fraction` (0.25: the 4th, 8th, 12th ... labeled cases)."""
+        conn = self._writing()
+        if conn.execute("SELECT split FROM cases WHERE id = ?", (case_id,)).fetchone()[0] is not None:
+            return
+        order = conn.execute("SELECT COALESCE(MAX(labeled_order), 0) + 1 FROM cases").fetchone()[0]
+        split = requested
+        if requested == Split.AUTO:
+            n_val = conn.execute("SELECT COUNT(*) FROM cases WHERE split = 'validation'").fetchone()[0]
+            fraction = float(self.setting("val_fraction"))
+            split = Split.VALIDATION if order > 1 and n_val + 1 <= fraction * order + 1e-9 else Split.TRAIN
+        conn.execute("UPDATE cases SET split = ?, labeled_order = ? WHERE id = ?", (split.value, order, case_id))
+
+    # -- labels ----------------------------------------------------------------------------------
+    def insert_label(self, case_id: str, kind: LabelKind, path: str, sha256: str, voxels: int,
+                     source: Optional[str] = None, model_version: Optional[int] = None,
+                     probabilities: Optional[str] = None, uncertainty: Optional[float] = None) -> int:
+        return self._writing().execute(
+            "INSERT INTO labels (case_id, kind, path, sha256, voxels, created, source, model_version, probabilities, "
+            "uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (case_id, LabelKind(kind).value, path, sha256, voxels, time.time(), source, model_version, probabilities,
+             uncertainty)).lastrowid
+
+    def insert_correction(self, label_id: int, c: Correction) -> None:
+        self._writing().execute("INSERT INTO corrections VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (label_id, c.auto_label, c.model_version, c.voxels_added, c.voxels_removed, c.dice,
+                                 c.seconds))
+
+    def corrections(self) -> List[Correction]:
+        return [Correction(*r) for r in self.conn.execute(
+            "SELECT auto_label_id, model_version, voxels_added, voxels_removed, dice, seconds FROM corrections "
+            "ORDER BY label_id")]
+
+    def label(self, label_id: int) -> Label:
+        labels = self._labels("l.id = ?", (label_id,))
+        if not labels:
+            raise ExtremeAugError(f"no label {label_id} in {self.root}")
+        return labels[0]
+
+    def labels_of(self, case_id: str) -> List[Label]:
+        return self._labels("l.case_id = ?", (case_id,))
+
+    def all_labels(self) -> List[Label]:
+        return self._labels("1", ())
+
+    def latest_label(self, case_id: str, kinds: Sequence[LabelKind] = tuple(LabelKind)) -> Optional[Label]:
         marks = ",".join("?" * len(kinds))
-        return self.conn.execute(f"SELECT * FROM labels WHERE case_id = ? AND kind IN ({marks}) "
-                                 "ORDER BY id DESC LIMIT 1", (case_id, *kinds)).fetchone()
+        found = self._labels(f"l.id = (SELECT MAX(id) FROM labels WHERE case_id = ? AND kind IN ({marks}))",
+                             (case_id, *[LabelKind(k).value for k in kinds]))
+        return found[0] if found else None
 
-    def state(self, case_id: str) -> str:
-        """unlabeled, auto, manual or corrected: the newest human label wins over any prediction."""
-        human = self.latest_label(case_id, HUMAN_KINDS)
-        if human is not None:
-            return human["kind"]
-        return "auto" if self.latest_label(case_id, ("auto",)) is not None else "unlabeled"
-
-    def human_labels(self, split: str) -> list:
+    def human_labels(self, split: Split) -> List[Label]:
         """The newest human label of every case in `split`, in labeling order."""
-        return self.conn.execute(
-            "SELECT l.* FROM labels l JOIN cases c ON c.id = l.case_id WHERE c.split = ? AND l.id = "
-            "(SELECT MAX(id) FROM labels WHERE case_id = c.id AND kind IN ('manual', 'corrected')) "
-            "ORDER BY c.labeled_order", (split,)).fetchall()
+        return self._labels("l.id = (SELECT MAX(id) FROM labels WHERE case_id = c.id AND kind IN ('manual', "
+                            "'corrected')) AND c.split = ?", (Split(split).value,), order="c.labeled_order")
 
-    def label(self, label_id: int) -> sqlite3.Row:
-        return self.conn.execute("SELECT * FROM labels WHERE id = ?", (label_id,)).fetchone()
+    def _labels(self, where: str, args: tuple, order: str = "l.id") -> List[Label]:
+        rows = self.conn.execute(
+            "SELECT l.*, k.auto_label_id, k.model_version AS k_version, k.voxels_added, k.voxels_removed, k.dice, "
+            f"k.seconds FROM labels l JOIN cases c ON c.id = l.case_id LEFT JOIN corrections k ON k.label_id = l.id "
+            f"WHERE {where} ORDER BY {order}", args).fetchall()
+        return [Label(r["id"], r["case_id"], LabelKind(r["kind"]), r["path"], r["sha256"], r["voxels"], r["created"],
+                      r["source"], r["model_version"], r["probabilities"], r["uncertainty"],
+                      Correction(r["auto_label_id"], r["k_version"], r["voxels_added"], r["voxels_removed"], r["dice"],
+                                 r["seconds"]) if r["auto_label_id"] is not None else None) for r in rows]
+
+    # -- runs ------------------------------------------------------------------------------------
+    def active_run(self) -> Optional[RunRow]:
+        return self._run("status IN ('starting', 'running')")
+
+    def latest_run(self) -> Optional[RunRow]:
+        return self._run("1")
+
+    def run(self, run_id: str) -> RunRow:
+        run = self._run("id = ?", (run_id,))
+        if run is None:
+            raise ExtremeAugError(f"no run {run_id!r} in {self.root}")
+        return run
+
+    def _run(self, where: str, args: tuple = ()) -> Optional[RunRow]:
+        r = self.conn.execute(f"SELECT * FROM runs WHERE {where} ORDER BY created DESC LIMIT 1", args).fetchone()
+        return None if r is None else RunRow(r["id"], RunStatus(r["status"]), r["pid"], r["created"],
+                                             json.loads(r["config"]), json.loads(r["train_labels"]), r["message"],
+                                             r["version"])
+
+    def run_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def insert_run(self, run_id: str, spec: dict, train_labels: List[int]) -> None:
+        self._writing().execute("INSERT INTO runs (id, status, created, config, train_labels) VALUES (?, ?, ?, ?, ?)",
+                                (run_id, RunStatus.STARTING.value, time.time(), json.dumps(spec),
+                                 json.dumps(train_labels)))
+
+    def restart_run(self, run_id: str, spec: dict) -> None:
+        self._writing().execute("UPDATE runs SET status = 'starting', pid = NULL, ended = NULL, message = NULL, "
+                                "created = ?, config = ? WHERE id = ?", (time.time(), json.dumps(spec), run_id))
+
+    def set_run_pid(self, run_id: str, pid: int) -> None:
+        self._writing().execute("UPDATE runs SET pid = COALESCE(pid, ?) WHERE id = ?", (pid, run_id))
+
+    def claim_run(self, run_id: str, pid: int) -> bool:
+        """A worker takes a run that waits for one; False when it does not (any more)."""
+        return self._writing().execute("UPDATE runs SET status = 'running', pid = ? WHERE id = ? AND status = "
+                                       "'starting'", (pid, run_id)).rowcount == 1
+
+    def end_run(self, run_id: str, status: RunStatus, message: Optional[str], only_if_active: bool = False,
+                version: Optional[int] = None) -> None:
+        self._writing().execute(
+            "UPDATE runs SET status = ?, ended = ?, message = ?, version = COALESCE(?, version) WHERE id = ?"
+            + (" AND status IN ('starting', 'running')" if only_if_active else ""),
+            (RunStatus(status).value, time.time(), message, version, run_id))
+
+    # -- versions and scores -----------------------------------------------------------------------
+    def versions(self) -> List[VersionRow]:
+        return [self._version_row(r) for r in self.conn.execute("SELECT * FROM versions ORDER BY version")]
+
+    def version(self, version: int) -> VersionRow:
+        row = self.conn.execute("SELECT * FROM versions WHERE version = ?", (int(version),)).fetchone()
+        if row is None:
+            known = [str(r[0]) for r in self.conn.execute("SELECT version FROM versions ORDER BY version")]
+            raise ExtremeAugError(f"no model version {version}; versions: {', '.join(known) or 'none yet'}")
+        return self._version_row(row)
+
+    @staticmethod
+    def _version_row(r) -> VersionRow:
+        return VersionRow(r["version"], r["run_id"], r["created"], r["path"], json.loads(r["train_labels"]),
+                          json.loads(r["val_labels"]), json.loads(r["summary"]))
+
+    def version_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+
+    def next_version(self) -> int:
+        return self._writing().execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions").fetchone()[0]
+
+    def insert_version(self, version: int, run_id: str, path: str, train_labels: List[int], val_labels: List[int],
+                       summary: dict) -> None:
+        self._writing().execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (version, run_id, time.time(), path, json.dumps(train_labels), json.dumps(val_labels),
+                                 json.dumps(summary)))
+
+    def scores(self, version: int) -> Dict[int, Tuple[str, dict]]:
+        """label id -> (case id, metrics) of every score a version has."""
+        return {r[0]: (r[1], json.loads(r[2])) for r in
+                self.conn.execute("SELECT label_id, case_id, metrics FROM scores WHERE version = ?", (version,))}
+
+    def insert_scores(self, version: int, labels: Sequence[Label], metrics: Dict[int, dict]) -> None:
+        by_id = {lab.id: lab for lab in labels}
+        self._writing().executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
+                                    [(version, lid, by_id[lid].case_id, json.dumps(m), time.time())
+                                     for lid, m in metrics.items()])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

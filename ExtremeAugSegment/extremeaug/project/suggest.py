@@ -7,18 +7,17 @@ sees (empty prediction) gets the band around any voxel with p >= 0.05, or 1.0 wh
 from __future__ import annotations
 
 import secrets
-import sqlite3
-import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ExtremeAugError
 from ..infer import Segmenter
 from ..io import read_scan, write_image
 from .cases import sha256
+from .records import LabelKind, SegmentResult, Suggestion
 from .store import Store
+from .versions import resolve
 
 BAND_MM = 3.0
 FAINT = 0.05
@@ -34,83 +33,61 @@ def uncertainty(prob: sitk.Image, mask: sitk.Image) -> float:
     seed = sitk.GetImageFromArray(region.astype(np.uint8))
     seed.CopyInformation(prob)
     radius = [max(1, int(round(BAND_MM / s))) for s in prob.GetSpacing()]
-    band = sitk.GetArrayViewFromImage(sitk.BinaryDilate(seed, radius)) > 0
+    band = sitk.GetArrayFromImage(sitk.BinaryDilate(seed, radius)) > 0   # a view of a temporary would dangle
     h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     return float(h[band].mean())
 
 
-def resolve_version(store: Store, version: Optional[int]) -> sqlite3.Row:
-    if version is None:
-        version = store.setting("active_version")
-        if version is None:
-            raise ExtremeAugError("the project has no model yet: train one with `extremeaug project train`")
-    row = store.conn.execute("SELECT * FROM versions WHERE version = ?", (int(version),)).fetchone()
-    if row is None:
-        known = [str(r[0]) for r in store.conn.execute("SELECT version FROM versions ORDER BY version")]
-        raise ExtremeAugError(f"no model version {version}; versions: {', '.join(known) or 'none yet'}")
-    return row
-
-
-def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int] = None, device: str = "auto",
-                  progress=None) -> List[dict]:
+def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int], device: str,
+                  progress: Optional[Callable[[SegmentResult], None]] = None) -> List[SegmentResult]:
     """Predict each case, store mask + probability map as an auto label (it never replaces a human one)."""
-    model = resolve_version(store, version)
+    model = resolve(store, version)
     for case_id in case_ids:
-        store.case(case_id)   # unknown ids fail before any work
-    segmenter = Segmenter(store.path(model["path"]), device)
+        store.case_row(case_id)   # unknown ids fail before any work
+    segmenter = Segmenter(store.path(model.path), device)
     results = []
     for case_id in case_ids:
-        case = store.case(case_id)
-        scan = read_scan(store.path(case["scan"]))
+        scan = read_scan(store.path(store.case_row(case_id)["scan"]))
         mask, prob = segmenter.segment(scan)
         score = uncertainty(prob, mask)
-        stem = store.root / "cases" / case_id / "auto" / f"v{model['version']}-{secrets.token_hex(3)}"
+        stem = store.root / "cases" / case_id / "auto" / f"v{model.version}-{secrets.token_hex(3)}"
         mask_file = write_image(mask, stem.with_name(stem.name + "-mask.nrrd"))
         prob_file = write_image(prob, stem.with_name(stem.name + "-probability.nrrd"))
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-        with store.write() as conn:
-            conn.execute("INSERT INTO labels (case_id, kind, path, sha256, voxels, created, model_version, "
-                         "probabilities, uncertainty) VALUES (?, 'auto', ?, ?, ?, ?, ?, ?, ?)",
-                         (case_id, store.relative(mask_file), sha256(mask_file), voxels, time.time(),
-                          model["version"], store.relative(prob_file), score))
-        results.append({"id": case_id, "version": model["version"], "mask": store.relative(mask_file),
-                        "probabilities": store.relative(prob_file), "voxels": voxels, "uncertainty": score,
-                        "state": store.state(case_id)})
+        with store.write():
+            label_id = store.insert_label(case_id, LabelKind.AUTO, store.relative(mask_file), sha256(mask_file), voxels,
+                                          model_version=model.version, probabilities=store.relative(prob_file),
+                                          uncertainty=score)
+        results.append(SegmentResult(case_id, label_id, model.version, store.relative(mask_file),
+                                     store.relative(prob_file), voxels, score, store.state(case_id)))
         if progress:
             progress(results[-1])
     return results
 
 
-def unlabeled_ids(store: Store) -> List[str]:
-    """Cases without a human label (unlabeled or auto), in the order they were added."""
-    return [r[0] for r in store.conn.execute(
-        "SELECT id FROM cases c WHERE NOT EXISTS (SELECT 1 FROM labels WHERE case_id = c.id AND kind IN "
-        "('manual', 'corrected')) ORDER BY added")]
-
-
-def suggest(store: Store) -> dict:
+def suggest(store: Store) -> Suggestion:
     """The case whose correction should help most: the most uncertain prediction of the active model
     among cases without a human label. Scores from other versions are not comparable, so they are
     used only when nothing was segmented with the active one."""
-    candidates = unlabeled_ids(store)
+    candidates = store.unlabeled_ids()
     if not candidates:
-        return {"case": None, "reason": "every case has a human label; add scans to grow the dataset"}
+        return Suggestion(None, "every case has a human label; add scans to grow the dataset")
     active = store.setting("active_version")
     scored = []
     for case_id in candidates:
-        auto = store.latest_label(case_id, ("auto",))
-        if auto is not None and auto["uncertainty"] is not None:
-            scored.append((auto["model_version"] == active, auto["uncertainty"], case_id, auto["model_version"]))
-    not_segmented = [c for c in candidates if c not in {s[2] for s in scored if s[0]}]
+        auto = store.latest_label(case_id, [LabelKind.AUTO])
+        if auto is not None and auto.uncertainty is not None:
+            scored.append((auto.model_version == active, auto.uncertainty, case_id, auto.model_version))
     if not scored:
-        return {"case": candidates[0], "score": None, "version": None, "candidates": len(candidates),
-                "reason": f"no case has been segmented yet; segment first (`extremeaug project segment "
-                          f"{store.root} --unlabeled`); until then, the first unlabeled case"}
+        return Suggestion(candidates[0], f"no case has been segmented yet; segment first (`extremeaug project "
+                          f"segment {store.root} --unlabeled`); until then, the first unlabeled case",
+                          candidates=len(candidates), not_segmented_by_active=len(candidates))
     current, score, case_id, version = max(scored)
     same = sum(1 for s in scored if s[0] == current)
     reason = (f"highest mean binary entropy ({score:.3f} bits) near the predicted structures among {same} "
               f"case(s) segmented by model v{version}")
     if not current:
         reason += f"; no case has been segmented by the active model v{active} yet"
-    return {"case": case_id, "score": score, "version": version, "candidates": len(candidates),
-            "not_segmented_by_active": len(not_segmented), "reason": reason}
+    by_active = {s[2] for s in scored if s[0]}
+    return Suggestion(case_id, reason, score, version, len(candidates),
+                      sum(1 for c in candidates if c not in by_active))

@@ -3,7 +3,7 @@
 Each version is scored on the validation labels that existed when it was trained (`val_then`) and on
 the project's current validation labels (`val_now`); a score is kept per (version, label file), so a
 version is scored once per label and old versions are rescored when validation cases are added or
-corrected.
+corrected. Beside the scores, each version shows how much its predictions had to be corrected.
 """
 from __future__ import annotations
 
@@ -11,35 +11,42 @@ import json
 import os
 import secrets
 import shutil
-import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ExtremeAugError
-from ..evaluate import evaluate
+from ..evaluate import evaluate, mean
 from ..infer import Segmenter
 from ..io import read_binary, read_scan, write_bytes
-from .store import Store
-from .suggest import resolve_version
+from .records import CorrectionSummary, Label, RunStatus, Scores, Split, Version
+from .store import Store, VersionRow
 
 MODEL_FILES = ("model.onnx", "model.pt", "history.json")
-METRICS = ("dice", "hd95_mm", "assd_mm")
 
 
-def score_model(store: Store, onnx: Path, labels, device: str = "auto") -> Dict[int, dict]:
+def resolve(store: Store, version: Optional[int]) -> VersionRow:
+    """A version by number; None is the active one."""
+    if version is None:
+        version = store.setting("active_version")
+        if version is None:
+            raise ExtremeAugError("the project has no model yet: train one with `extremeaug project train`")
+    return store.version(version)
+
+
+def score_model(store: Store, onnx: Path, labels: Sequence[Label], device: str) -> Dict[int, dict]:
     """Segment each labeled case with the model and evaluate against its label file."""
     if not labels:
         return {}
     segmenter = Segmenter(onnx, device)
     scores = {}
     for label in labels:
-        scan = read_scan(store.path(store.case(label["case_id"])["scan"]))
+        scan = read_scan(store.path(store.case_row(label.case_id)["scan"]))
         pred, _ = segmenter.segment(scan)
-        scores[label["id"]] = evaluate(pred, read_binary(store.path(label["path"])))
+        scores[label.id] = evaluate(pred, read_binary(store.path(label.path)))
     return scores
 
 
-def publish(store: Store, run_id: str, train_dir: Path, device: str = "auto") -> int:
+def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
     """Copy the finished run's model into models/v<N> and register it in one transaction: a version
     exists only once its files are complete (a crash leaves an unregistered folder, set aside later)."""
     models = store.root / "models"
@@ -47,101 +54,108 @@ def publish(store: Store, run_id: str, train_dir: Path, device: str = "auto") ->
     shutil.rmtree(stage, ignore_errors=True)
     for name in MODEL_FILES:
         write_bytes((train_dir / name).read_bytes(), stage / name)
-    val_labels = store.human_labels("validation")
+    val_labels = store.human_labels(Split.VALIDATION)
     scores = score_model(store, stage / "model.onnx", val_labels, device)
     history = json.loads((stage / "history.json").read_text())
     meta, last = history["metadata"], (history["history"] or [{}])[-1]
     summary = {"status": meta["status"], "epochs_done": meta["epochs_done"], "augment": meta["augment"],
                "train_dice": last.get("train_dice"), "loss": last.get("loss"), "seconds": meta["training_seconds"],
                "device": meta["device"], "width": meta["width"], "training_cases": meta["training_cases"]}
-    run = store.conn.execute("SELECT train_labels FROM runs WHERE id = ?", (run_id,)).fetchone()
-    with store.write() as conn:
-        version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions").fetchone()[0]
+    run = store.run(run_id)
+    with store.write():
+        version = store.next_version()
         final = models / f"v{version}"
         if final.exists():   # left by a crash after the rename, before the commit
             os.replace(final, models / f".unregistered-v{version}-{secrets.token_hex(3)}")
         os.replace(stage, final)
-        conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (version, run_id, time.time(), store.relative(final / "model.onnx"), run["train_labels"],
-                      json.dumps([lab["id"] for lab in val_labels]), json.dumps(summary)))
-        _insert_scores(conn, version, val_labels, scores)
-        conn.execute("UPDATE runs SET status = 'finished', ended = ?, version = ?, message = NULL WHERE id = ?",
-                     (time.time(), version, run_id))
-        store.set_setting(conn, "active_version", version)
+        store.insert_version(version, run_id, store.relative(final / "model.onnx"), run.train_labels,
+                             [lab.id for lab in val_labels], summary)
+        store.insert_scores(version, val_labels, scores)
+        store.end_run(run_id, RunStatus.FINISHED, None, version=version)
+        store.set_setting("active_version", version)
     return version
 
 
-def _insert_scores(conn, version: int, labels, scores: Dict[int, dict]) -> None:
-    by_id = {lab["id"]: lab for lab in labels}
-    conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
-                     [(version, lid, by_id[lid]["case_id"], json.dumps(m), time.time()) for lid, m in scores.items()])
-
-
-def _mean(values: List[Optional[float]]) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def list_versions(store: Store, rescore: bool = True, device: str = "auto") -> List[dict]:
+def list_versions(store: Store, rescore: bool, device: str) -> List[Version]:
     """Every version with its validation scores then and now (missing current scores computed when
     `rescore`, which runs onnxruntime; front ends that must not block pass rescore=False)."""
-    current = store.human_labels("validation")
+    current = store.human_labels(Split.VALIDATION)
+    active = store.setting("active_version")
+    by_version: Dict[Optional[int], list] = {}
+    for c in store.corrections():
+        by_version.setdefault(c.model_version, []).append(c)
     out = []
-    for v in store.conn.execute("SELECT * FROM versions ORDER BY version").fetchall():
-        have = {r["label_id"]: json.loads(r["metrics"]) for r in
-                store.conn.execute("SELECT label_id, metrics FROM scores WHERE version = ?", (v["version"],))}
-        missing = [lab for lab in current if lab["id"] not in have]
+    for v in store.versions():
+        have = store.scores(v.version)
+        missing = [lab for lab in current if lab.id not in have]
         if missing and rescore:
-            new = score_model(store, store.path(v["path"]), missing, device)
-            with store.write() as conn:
-                _insert_scores(conn, v["version"], missing, new)
-            have.update(new)
-        then_ids, summary = json.loads(v["val_labels"]), json.loads(v["summary"])
-        row = {"version": v["version"], "run": v["run_id"], "created": v["created"], "path": v["path"],
-               "training_scans": len(json.loads(v["train_labels"])), "active": v["version"] == store.setting(
-                   "active_version"), "val_then_cases": len(then_ids), "val_now_cases": len(current), **summary}
-        for name in METRICS:
-            row[f"val_then_{name}"] = _mean([have[i][name] for i in then_ids if i in have])
-            now = [have[lab["id"]][name] if lab["id"] in have else None for lab in current]
-            row[f"val_now_{name}"] = _mean(now) if None not in now else None
-        row["val_now_per_case"] = {lab["case_id"]: have[lab["id"]]["dice"] for lab in current if lab["id"] in have}
-        out.append(row)
+            new = score_model(store, store.path(v.path), missing, device)
+            with store.write():
+                store.insert_scores(v.version, missing, new)
+            have.update({lab.id: (lab.case_id, new[lab.id]) for lab in missing})
+        s = v.summary
+        fixes = by_version.get(v.version, [])
+        out.append(Version(
+            v.version, v.run_id, v.created, v.path, v.version == active, len(v.train_labels), s["status"],
+            s["epochs_done"], s["augment"], s["seconds"], s["device"], s["width"], s.get("train_dice"), s.get("loss"),
+            _scores(have, v.val_labels), _scores(have, [lab.id for lab in current]),
+            CorrectionSummary(len(fixes), mean([c.voxels_changed for c in fixes]), mean([c.dice for c in fixes]),
+                              mean([c.seconds for c in fixes]))))
     return out
 
 
+def _scores(have: Dict[int, Tuple[str, dict]], label_ids: Sequence[int]) -> Scores:
+    """Means over the labels that have a score; unscored ones are left out of `scored`, not averaged."""
+    scored = [have[i] for i in label_ids if i in have]
+    means = (mean([m[k] for _, m in scored]) for k in ("dice", "hd95_mm", "assd_mm"))
+    return Scores(len(label_ids), len(scored), *means,
+                  {case: m["dice"] for case, m in scored})
+
+
 def use(store: Store, version: int) -> int:
-    row = resolve_version(store, version)
-    if not store.path(row["path"]).is_file():
-        raise ExtremeAugError(f"model version {version}: {row['path']} is missing")
-    with store.write() as conn:
-        store.set_setting(conn, "active_version", row["version"])
-    return row["version"]
+    row = store.version(version)
+    if not store.path(row.path).is_file():
+        raise ExtremeAugError(f"model version {version}: {row.path} is missing")
+    with store.write():
+        store.set_setting("active_version", row.version)
+    return row.version
 
 
-def plot_versions(rows: List[dict], path: str | Path) -> Path:
-    """Validation Dice against version and against the number of training scans (dataset growth)."""
+def plot_versions(rows: List[Version], path: str | Path) -> Path:
+    """Validation Dice against version and against training scans (dataset growth), and how much each
+    version's predictions had to be corrected (what a retrain saves the clinician)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not rows:
         raise ExtremeAugError("no model versions to plot yet")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
-    versions = [r["version"] for r in rows]
-    for key, style, label in (("val_now_dice", "o-", "current validation split"),
-                              ("val_then_dice", "s--", "validation split when trained")):
-        points = [(r["version"], r["training_scans"], r[key]) for r in rows if r[key] is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    versions = [r.version for r in rows]
+    for scores, style, label in ((lambda r: r.val_now, "o-", "current validation split"),
+                                 (lambda r: r.val_then, "s--", "validation split when trained")):
+        points = [(r.version, r.training_scans, scores(r).dice.value) for r in rows if scores(r).dice.value is not None]
         if points:
             axes[0].plot([p[0] for p in points], [p[2] for p in points], style, label=label)
             axes[1].plot([p[1] for p in points], [p[2] for p in points], style, label=label)
-    axes[0].set(xlabel="model version", ylabel="validation Dice", xticks=versions)
-    axes[1].set(xlabel="training scans", ylabel="validation Dice",
-                xticks=sorted({r["training_scans"] for r in rows}))
+    axes[0].set(xlabel="model version", ylabel="validation Dice", xticks=versions, ylim=(0, 1))
+    axes[1].set(xlabel="training scans", ylabel="validation Dice", xticks=sorted({r.training_scans for r in rows}),
+                ylim=(0, 1))
+    fixed = [r for r in rows if r.corrections.corrections]
+    if fixed:
+        axes[2].bar([r.version for r in fixed], [r.corrections.voxels_changed.value for r in fixed], color="#c0504d",
+                    label="voxels changed (added + removed)")
+        for r in fixed:
+            axes[2].annotate(f"n={r.corrections.corrections}\nDice {r.corrections.dice.value:.2f}",
+                             (r.version, r.corrections.voxels_changed.value), ha="center", va="bottom", fontsize=7)
+    else:
+        axes[2].text(0.5, 0.5, "no corrections accepted yet", ha="center", va="center", transform=axes[2].transAxes)
+    axes[2].set(xlabel="model version that predicted", ylabel="mean voxels changed per correction", xticks=versions)
     for ax in axes:
-        ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle("model versions: validation Dice as the dataset grows")
+    fig.suptitle("model versions: validation Dice as the dataset grows, and the correction each needed")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

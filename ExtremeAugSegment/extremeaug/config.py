@@ -1,0 +1,187 @@
+"""The one definition of every training setting and its default, and the choices the settings take.
+
+`TrainConfig` (what is learned: stored with the checkpoint and the model) and `RunOptions` (how one run
+goes) feed the command line (`add_arguments` builds the flags from the fields), the labeling project's
+run spec and the Slicer module's parameter node, so a default is written once. Torch-free, so front ends
+import it before torch is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from typing import Iterable, List, Optional, Sequence, Type, TypeVar
+
+from .errors import ExtremeAugError
+from .output import plain
+
+C = TypeVar("C", bound="Choice")
+
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values: compares, hashes and JSON-encodes as its value (a `str` enum
+    that also works on Python 3.9, which has no StrEnum)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def values(cls) -> List[str]:
+        return [m.value for m in cls]
+
+    @classmethod
+    def parse(cls: Type[C], value) -> C:
+        """The member for `value`; an unknown value is refused with the closest valid one suggested."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            what = re.sub(r"(?<!^)([A-Z])", r" \1", cls.__name__).lower()
+            close = difflib.get_close_matches(str(value), cls.values(), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ExtremeAugError(f"unknown {what} {value!r}{hint} (choose {', '.join(cls.values())})") from None
+
+
+class Device(Choice):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Plane(Choice):
+    AUTO = "auto"
+    SAGITTAL = "sagittal"
+    CORONAL = "coronal"
+    AXIAL = "axial"
+
+
+class AugmentMode(Choice):
+    FRESH = "fresh"   # a new random transform at every presentation
+    POOL = "pool"     # the paper's N fixed transforms per patch, reused every epoch
+
+
+class Loss(Choice):
+    DICE = "dice"
+    DICE_BCE = "dice+bce"
+
+
+def int_list(text: str) -> List[int]:
+    """`1,2,3` or `1 2 3` -> [1, 2, 3]: an argparse `type=` (its error becomes argparse's message)."""
+    try:
+        values = [int(v) for v in str(text).replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 1,2,3, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected integers such as 1,2,3, got {text!r}")
+    return values
+
+
+def positive_int_list(text: str) -> List[int]:
+    values = int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _setting(default, help: str, type=None, flag: Optional[str] = None):
+    """A field with what its command-line flag needs: help text, value type (an int, float, Choice
+    or parser) and, when it is not --field-name, the flag."""
+    return field(default=default, metadata={"help": help, "type": type, "flag": flag})
+
+
+@dataclass
+class TrainConfig:
+    """What a model learns from: stored in its checkpoint, so a resumed run keeps it."""
+    augment: int = _setting(50, "augmented presentations of every patch per epoch (the paper: 5 to 50)", int)
+    epochs: int = _setting(100, "training epochs (each shows every patch --augment times)", int)
+    batch_size: int = _setting(16, "patches per optimiser step", int)
+    width: Optional[int] = _setting(None, "filters of the first stage (default 16 on CUDA, 8 on CPU)", int)
+    lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", float)
+    loss: Loss = _setting(Loss.DICE, "training loss", Loss)
+    plane: Plane = _setting(Plane.AUTO, "slicing plane (auto: the acquisition plane)", Plane)
+    seed: int = _setting(0, "random seed (initialisation, transforms, patch order)", int)
+    label_values: Optional[List[int]] = _setting(
+        None, "mask labels that are foreground, e.g. 1,2 (default: all > 0)", int_list)
+    augmentation: bool = _setting(True, "present patches untransformed (a baseline)", bool, "--no-augmentation")
+    augment_mode: AugmentMode = _setting(
+        AugmentMode.FRESH, "fresh: a new random transform at every presentation; pool: the paper's N fixed "
+        "transforms per patch, reused every epoch (regenerated from the seed, never stored)", AugmentMode)
+    threshold: float = _setting(0.5, "probability threshold stored with the model", float)
+    min_component_mm3: float = _setting(
+        100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", float)
+
+    def __post_init__(self):
+        self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
+        self.augment_mode = AugmentMode.parse(self.augment_mode)
+        if self.label_values is not None:
+            self.label_values = [int(v) for v in self.label_values]
+
+    def check(self) -> None:
+        if self.augment < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ExtremeAugError("--augment, --epochs and --batch-size must be at least 1")
+        if self.width is not None and self.width < 1:
+            raise ExtremeAugError("--width must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ExtremeAugError("--lr must be a positive number")
+
+    def to_dict(self) -> dict:
+        """Plain values only (what JSON and a weights_only checkpoint hold)."""
+        return plain(self)
+
+
+@dataclass
+class RunOptions:
+    """How one training run goes; none of it changes what is learned."""
+    device: Device = _setting(Device.AUTO, "where to train", Device)
+    time_budget_min: Optional[float] = _setting(None, "stop gracefully after this many minutes", float,
+                                                "--time-budget")
+    checkpoint_minutes: float = _setting(2.0, "checkpoint (and, with validation scans, validate) this often "
+                                         "within an epoch, so a stopped run loses minutes, not an epoch", float)
+    resume: bool = False
+    progress_file: Optional[str] = None
+    show_progress: bool = True
+    max_steps: Optional[int] = None     # stop after this many steps in this run (benchmarks, tests)
+    stop_file: Optional[str] = None     # stop cleanly once this file exists (a cancel that works on Windows too)
+
+    def __post_init__(self):
+        self.device = Device.parse(self.device)
+
+    def check(self) -> None:
+        if self.time_budget_min is not None and not (self.time_budget_min > 0 and math.isfinite(self.time_budget_min)):
+            raise ExtremeAugError("--time-budget must be positive (minutes)")
+        if not (self.checkpoint_minutes > 0 and math.isfinite(self.checkpoint_minutes)):
+            raise ExtremeAugError("--checkpoint-minutes must be positive")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Iterable[str], **defaults) -> None:
+    """Flags for the named fields of TrainConfig or RunOptions, with the fields' defaults (or those given,
+    for a command whose own default differs on purpose, such as the demo's short time budget)."""
+    by_name = {f.name: f for f in fields(cls)}
+    for name in names:
+        f = by_name[name]
+        kind, flag = f.metadata["type"], f.metadata["flag"] or "--" + name.replace("_", "-")
+        default = defaults.get(name, f.default if f.default is not MISSING else None)
+        if kind is bool:   # a flag that turns the default off
+            parser.add_argument(flag, dest=name, action="store_false" if default else "store_true",
+                                help=f.metadata["help"])
+        elif isinstance(kind, type) and issubclass(kind, Choice):
+            parser.add_argument(flag, dest=name, default=kind(default).value, choices=kind.values(),
+                                help=f.metadata["help"])
+        else:
+            metavar = "MINUTES" if name == "time_budget_min" else None
+            parser.add_argument(flag, dest=name, type=kind, default=default, metavar=metavar,
+                                help=f.metadata["help"] + ("" if default is None else " (default: %(default)s)"))
+
+
+def from_arguments(cls: type, args: argparse.Namespace, names: Sequence[str], **extra):
+    """The dataclass built from the parsed flags `add_arguments` made (plus `extra` fields)."""
+    return cls(**{n: getattr(args, n) for n in names}, **extra)
+
+
+TRAIN_DEFAULTS = TrainConfig()
+RUN_DEFAULTS = RunOptions()
+DEMO_MINUTES = 2.5   # the demo's time budget: short enough for a first look on a laptop CPU

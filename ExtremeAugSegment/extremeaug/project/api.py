@@ -1,0 +1,212 @@
+"""The labeling project's one public API: what the command line, the training worker and the 3D Slicer
+module call, and nothing else under `extremeaug.project`.
+
+It takes typed requests (a `RunSpec`, enums, file paths or SimpleITK images) and returns typed records
+(`records.py`); SQL stays in the store, and front ends never see a row or a JSON key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from ..config import Device, Plane
+from ..errors import ExtremeAugError
+from ..events import EventReader, append_event
+from . import cases, runs, suggest, versions
+from .cases import ImageInput
+from .records import (Case, CaseInfo, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
+                      SegmentResult, Split, Suggestion, Version)
+from .store import Store
+
+
+class Project:
+    """An open project folder. Use as a context manager, or call `close()`."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, plane: Plane = Plane.AUTO, val_fraction: float = 0.25,
+               label_values: Optional[Sequence[int]] = None) -> "Project":
+        """A new project in a new or empty folder.
+
+        Args:
+            plane: the slicing plane every model of the project uses.
+            val_fraction: the share of labeled cases kept for validation (the fixed split).
+            label_values: mask labels that are foreground (default: every label > 0).
+        """
+        if not 0 <= val_fraction < 1:
+            raise ExtremeAugError("--val-fraction must be in [0, 1)")
+        return cls(Store.create(folder, plane=Plane.parse(plane).value, val_fraction=val_fraction,
+                                label_values=list(label_values) if label_values else None))
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "Project":
+        """An existing project; a project of an older format is migrated in place."""
+        return cls(Store.open(folder))
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def root(self) -> Path:
+        return self._store.root
+
+    def path(self, relative: str) -> Path:
+        """The file a record's relative path names."""
+        return self._store.path(relative)
+
+    # -- cases -----------------------------------------------------------------------------------
+    def add(self, scan: ImageInput, label: Optional[ImageInput] = None, case_id: Optional[str] = None,
+            split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False) -> Case:
+        """Register a scan (a file or an image), with its manual label when given.
+
+        Args:
+            case_id: default: the file name.
+            split: with a label: the split it joins (auto: the project's policy).
+            source: where the data came from, when it is not a file (e.g. a 3D Slicer node).
+            new_case: refuse (naming the existing case) rather than return a scan the project holds.
+        Returns the case; `existing` is True when the scan was in the project already.
+        """
+        return cases.add_case(self._store, scan, label, case_id, split, source, new_case)
+
+    def accept(self, case_id: str, label: ImageInput, split: Split = Split.AUTO, kind: Optional[LabelKind] = None,
+               source: Optional[str] = None, corrects: Optional[int] = None,
+               seconds: Optional[float] = None) -> Case:
+        """Store a human label for a case; earlier labels stay in its history.
+
+        Args:
+            kind: None: `corrected` over a prediction, else `manual`; or say which.
+            corrects: the prediction's label id that was corrected (default: the case's newest).
+            seconds: from that prediction being shown to this accept, when the front end knows.
+        """
+        return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds)
+
+    def cases(self) -> List[CaseInfo]:
+        return self._store.case_infos()
+
+    def case(self, case_id: str) -> Case:
+        """A case with its whole label history (and what each correction changed)."""
+        return cases.case_view(self._store, case_id)
+
+    def find_scan(self, scan: ImageInput) -> Optional[str]:
+        """The id of the case holding this scan (same voxels and grid, whatever its name), or None."""
+        return cases.find_scan(self._store, scan)
+
+    def case_with_scan(self, scan_sha256: str) -> Optional[str]:
+        """`find_scan` for a front end that keeps the scan's `extremeaug.io.image_sha256` already."""
+        return self._store.case_with_scan(scan_sha256)
+
+    def new_case_id(self, name: str) -> str:
+        """A valid case id from a name (a node's, a file's) that no case has yet: name, name_2, ..."""
+        return cases.free_id(self._store, name)
+
+    def latest_prediction(self, case_id: str) -> Optional[Label]:
+        self._store.case_row(case_id)
+        return self._store.latest_label(case_id, [LabelKind.AUTO])
+
+    def unlabeled(self) -> List[str]:
+        """Cases without a human label, in the order they were added."""
+        return self._store.unlabeled_ids()
+
+    def verify(self) -> List[str]:
+        """Every problem with the stored files (none: all scans and labels match their checksums)."""
+        return cases.verify(self._store)
+
+    # -- training --------------------------------------------------------------------------------
+    def train(self, spec: RunSpec) -> str:
+        """Start a background training run on the training split's human labels; returns its id."""
+        project_plane = Plane.parse(self._store.setting("plane"))
+        return runs.start(self._store, replace(spec, train=replace(spec.train, plane=project_plane)))
+
+    def resume(self, device: Optional[Device] = None, time_budget_min: Optional[float] = None) -> str:
+        """Continue the last cancelled, failed or dead run from its checkpoint (a new device or budget
+        may be given; everything else is the run's own)."""
+        return runs.start(self._store, None, resume=True, device=None if device is None else Device.parse(device).value,
+                          time_budget_min=time_budget_min)
+
+    def cancel(self, wait_s: float = 120.0) -> RunState:
+        """Ask the running worker to stop (it checkpoints); waits up to `wait_s` for it."""
+        return runs.cancel(self._store, wait_s)
+
+    def run(self, run_id: Optional[str] = None) -> Optional[RunState]:
+        """A run's state (default: the newest run; None before the first); dead workers are noticed."""
+        if run_id is None:
+            return runs.latest_run_state(self._store)
+        runs.reap(self._store)
+        return runs.run_state(self._store, self._store.run(run_id))
+
+    def events(self, run_id: str) -> EventReader:
+        """A reader of the run's progress events, from the start of its file."""
+        return EventReader(runs.run_dir(self._store, run_id) / "progress.jsonl")
+
+    def run_folder(self, run_id: str) -> Path:
+        return runs.run_dir(self._store, run_id)
+
+    # -- models ----------------------------------------------------------------------------------
+    def segment(self, case_ids: Sequence[str], version: Optional[int] = None, device: Device = Device.AUTO,
+                progress: Optional[Callable[[SegmentResult], None]] = None) -> List[SegmentResult]:
+        """Predict cases with a model version (default: the active one); each prediction is stored as an
+        auto label with its probability map and uncertainty, and never replaces a human label."""
+        return suggest.segment_cases(self._store, list(dict.fromkeys(case_ids)), version, Device.parse(device).value,
+                                     progress)
+
+    def suggest(self) -> Suggestion:
+        return suggest.suggest(self._store)
+
+    def versions(self, rescore: bool = True, device: Device = Device.AUTO) -> List[Version]:
+        """Every model version with validation scores then and now and its correction summary. `rescore`
+        scores old versions on new validation labels (runs onnxruntime: a GUI thread passes False)."""
+        return versions.list_versions(self._store, rescore, Device.parse(device).value)
+
+    def use(self, version: int) -> int:
+        """Make a version the active one (roll back or forward)."""
+        return versions.use(self._store, version)
+
+    @staticmethod
+    def plot(rows: List[Version], path: str | os.PathLike) -> Path:
+        return versions.plot_versions(rows, path)
+
+    def status(self) -> ProjectStatus:
+        """Cases by state and split, versions, settings and the current run: database and small files only,
+        so it stays fast on large projects."""
+        store = self._store
+        counts = store.state_counts()
+        return ProjectStatus(str(store.root), sum(counts.values()), counts, store.split_counts(),
+                             store.version_count(), store.setting("active_version"), store.settings(),
+                             runs.latest_run_state(store))
+
+    # -- the training worker's side ------------------------------------------------------------------
+    def claim(self, run_id: str, pid: int) -> bool:
+        """The worker takes its run (False: the run does not wait for a worker any more)."""
+        with self._store.write():
+            return self._store.claim_run(run_id, pid)
+
+    def job(self, run_id: str):
+        """(spec, [(case id, scan path, label path)]) of a run: what the worker trains on."""
+        run = self._store.run(run_id)
+        inputs = []
+        for label_id in run.train_labels:
+            label = self._store.label(label_id)
+            scan = self._store.case_row(label.case_id)["scan"]
+            inputs.append((label.case_id, self.path(scan), self.path(label.path)))
+        return RunSpec.from_dict(run.spec), inputs
+
+    def set_phase(self, run_id: str, phase: Phase) -> None:
+        append_event(runs.run_dir(self._store, run_id) / "progress.jsonl", "phase", phase=Phase(phase).value)
+
+    def publish(self, run_id: str, train_dir: Path, device: Device) -> int:
+        """Score the finished run's model and register it as the next version (atomically); it becomes active."""
+        return versions.publish(self._store, run_id, Path(train_dir), Device.parse(device).value)
+
+    def end_run(self, run_id: str, status: RunStatus, message: Optional[str] = None) -> None:
+        with self._store.write():
+            self._store.end_run(run_id, status, message)

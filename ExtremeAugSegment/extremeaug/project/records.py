@@ -1,0 +1,265 @@
+"""What the project API takes and returns: typed records and the project's choices.
+
+Front ends (the command line, the worker, the Slicer module) read these fields, never a database row or a
+JSON key string, so a renamed field fails where it is used instead of showing "-" forever.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..config import RUN_DEFAULTS, Choice, Device, RunOptions, TrainConfig
+from ..evaluate import Mean
+
+
+class RunStatus(Choice):
+    STARTING = "starting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    DIED = "died"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.STARTING, RunStatus.RUNNING)
+
+    @property
+    def resumable(self) -> bool:
+        return self in (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.DIED)
+
+
+class Phase(Choice):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    TRAINING = "training"
+    SCORING = "scoring"
+    DONE = "done"
+
+
+class LabelKind(Choice):
+    MANUAL = "manual"        # delineated from scratch
+    CORRECTED = "corrected"  # a prediction corrected by a person
+    AUTO = "auto"            # predicted by a model version
+
+    @property
+    def human(self) -> bool:
+        return self is not LabelKind.AUTO
+
+
+class Split(Choice):
+    AUTO = "auto"            # a request only: the project's policy decides
+    TRAIN = "train"
+    VALIDATION = "validation"
+
+
+class CaseState(Choice):
+    UNLABELED = "unlabeled"
+    AUTO = "auto"
+    MANUAL = "manual"
+    CORRECTED = "corrected"
+
+
+@dataclass(frozen=True)
+class Settings:
+    plane: str
+    val_fraction: float
+    label_values: Optional[List[int]]
+    active_version: Optional[int]
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What a person changed when a human label replaced a prediction."""
+    auto_label: int                 # the id of the prediction that was corrected
+    model_version: Optional[int]    # the version that predicted it
+    voxels_added: int
+    voxels_removed: int
+    dice: float                     # between the prediction and the accepted label
+    seconds: Optional[float] = None  # from the prediction being shown to the accept (when the front end knows)
+
+    @property
+    def voxels_changed(self) -> int:
+        return self.voxels_added + self.voxels_removed
+
+
+@dataclass(frozen=True)
+class Label:
+    id: int
+    case_id: str
+    kind: LabelKind
+    path: str                       # relative to the project folder
+    sha256: str
+    voxels: int
+    created: float
+    source: Optional[str] = None
+    model_version: Optional[int] = None    # auto labels: the version that predicted it
+    probabilities: Optional[str] = None    # auto labels: the probability map
+    uncertainty: Optional[float] = None    # auto labels: mean binary entropy (bits) near the prediction
+    correction: Optional[Correction] = None
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """One row of the case list."""
+    id: str
+    state: CaseState
+    split: Optional[Split]
+    scan: str
+    labels: int
+    auto_version: Optional[int]
+    uncertainty: Optional[float]
+
+
+@dataclass(frozen=True)
+class Case(CaseInfo):
+    """A case with its whole label history (oldest first)."""
+    scan_sha256: Optional[str] = None
+    source: str = ""
+    label: Optional[str] = None     # the label that counts: the newest human one, else the newest prediction
+    history: List[Label] = field(default_factory=list)
+    existing: bool = False          # `add` found the scan already in the project
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps_total: int
+    epoch: int
+    loss: float
+    dice: float
+    patches_per_s: float
+    eta_s: Optional[float]
+    time: float
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    epoch: int
+    loss: float
+    train_dice: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RunState:
+    id: str
+    status: RunStatus
+    phase: Optional[Phase]
+    pid: Optional[int]
+    message: Optional[str]
+    version: Optional[int]
+    heartbeat_age_s: Optional[float]
+    resumable: bool
+    progress: Optional[Progress] = None
+    last_epoch: Optional[EpochSummary] = None
+
+    @property
+    def active(self) -> bool:
+        return self.status.active
+
+    @property
+    def fraction(self) -> float:
+        if self.progress is None or not self.progress.steps_total:
+            return 0.0
+        return min(1.0, self.progress.step / self.progress.steps_total)
+
+
+@dataclass
+class RunSpec:
+    """What `train` is asked to do: the engine's settings (the project's plane is applied) and how to run."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: Device = RUN_DEFAULTS.device
+    time_budget_min: Optional[float] = RUN_DEFAULTS.time_budget_min
+    checkpoint_minutes: float = RUN_DEFAULTS.checkpoint_minutes
+
+    def __post_init__(self):
+        self.device = Device.parse(self.device)
+
+    def to_dict(self) -> dict:
+        return {"train": self.train.to_dict(), "device": self.device.value, "time_budget_min": self.time_budget_min,
+                "checkpoint_minutes": self.checkpoint_minutes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"])
+
+    def to_options(self, **engine) -> RunOptions:
+        """The engine's options for this spec (`engine`: the worker's files and flags)."""
+        return RunOptions(device=self.device, time_budget_min=self.time_budget_min,
+                          checkpoint_minutes=self.checkpoint_minutes, **engine)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A version's validation scores on a set of validation labels."""
+    cases: int                      # validation labels in the set
+    scored: int                     # of which have a score (a front end that must not block skips scoring)
+    dice: Mean
+    hd95_mm: Mean
+    assd_mm: Mean
+    per_case: Dict[str, float] = field(default_factory=dict)   # Dice by case id
+
+
+@dataclass(frozen=True)
+class CorrectionSummary:
+    """How much fixing a version's predictions needed: the curve that shows what a retrain buys."""
+    corrections: int
+    voxels_changed: Mean
+    dice: Mean
+    seconds: Mean
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    run: str
+    created: float
+    path: str
+    active: bool
+    training_scans: int
+    status: str
+    epochs_done: float
+    augment: int
+    seconds: float
+    device: str
+    width: int
+    train_dice: Optional[float]
+    loss: Optional[float]
+    val_then: Scores                # on the validation labels when it was trained
+    val_now: Scores                 # on today's validation labels
+    corrections: CorrectionSummary
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    case_id: str
+    label: int                      # the auto label's id
+    version: int
+    mask: str
+    probabilities: str
+    voxels: int
+    uncertainty: float
+    state: CaseState
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    case: Optional[str]
+    reason: str
+    score: Optional[float] = None
+    version: Optional[int] = None
+    candidates: int = 0
+    not_segmented_by_active: int = 0
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    project: str
+    cases: int
+    states: Dict[str, int]
+    splits: Dict[str, int]
+    versions: int
+    active_version: Optional[int]
+    settings: Settings
+    run: Optional[RunState]
