@@ -15,6 +15,8 @@ from pathlib import Path
 import qt
 import slicer
 
+from extremeaug.project import RunSpec, TrainConfig
+
 from . import Tables
 from .InstallLogic import InstallLogic, missingModules, outdatedModules
 from .Logic import ExtremeAugSegmentLogic
@@ -135,7 +137,6 @@ class Widget(qt.QWidget):
     def onTrain(self) -> None:
         if not self._dependenciesReady():
             return
-        from extremeaug.project import RunSpec, TrainConfig
         p = self._parameterNode
         runId = self.logic.startTraining(RunSpec(
             TrainConfig(augment=p.augment, epochs=p.epochs, width=None if p.width == "auto" else int(p.width)),

@@ -151,6 +151,7 @@ def plot_versions(rows: List[Version], path: str | Path) -> Path:
     else:
         axes[2].text(0.5, 0.5, "no corrections accepted yet", ha="center", va="center", transform=axes[2].transAxes)
     axes[2].set(xlabel="model version that predicted", ylabel="mean voxels changed per correction", xticks=versions)
+    axes[2].margins(y=0.2)   # room for the labels above the bars
     for ax in axes:
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
