@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -284,7 +286,7 @@ def test_the_engine_import_graph_has_no_cycles():
 def test_means_count_undefined_values_instead_of_dropping_them():
     import math
 
-    from extremeaug.evaluate import mean
+    from extremeaug.stats import mean
     from extremeaug.experiment_report import _table
     m = mean([2.0, math.inf, None, 4.0])
     assert (m.value, m.n, m.undefined) == (3.0, 2, 2) and m.format(".1f", " mm") == "3.0 mm (2 undefined)"
@@ -361,3 +363,13 @@ def test_a_case_id_with_a_trailing_newline_and_a_nan_budget_are_refused(tmp_path
         with pytest.raises(ExtremeAugError, match="must be positive"):
             RunOptions(**flags).check()
     one_line_error(run_cli("project", "train", tmp_path / "p", "--time-budget", "nan"), "--time-budget")
+
+
+def test_status_and_the_command_line_parser_load_no_imaging_library(tmp_path):
+    """What a GUI timer and `project status` run must start fast: no numpy, SimpleITK, onnxruntime or torch."""
+    Project.create(tmp_path / "p").close()
+    code = ("import sys, extremeaug.cli; extremeaug.cli.parser(); from extremeaug.project import Project; "
+            f"p = Project.open({str(tmp_path / 'p')!r}); p.status(); p.run(); p.close(); "
+            "heavy = {'numpy', 'SimpleITK', 'onnxruntime', 'torch'} & set(sys.modules); assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

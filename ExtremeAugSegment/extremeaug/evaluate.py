@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,25 +10,6 @@ import SimpleITK as sitk
 from .io import on_grid, read_binary
 
 DETECTION_MIN_COVERAGE = 0.1  # a reference structure counts as found when >= 10 % of it is predicted
-
-
-@dataclass(frozen=True)
-class Mean:
-    """A mean over cases that says what it left out: `undefined` values (an infinite distance, e.g. the
-    HD95 of an empty prediction, or a missing score) are counted, never dropped silently."""
-    value: Optional[float]   # mean of the finite values; None when there is none
-    n: int                   # how many finite values went in
-    undefined: int = 0
-
-    def format(self, spec: str = ".3f", unit: str = "") -> str:
-        text = "-" if self.value is None else f"{format(self.value, spec)}{unit}"
-        return text + (f" ({self.undefined} undefined)" if self.undefined else "")
-
-
-def mean(values: Sequence[Optional[float]]) -> Mean:
-    """The one rule for means over cases (project versions and the experiment grid alike)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return Mean(sum(finite) / len(finite) if finite else None, len(finite), len(values) - len(finite))
 
 
 def _surface_distances(a: sitk.Image, b: sitk.Image) -> np.ndarray:

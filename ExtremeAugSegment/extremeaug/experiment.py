@@ -97,7 +97,8 @@ def grid(sets, augments: Sequence[int], modes: Sequence[str], epochs: int, match
 
 def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, opts: RunOptions) -> dict:
     from .dataset import Case
-    from .evaluate import evaluate, mean
+    from .evaluate import evaluate
+    from .stats import mean
     from .infer import Segmenter
     from .io import read_binary, read_scan
     from .train import train

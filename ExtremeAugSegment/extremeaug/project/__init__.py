@@ -6,10 +6,9 @@ records -> schema -> store (all SQL) -> cases, runs, versions, suggest -> api (`
 """
 from ..config import Device, Plane, RunOptions, TrainConfig
 from .api import Project
-from .cases import ImageInput
-from .records import (Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary, Label, LabelKind,
-                      Phase, Progress, ProjectStatus, RunSpec, RunState, RunStatus, Scores, SegmentResult, Settings,
-                      Split, Suggestion, Version)
+from .records import (Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary, ImageInput, Label,
+                      LabelKind, Phase, Progress, ProjectStatus, RunSpec, RunState, RunStatus, Scores, SegmentResult,
+                      Settings, Split, Suggestion, Version)
 
 __all__ = ["Project", "ImageInput", "Case", "CaseInfo", "CaseState", "Correction", "CorrectionSummary", "Device",
            "EpochSummary", "Label", "LabelKind", "Phase", "Plane", "Progress", "ProjectStatus", "RunOptions", "RunSpec",

@@ -2,7 +2,9 @@
 module call, and nothing else under `extremeaug.project`.
 
 It takes typed requests (a `RunSpec`, enums, file paths or SimpleITK images) and returns typed records
-(`records.py`); SQL stays in the store, and front ends never see a row or a JSON key.
+(`records.py`); SQL stays in the store, and front ends never see a row or a JSON key. The modules that
+need numpy, SimpleITK or onnxruntime (cases, versions, suggest) are imported by the methods that use
+them, so `status` and `run` (what a command line or a GUI timer polls) start in milliseconds.
 """
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ from typing import Callable, List, Optional, Sequence
 from ..config import Device, Plane
 from ..errors import ExtremeAugError
 from ..events import EventReader, append_event
-from . import cases, runs, suggest, versions
-from .cases import ImageInput
-from .records import (Case, CaseInfo, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
+from . import runs
+from .records import (Case, CaseInfo, ImageInput, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
                       SegmentResult, Split, Suggestion, Version)
 from .store import Store
 
@@ -76,6 +77,7 @@ class Project:
             new_case: refuse (naming the existing case) rather than return a scan the project holds.
         Returns the case; `existing` is True when the scan was in the project already.
         """
+        from . import cases
         return cases.add_case(self._store, scan, label, case_id, split, source, new_case)
 
     def accept(self, case_id: str, label: ImageInput, split: Split = Split.AUTO, kind: Optional[LabelKind] = None,
@@ -88,6 +90,7 @@ class Project:
             corrects: the prediction's label id that was corrected (default: the case's newest).
             seconds: from that prediction being shown to this accept, when the front end knows.
         """
+        from . import cases
         return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds)
 
     def cases(self) -> List[CaseInfo]:
@@ -95,10 +98,12 @@ class Project:
 
     def case(self, case_id: str) -> Case:
         """A case with its whole label history (and what each correction changed)."""
+        from . import cases
         return cases.case_view(self._store, case_id)
 
     def find_scan(self, scan: ImageInput) -> Optional[str]:
         """The id of the case holding this scan (same voxels and grid, whatever its name), or None."""
+        from . import cases
         return cases.find_scan(self._store, scan)
 
     def case_with_scan(self, scan_sha256: str) -> Optional[str]:
@@ -107,6 +112,7 @@ class Project:
 
     def new_case_id(self, name: str) -> str:
         """A valid case id from a name (a node's, a file's) that no case has yet: name, name_2, ..."""
+        from . import cases
         return cases.free_id(self._store, name)
 
     def latest_prediction(self, case_id: str) -> Optional[Label]:
@@ -119,6 +125,7 @@ class Project:
 
     def verify(self) -> List[str]:
         """Every problem with the stored files (none: all scans and labels match their checksums)."""
+        from . import cases
         return cases.verify(self._store)
 
     # -- training --------------------------------------------------------------------------------
@@ -156,23 +163,28 @@ class Project:
                 progress: Optional[Callable[[SegmentResult], None]] = None) -> List[SegmentResult]:
         """Predict cases with a model version (default: the active one); each prediction is stored as an
         auto label with its probability map and uncertainty, and never replaces a human label."""
+        from . import suggest
         return suggest.segment_cases(self._store, list(dict.fromkeys(case_ids)), version, Device.parse(device).value,
                                      progress)
 
     def suggest(self) -> Suggestion:
+        from . import suggest
         return suggest.suggest(self._store)
 
     def versions(self, rescore: bool = True, device: Device = Device.AUTO) -> List[Version]:
         """Every model version with validation scores then and now and its correction summary. `rescore`
         scores old versions on new validation labels (runs onnxruntime: a GUI thread passes False)."""
+        from . import versions
         return versions.list_versions(self._store, rescore, Device.parse(device).value)
 
     def use(self, version: int) -> int:
         """Make a version the active one (roll back or forward)."""
+        from . import versions
         return versions.use(self._store, version)
 
     @staticmethod
     def plot(rows: List[Version], path: str | os.PathLike) -> Path:
+        from . import versions
         return versions.plot_versions(rows, path)
 
     def status(self) -> ProjectStatus:
@@ -205,6 +217,7 @@ class Project:
 
     def publish(self, run_id: str, train_dir: Path, device: Device) -> int:
         """Score the finished run's model and register it as the next version (atomically); it becomes active."""
+        from . import versions
         return versions.publish(self._store, run_id, Path(train_dir), Device.parse(device).value)
 
     def end_run(self, run_id: str, status: RunStatus, message: Optional[str] = None) -> None:

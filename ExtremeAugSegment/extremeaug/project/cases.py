@@ -7,23 +7,21 @@ file). Everything is checked before anything is written.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExtremeAugError
 from ..io import image_sha256, read_binary, read_mask, read_scan, write_image
-from .records import Case, Correction, Label, LabelKind, Split
+from .records import Case, Correction, ImageInput, Label, LabelKind, Split
 from .store import Store
 
-ImageInput = Union[str, os.PathLike, sitk.Image]
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

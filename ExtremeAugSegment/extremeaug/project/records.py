@@ -5,11 +5,15 @@ JSON key string, so a renamed field fails where it is used instead of showing "-
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from ..config import RUN_DEFAULTS, Choice, Device, RunOptions, TrainConfig
-from ..evaluate import Mean
+from ..stats import Mean
+
+
+ImageInput = Union[str, os.PathLike, "SimpleITK.Image"]   # a file, a DICOM folder, or an image in memory
 
 
 class RunStatus(Choice):

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ExtremeAugError
-from ..evaluate import evaluate, mean
+from ..evaluate import evaluate
 from ..infer import Segmenter
 from ..io import read_binary, read_scan, write_bytes
+from ..stats import mean
 from .records import CorrectionSummary, Label, RunStatus, Scores, Split, Version
 from .store import Store, VersionRow
 
