@@ -155,9 +155,9 @@ def cancel(store: Store, wait_s: float = 120.0) -> RunState:
     deadline = time.monotonic() + wait_s
     while True:
         reap(store)
-        state = run_state(store, store.run(run.id))
-        if not state.active or time.monotonic() >= deadline:
-            return state
+        row = store.run(run.id)
+        if not row.status.active or time.monotonic() >= deadline:
+            return run_state(store, row)
         time.sleep(0.5)
 
 
