@@ -128,3 +128,52 @@ def test_front_ends_use_the_project_api_only(path):
             reached |= {a.name for a in node.names}
     project = {m for m in reached if m.startswith("extremeaug.project")}
     assert project <= {"extremeaug.project", "extremeaug.project.cli"}, project
+
+
+def test_cmake_lists_every_python_file_and_resource():
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "ExtremeAugSegment")
+    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", text, re.S).group(1).split()
+    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split()
+    on_disk = {p.relative_to(MODULE).as_posix() for p in module_python_files()}
+    assert set(scripts) == on_disk, f"missing: {on_disk - set(scripts)}; listed but absent: {set(scripts) - on_disk}"
+    assert set(resources) == {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*")
+                              if p.is_file()}
+    assert "slicerMacroBuildScriptedModule" in text
+    assert "slicer_add_python_unittest(SCRIPT ExtremeAugSegment.py)" in text
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "project(ExtremeAugSegment)" in top and "add_subdirectory(ExtremeAugSegment)" in top
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), key
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+
+
+def test_extension_description_and_catalog_entry():
+    s4ext = {}
+    for line in (ROOT / "ExtremeAugSegment.s4ext").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            s4ext[key] = value.strip()
+    required = ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "description", "screenshoturls", "status", "enabled")
+    assert not [k for k in required if not s4ext.get(k)], s4ext
+    entry = json.loads((ROOT / "ExtremeAugSegment.json").read_text(encoding="utf-8"))
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_url", "tier"}   # the schema allows no other property
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["category"] == s4ext["category"] == "Segmentation"
+    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
+    assert entry["build_subdirectory"] == s4ext["build_subdirectory"]
+
+
+@pytest.mark.parametrize("name", ["Logic.py", "SceneIO.py", "TrainingMonitor.py", "SelfTest.py", "InstallLogic.py",
+                                  "Tables.py"])
+def test_logic_uses_mrml_only(name):
+    """Logic runs without the application (and in a bare MRML scene): no Qt, no module framework."""
+    bad = {m for m in imported_modules(LIB / name) if m.split(".")[0] in ("qt", "ctk", "PythonQt") or m in SLICER_ONLY}
+    assert not bad, bad
+
+
+def test_engine_imports_nothing_from_slicer():
+    for path in (MODULE / "extremeaug").rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in ("slicer", "qt", "ctk", "vtk")}
+        assert not bad, (path, bad)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from extremeaug.events import format_eta
-from extremeaug.project import CaseInfo, ProjectStatus, RunState, Version
+from extremeaug.project import CaseInfo, Phase, ProjectStatus, RunState, RunStatus, Version
 
 CASE_COLUMNS = ("Case", "State", "Split", "Model", "Uncertainty")
 VERSION_COLUMNS = ("Version", "Training scans", "Validation Dice", "HD95 (mm)", "Mean correction (voxels)", "Active")
@@ -44,15 +44,14 @@ def runText(run: Optional[RunState]) -> str:
     """One line on the background run, for the progress bar's label."""
     if run is None:
         return "no training run"
-    status, progress = run.status.value, run.progress
-    if status == "finished":
+    progress = run.progress
+    if run.status == RunStatus.FINISHED:
         return f"finished: model version {run.version} is active"
     if not run.active:
-        return f"{status}: {run.message or ''}".rstrip(": ")
-    phase = run.phase.value if run.phase else status
-    if phase == "scoring":
+        return f"{run.status.value}: {run.message or ''}".rstrip(": ")
+    if run.phase == Phase.SCORING:
         return "training done; scoring on the validation cases..."
     if progress is None:
-        return f"{phase}..."
+        return f"{(run.phase or run.status).value}..."
     return (f"epoch {progress.epoch} · step {progress.step}/{progress.steps_total} · loss {progress.loss:.3f} · "
             f"Dice {progress.dice:.3f} · ETA {format_eta(progress.eta_s)}")

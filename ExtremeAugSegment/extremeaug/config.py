@@ -87,10 +87,10 @@ def positive_int_list(text: str) -> List[int]:
     return values
 
 
-def _setting(default, help: str, type=None, flag: Optional[str] = None):
+def _setting(default, help: str, type=None, flag: Optional[str] = None, metavar: Optional[str] = None):
     """A field with what its command-line flag needs: help text, value type (an int, float, Choice
-    or parser) and, when it is not --field-name, the flag."""
-    return field(default=default, metadata={"help": help, "type": type, "flag": flag})
+    or parser) and, when they differ from --field-name and FIELD_NAME, the flag and its metavar."""
+    return field(default=default, metadata={"help": help, "type": type, "flag": flag, "metavar": metavar})
 
 
 @dataclass
@@ -138,7 +138,7 @@ class RunOptions:
     """How one training run goes; none of it changes what is learned."""
     device: Device = _setting(Device.AUTO, "where to train", Device)
     time_budget_min: Optional[float] = _setting(None, "stop gracefully after this many minutes", float,
-                                                "--time-budget")
+                                                "--time-budget", "MINUTES")
     checkpoint_minutes: float = _setting(2.0, "checkpoint (and, with validation scans, validate) this often "
                                          "within an epoch, so a stopped run loses minutes, not an epoch", float)
     resume: bool = False
@@ -172,8 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Iterable[st
             parser.add_argument(flag, dest=name, default=kind(default).value, choices=kind.values(),
                                 help=f.metadata["help"])
         else:
-            metavar = "MINUTES" if name == "time_budget_min" else None
-            parser.add_argument(flag, dest=name, type=kind, default=default, metavar=metavar,
+            parser.add_argument(flag, dest=name, type=kind, default=default, metavar=f.metadata["metavar"],
                                 help=f.metadata["help"] + ("" if default is None else " (default: %(default)s)"))
 
 

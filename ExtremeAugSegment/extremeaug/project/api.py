@@ -191,10 +191,9 @@ class Project:
         """Cases by state and split, versions, settings and the current run: database and small files only,
         so it stays fast on large projects."""
         store = self._store
-        counts = store.state_counts()
+        counts, settings = store.state_counts(), store.settings()
         return ProjectStatus(str(store.root), sum(counts.values()), counts, store.split_counts(),
-                             store.version_count(), store.setting("active_version"), store.settings(),
-                             runs.latest_run_state(store))
+                             store.version_count(), settings.active_version, settings, runs.latest_run_state(store))
 
     # -- the training worker's side ------------------------------------------------------------------
     def claim(self, run_id: str, pid: int) -> bool:
