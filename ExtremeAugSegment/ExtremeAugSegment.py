@@ -1,6 +1,7 @@
 """3D Slicer module ExtremeAugSegment: train a segmentation model from one delineated scan, segment,
 correct, retrain. The panel is ExtremeAugSegmentLib.Widget, the logic ExtremeAugSegmentLib.Logic, the
 engine the `extremeaug` package shipped beside this file (also `pip install`-able for the command line)."""
+import sys
 import tempfile
 
 import slicer
@@ -25,6 +26,12 @@ class ExtremeAugSegment(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Method: B. Gaonkar et al., \"Extreme Augmentation: Can deep learning based medical image "
             "segmentation be trained using a single manually delineated scan?\"")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    from ExtremeAugSegmentLib.PhantomSample import registerSampleData
+    registerSampleData()
 
 
 class ExtremeAugSegmentWidget(ScriptedLoadableModuleWidget):
@@ -32,11 +39,24 @@ class ExtremeAugSegmentWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.setup(self)
         from ExtremeAugSegmentLib.Widget import Widget
         self.widget = Widget()
+        self.logic = self.widget.logic   # what slicer.util.getModuleLogic returns
         self.layout.addWidget(self.widget)
+
+    def enter(self):
+        self.widget.enter()
+
+    def exit(self):
+        self.widget.exit()
 
     def cleanup(self):
         if getattr(self, "widget", None) is not None:
             self.widget.cleanup()
+
+    def onReload(self):
+        """Reload the library and the engine too, not only this file (Slicer's Reload re-imports one module)."""
+        for name in [n for n in sys.modules if n.split(".")[0] in ("ExtremeAugSegmentLib", "extremeaug")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class ExtremeAugSegmentTest(ScriptedLoadableModuleTest):
@@ -50,8 +70,10 @@ class ExtremeAugSegmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         from ExtremeAugSegmentLib.InstallLogic import missingModules
         missing = missingModules()
-        if missing:
-            self.skipTest(f"install the dependencies first (missing: {', '.join(missing)})")
+        if missing:   # skipTest would be reported as a failure by Reload and Test
+            slicer.util.delayDisplay(f"ExtremeAugSegment self-test skipped: install the dependencies first "
+                                     f"(missing: {', '.join(missing)})")
+            return
         from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic
         from ExtremeAugSegmentLib.SelfTest import runLoop
 

@@ -97,3 +97,15 @@ def scene():
 
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "ExtremeAugSegment"
+
+
+@pytest.fixture
+def logic(scene, tmp_path):
+    """The Slicer module's Logic on a new project, in the real MRML scene above."""
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic
+    logic = ExtremeAugSegmentLogic(scene)
+    logic.openProject(str(tmp_path / "project"), create=True)
+    yield logic
+    logic.closeProject()

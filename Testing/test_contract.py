@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import SimpleITK as sitk
 
 from conftest import MODULE_DIR, run_cli
-from extremeaug.project import CaseState, Project, RunSpec, Split, TrainConfig
+from extremeaug.project import CaseState, JobState, JobStatus, Project, RunSpec, RunStatus, Split, TrainConfig
 
 TINY = RunSpec(TrainConfig(augment=2, epochs=1, width=4), device="cpu")
 
@@ -106,7 +107,20 @@ def test_the_slicer_module_shows_the_same_fields(trained, scene):
         assert versions[0][4].endswith("(n=2)") and versions[1][4] == "-"
         cases = {row[0]: row for row in map(Tables.caseRow, logic.caseRows())}
         assert cases["p1"][1:4] == ("corrected", "validation", "v1") and cases["p0"][1:4] == ("manual", "train", "-")
-        assert logic.poll().text == "finished: model version 2 is active"
+        run = logic.poll().run
+        assert Tables.runText(run) == "finished: model version 2 is active"
+        stopped = replace(run, status=RunStatus.CANCELLED, resumable=True,
+                          message="cancelled; `extremeaug project train --resume` continues it")
+        assert Tables.runText(stopped) == "cancelled; Resume continues it"   # the panel's button, not a command
+        died = replace(stopped, status=RunStatus.DIED, message="worker died: no heartbeat for 31 s; "
+                       "`extremeaug project train --resume` continues it")
+        assert Tables.runText(died) == "died: worker died: no heartbeat for 31 s; Resume continues it"
+        assert Tables.jobText(JobState(JobStatus.RUNNING, 1, 3)) == "segmenting: 1 of 3 case(s) done..."
+        with Project.open(trained) as project:
+            done = project.segment(["p0"], device="cpu")
+        assert done[0].provider == "CPUExecutionProvider"   # what onnxruntime ran it on, not what was asked
+        assert Tables.jobText(JobState(JobStatus.FINISHED, 1, 1, done)) == "segmented 1 case(s) on CPU"
+        assert Tables.jobText(JobState(JobStatus.FAILED, 0, 1, message="error: x")) == "failed: error: x"
         # a scan of the project loaded into the scene under another name is its case
         with Project.open(trained) as project:
             scan = sitk.ReadImage(str(project.path(project.case("p2").scan)))

@@ -13,7 +13,7 @@ import pytest
 from conftest import one_line_error, run_cli
 from extremeaug.events import tail_events
 from extremeaug.project import Project, RunSpec, TrainConfig
-from extremeaug.project.runs import process_alive
+from extremeaug.portable import process_alive
 from extremeaug.project.store import Store
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,15 +24,7 @@ from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, installPlan, missin
 from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
 from ExtremeAugSegmentLib.SelfTest import runLoop, waitForTraining  # noqa: E402
 from extremeaug.errors import ExtremeAugError  # noqa: E402
-from extremeaug.project import CaseState, Project, RunSpec, Split, TrainConfig  # noqa: E402
-
-
-@pytest.fixture
-def logic(scene, tmp_path):
-    logic = ExtremeAugSegmentLogic(scene)
-    logic.openProject(str(tmp_path / "project"), create=True)
-    yield logic
-    logic.closeProject()
+from extremeaug.project import DEFAULT_STRUCTURE, CaseState, Project, RunSpec, Split, TrainConfig  # noqa: E402
 
 
 def oblique_scan(seed=0, shape=(9, 24, 32)):
@@ -103,7 +96,7 @@ def test_result_files_become_nodes_aligned_voxel_for_voxel(scene, logic, tmp_pat
                                                f"cases/{case_id}/auto/p.nrrd", 3)
     assert segmentation.GetName() == "oblique segmentation"
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
-    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "intervertebral disc"
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == DEFAULT_STRUCTURE.name   # none named
     back = SceneIO.segmentToImage(segmentation, segment_id, volume)
     assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(mask))
     assert np.array_equal(slicer.util.arrayFromVolume(prob_node), sitk.GetArrayViewFromImage(probability))
@@ -157,7 +150,7 @@ def test_accept_refuses_foreign_or_empty_segmentations_and_changes_nothing(scene
     with pytest.raises(ExtremeAugError, match="choose the result segmentation"):
         logic.acceptCorrection(None)
     with pytest.raises(ExtremeAugError, match="choose the volume to segment"):
-        logic.segmentVolume(None)
+        logic.startSegment(None)
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     empty.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     empty_id = empty.GetSegmentation().AddEmptySegment("", "nothing")
@@ -198,6 +191,17 @@ def test_whole_loop_through_the_logic_with_the_real_worker(scene, tmp_path):
             logic.useVersion(5)
         info, volume, segmentation, _ = logic.suggestNext()
         assert info.case is None and volume is None   # every case now has a human label
+        # a segmentation can be cancelled; a second one waits for the first
+        other = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(tmp_path / "phantoms" / "phantom_0_image.nii.gz")), "o")
+        logic.startSegment(other, device="cpu")
+        with pytest.raises(ExtremeAugError, match="a segmentation is running"):
+            logic.startSegmentUnlabeled()
+        logic.cancelJob()
+        update = logic.pollJob()
+        while update.state.active:
+            time.sleep(0.2)
+            update = logic.pollJob()
+        assert update.state.status.value == "cancelled" and update.shown == [] and logic.pollJob() is None
     finally:
         logic.closeProject()
     with Project.open(tmp_path / "project") as reopened:
@@ -212,7 +216,13 @@ def test_a_failing_worker_is_reported_and_training_can_start_again(scene, logic)
     scan.rename(hidden)   # the worker cannot read its training scan
     tiny = RunSpec(TrainConfig(augment=1, epochs=1, width=4), device="cpu")
     logic.startTraining(tiny)
-    state = waitForTraining(logic, timeout_s=300)
+    polls = [logic.poll()]
+    while polls[-1].active:   # the widget's timer: it shows a notification when a poll says `ended`
+        time.sleep(0.5)
+        polls.append(logic.poll())
+    polls += [logic.poll() for _ in range(3)]
+    assert [p.ended for p in polls].count(True) == 1 and polls[-4].ended   # one notification, at the end
+    state = polls[-1]
     assert state.status == "failed" and scan.name in state.message and state.text.startswith("failed: ")
     assert not state.active
     hidden.rename(scan)

@@ -108,7 +108,8 @@ def test_table_columns_match_the_ui():
 
 FRONT_ENDS = [MODULE / "extremeaug" / "cli.py", MODULE / "extremeaug" / "project" / "cli.py",
               MODULE / "extremeaug" / "project" / "worker.py",
-              *[LIB / n for n in ("Logic.py", "TrainingMonitor.py", "Tables.py", "SelfTest.py", "Widget.py")]]
+              *[LIB / n for n in ("Logic.py", "TrainingMonitor.py", "Tables.py", "SelfTest.py", "Widget.py",
+                                  "Results.py", "PhantomSample.py")]]
 
 
 @pytest.mark.parametrize("path", FRONT_ENDS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -166,7 +167,7 @@ def test_extension_description_and_catalog_entry():
 
 
 @pytest.mark.parametrize("name", ["Logic.py", "SceneIO.py", "TrainingMonitor.py", "SelfTest.py", "InstallLogic.py",
-                                  "Tables.py"])
+                                  "Tables.py", "Results.py"])
 def test_logic_uses_mrml_only(name):
     """Logic runs without the application (and in a bare MRML scene): no Qt, no module framework."""
     bad = {m for m in imported_modules(LIB / name) if m.split(".")[0] in ("qt", "ctk", "PythonQt") or m in SLICER_ONLY}
@@ -177,3 +178,31 @@ def test_engine_imports_nothing_from_slicer():
     for path in (MODULE / "extremeaug").rglob("*.py"):
         bad = {m for m in imported_modules(path) if m.split(".")[0] in ("slicer", "qt", "ctk", "vtk")}
         assert not bad, (path, bad)
+
+
+GUI_THREAD = ("Widget.py", "Logic.py", "Results.py", "TrainingMonitor.py", "Tables.py", "SceneIO.py", "EditorPanel.py",
+              "Slots.py")
+
+
+@pytest.mark.parametrize("name", GUI_THREAD)
+def test_nothing_the_panel_calls_runs_inference_or_waits(name):
+    """What the panel's slots and timer reach never runs a model or blocks: segmentation goes through
+    `start_segment` (a child process), scores are read as recorded, a cancel does not wait, and there is no
+    sleep, process wait or synchronous subprocess. (SelfTest, which waits on purpose, is the test harness.)"""
+    problems = []
+    for node in ast.walk(ast.parse((LIB / name).read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            problems += [f"imports {n}" for n in names if n.split(".")[0] in ("torch", "onnxruntime") or
+                         n in ("extremeaug.infer", "extremeaug.train", "subprocess")]
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        method, keywords = node.func.attr, {k.arg: k.value for k in node.keywords}
+        onProject = ast.unparse(node.func.value).endswith("project")   # a call of the project API
+        if method in ("sleep", "wait", "communicate") or (onProject and method == "segment"):
+            problems.append(f"calls .{method}() at line {node.lineno}")
+        if onProject and method == "versions" and getattr(keywords.get("rescore"), "value", True) is not False:
+            problems.append(f"versions() without rescore=False at line {node.lineno}")
+        if onProject and method == "cancel" and getattr(keywords.get("wait_s"), "value", None) != 0:
+            problems.append(f"cancel() that waits at line {node.lineno}")
+    assert not problems, problems

@@ -1,9 +1,12 @@
 """Python dependencies on first use, with the user's consent, on the main thread — never at import.
 
 Slicer bundles numpy and SimpleITK (its SimpleITK has Slicer's own IO and must not be replaced), so only
-what the engine adds is installed: torch through the PyTorch extension's PyTorchUtils, which picks the
-build that matches the machine's CUDA (pip's default torch is a multi-GB build that may not match), else
-pip; onnxruntime-gpu when a CUDA GPU is present, else onnxruntime; onnx, tqdm and matplotlib from pip.
+what the engine adds is installed, and only what the step needs: segmenting needs onnxruntime alone;
+training also needs torch, onnx, tqdm and matplotlib. torch comes through the PyTorch extension's
+PyTorchUtils, which picks the build that matches the machine's CUDA (pip's default torch is CPU-only on
+Windows and may not match the CUDA on Linux): without that extension the user is offered to install it
+from the Extensions Manager and restart (what SlicerNNUnet does), plain pip only if they decline.
+onnxruntime-gpu is chosen when a CUDA GPU is present, else onnxruntime; the rest comes from pip.
 A package installed below the engine's floor (extremeaug.requirements) is upgraded the same way.
 A package already imported in this process cannot be replaced in place: then Slicer must restart.
 """
@@ -14,12 +17,23 @@ import importlib.util
 import shutil
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, List, Optional, Protocol
 
 from extremeaug.requirements import MINIMUM, installed_version, requirement, too_old
 
 PIP_MODULES = ("onnx", "tqdm", "matplotlib")   # torch and onnxruntime are chosen per machine, see installPlan
 NEEDED = ("torch", "onnxruntime", *PIP_MODULES)
+
+
+class Purpose(str, Enum):
+    """What the packages are for: the Segment buttons run the ONNX model only."""
+    SEGMENT = "segment"
+    TRAIN = "train"
+
+    @property
+    def modules(self):
+        return ("onnxruntime",) if self is Purpose.SEGMENT else NEEDED
 
 
 @dataclass(frozen=True)
@@ -33,8 +47,9 @@ class Confirm(Protocol):
     def __call__(self, question: str) -> bool: ...
 
 
-def missingModules(find: Callable[[str], object] = importlib.util.find_spec) -> List[str]:
-    return [name for name in NEEDED if find(name) is None]
+def missingModules(find: Callable[[str], object] = importlib.util.find_spec, purpose: Purpose = Purpose.TRAIN
+                   ) -> List[str]:
+    return [name for name in purpose.modules if find(name) is None]
 
 
 def outdatedModules(version: Callable[[str], Optional[str]] = installed_version) -> List[str]:
@@ -43,10 +58,11 @@ def outdatedModules(version: Callable[[str], Optional[str]] = installed_version)
 
 
 def modulesToInstall(find: Callable[[str], object] = importlib.util.find_spec,
-                     version: Callable[[str], Optional[str]] = installed_version) -> List[str]:
-    """Missing or too old: what `ensure` installs, in NEEDED's order."""
-    stale = {name for name in NEEDED if find(name) is not None and too_old(name, version(name))}
-    return [name for name in NEEDED if find(name) is None or name in stale]
+                     version: Callable[[str], Optional[str]] = installed_version,
+                     purpose: Purpose = Purpose.TRAIN) -> List[str]:
+    """Missing or too old: what `ensure` installs for the purpose, in NEEDED's order."""
+    stale = {name for name in purpose.modules if find(name) is not None and too_old(name, version(name))}
+    return [name for name in purpose.modules if find(name) is None or name in stale]
 
 
 def cudaAvailable() -> bool:
@@ -77,20 +93,35 @@ def describePlan(steps: List[Step]) -> str:
             "\n\nThis downloads from the internet and may take several minutes (torch is large). Install now?")
 
 
+PYTORCH_EXTENSION_QUESTION = (
+    "Training needs PyTorch. The PyTorch extension installs the build that matches this computer's GPU "
+    "(plain pip gives a CPU-only build on Windows). Install the PyTorch extension now? 3D Slicer then "
+    "restarts; click Train again afterwards.\n\n(Cancel: install torch with pip instead.)")
+
+
 class InstallLogic:
     def __init__(self, confirm: Confirm, pipInstall: Optional[Callable[[str], None]] = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print,
+                 installExtension: Optional[Callable[[str], bool]] = None):
         self.confirm, self.log = confirm, log
-        self.pipInstall = pipInstall
+        self.pipInstall, self.installExtension = pipInstall, installExtension
         self.needsRestart = False
 
-    def ensure(self) -> bool:
-        """True when every dependency is importable (after installing, if the user agrees); False when the
-        user declined. Install errors propagate with pip's message."""
-        needed = modulesToInstall()
+    def ensure(self, purpose: Purpose = Purpose.TRAIN) -> bool:
+        """True when every dependency of the purpose is importable (after installing, if the user agrees);
+        False when the user declined or Slicer must restart first. Install errors propagate with pip's
+        message."""
+        needed = modulesToInstall(purpose=purpose)
         if not needed:
             return True
         torchUtils = self._torchUtils()
+        if "torch" in needed and torchUtils is None and self.confirm(PYTORCH_EXTENSION_QUESTION):
+            self.log("installing the PyTorch extension from the Extensions Manager...")
+            if not self._installExtension("PyTorch"):
+                raise RuntimeError("the PyTorch extension could not be installed; install it from the Extensions "
+                                   "Manager (View > Extensions Manager), restart 3D Slicer and try again")
+            self.needsRestart = True
+            return False
         steps = installPlan(needed, torchUtils is not None, cudaAvailable())
         if not self.confirm(describePlan(steps)):
             self.log("installation declined; training and segmentation need these packages")
@@ -107,7 +138,7 @@ class InstallLogic:
             if step.module in sys.modules:
                 self.needsRestart = True
         importlib.invalidate_caches()
-        still = modulesToInstall()
+        still = modulesToInstall(purpose=purpose)
         if still and not self.needsRestart:
             raise RuntimeError(f"still missing or too old after installation: {', '.join(still)}; restart 3D Slicer "
                                "and retry")
@@ -120,6 +151,16 @@ class InstallLogic:
             slicer.util.pip_install(requirement)
         else:
             self.pipInstall(requirement)
+
+    def _installExtension(self, name: str) -> bool:
+        if self.installExtension is not None:
+            return self.installExtension(name)
+        import slicer
+        manager = slicer.app.extensionsManagerModel()
+        install = getattr(manager, "installExtensionFromServer", None)   # Slicer >= 5.6: installs, then restarts
+        if install is not None:
+            return bool(install(name, True, False))
+        return bool(manager.downloadAndInstallExtensionByName(name, True, True))
 
     @staticmethod
     def _torchUtils():

@@ -8,6 +8,7 @@ and the policy for what a label is. Node voxels go to the project as images, nev
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import SimpleITK as sitk
@@ -16,21 +17,31 @@ import vtk
 
 from extremeaug.errors import ExtremeAugError
 from extremeaug.io import image_sha256
-from extremeaug.project import (Case, CaseInfo, Device, LabelKind, Plane, Project, ProjectStatus, RunSpec, RunState,
-                                SegmentResult, Split, Version)
+from extremeaug.project import (DEFAULT_STRUCTURE, Case, CaseInfo, Device, JobState, JobStatus, LabelKind, Plane,
+                                Project, ProjectStatus, RunSpec, RunState, SegmentJob, Split, Suggestion, Version)
 
-from . import SceneIO
+from . import Results, SceneIO
+from .Results import (CASE_ATTRIBUTE, PREDICTION_ATTRIBUTE, PROJECT_ATTRIBUTE, SHOWN_ATTRIBUTE, STORED_ATTRIBUTE,
+                      VERSION_ATTRIBUTE, VOLUME_ROLE)
 from .TrainingMonitor import TrainingMonitor, TrainingState
+BUSY_TIMEOUT_S = 1.0   # a busy database makes the GUI's poll skip a tick or a button report "busy", never freeze
 
-CASE_ATTRIBUTE = "ExtremeAugSegment.CaseId"
-PROJECT_ATTRIBUTE = "ExtremeAugSegment.Project"
-VERSION_ATTRIBUTE = "ExtremeAugSegment.ModelVersion"
-PREDICTION_ATTRIBUTE = "ExtremeAugSegment.PredictionLabel"   # the auto label a result shows
-SHOWN_ATTRIBUTE = "ExtremeAugSegment.ShownAt"                # when it was shown (for the correction's seconds)
-VOLUME_ROLE = "ExtremeAugSegment.Volume"
-SEGMENT_NAME = "intervertebral disc"
-SEGMENT_COLOR = (0.90, 0.62, 0.25)
-PROBABILITY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+
+@dataclass
+class _RunningJob:
+    job: SegmentJob
+    volumes: Dict[str, object]   # case id -> the volume node whose result is shown when the job ends
+    probabilities: bool
+    suggestAfter: bool = False
+
+
+@dataclass
+class JobUpdate:
+    """A background segmentation's progress; once it ended, the (volume, segmentation, probability) nodes
+    it showed and, for Suggest, the suggestion."""
+    state: JobState
+    shown: List[tuple] = field(default_factory=list)
+    suggestion: Optional[Suggestion] = None
 
 
 class ExtremeAugSegmentLogic:
@@ -39,6 +50,7 @@ class ExtremeAugSegmentLogic:
         self._project: Optional[Project] = None
         self.monitor: Optional[TrainingMonitor] = None
         self._digests: Dict[str, Tuple[tuple, str]] = {}   # node ID -> (voxels + geometry state, content hash)
+        self._job: Optional[_RunningJob] = None
 
     # -- project -----------------------------------------------------------------------------------
     def openProject(self, folder: str, create: bool = False, plane: Plane = Plane.AUTO,
@@ -46,10 +58,13 @@ class ExtremeAugSegmentLogic:
         """Open a project folder, or create one in a new or empty folder."""
         self.closeProject()
         self._project = Project.create(folder, plane, valFraction) if create else Project.open(folder)
+        self._project.busy_timeout(BUSY_TIMEOUT_S)
         self.monitor = TrainingMonitor(self._project, self.scene)
         return self.status()
 
     def closeProject(self) -> None:
+        self.cancelJob()
+        self._job = None
         if self._project is not None:
             self._project.close()
         self._project, self.monitor = None, None
@@ -128,21 +143,24 @@ class ExtremeAugSegmentLogic:
         if volumeNode is None or segmentationNode is None or not segmentId:
             raise ExtremeAugError("choose a volume, the segmentation drawn on it and its segment first")
         mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
+        structure = Results.structureOf(segmentationNode, segmentId)
         known = self.caseIdOf(volumeNode)
-        source = f"{_sourceDescription(volumeNode)}, segment {_segmentName(segmentationNode, segmentId)!r}"
+        source = f"{_sourceDescription(volumeNode)}, segment {structure.name!r}"
         if known is not None:
             case = self.project.accept(known, mask, split, kind=LabelKind.MANUAL, source=source)
         else:
             case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), mask,
                                     caseId or self._newCaseId(volumeNode), split, source=source)
+        self.project.name_structure(structure)
         self._tag(volumeNode, case.id)
         segmentationNode.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
         return case
 
     def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: Split = Split.AUTO) -> Case:
-        """Store the (edited) segment of a result as the case's label; earlier labels are kept. The project
-        decides its kind (corrected over a prediction) and records what the correction changed and how
-        long after the prediction was shown it was accepted."""
+        """Store a segment of a result as the case's label (earlier labels are kept): `segmentId`, or the
+        result's only segment, or the one named as the trained structure; with several candidates the
+        clinician must choose. The project decides the label's kind (corrected over a prediction) and
+        records what the correction changed and how long after the prediction was shown it was accepted."""
         if segmentationNode is None:
             raise ExtremeAugError("choose the result segmentation to accept first")
         volumeNode = segmentationNode.GetNodeReference(VOLUME_ROLE)
@@ -153,18 +171,41 @@ class ExtremeAugSegmentLogic:
         if caseId is None or caseId != segmentationNode.GetAttribute(CASE_ATTRIBUTE):
             raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} belongs to case "
                                   f"{segmentationNode.GetAttribute(CASE_ATTRIBUTE)!r}, which is not in this project")
-        segmentId = segmentId or _firstSegmentId(segmentationNode)
+        segmentId = segmentId or self._segmentToAccept(segmentationNode)
         mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
         prediction, shownAt = segmentationNode.GetAttribute(PREDICTION_ATTRIBUTE), segmentationNode.GetAttribute(
             SHOWN_ATTRIBUTE)
-        return self.project.accept(caseId, mask, split, source=f"3D Slicer segmentation {segmentationNode.GetName()!r}",
+        case = self.project.accept(caseId, mask, split, source=f"3D Slicer segmentation {segmentationNode.GetName()!r}"
+                                   f", segment {_segmentName(segmentationNode, segmentId)!r}",
                                    corrects=int(prediction) if prediction else None,
                                    seconds=time.time() - float(shownAt) if shownAt else None)
+        segmentation = segmentationNode.GetSegmentation()
+        segmentationNode.SetAttribute(STORED_ATTRIBUTE, case.label if segmentation.GetNumberOfSegments() == 1 else "")
+        return case
+
+    def _segmentToAccept(self, segmentationNode) -> str:
+        segmentation = segmentationNode.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has no segment")
+        name = (self.project.structure() or DEFAULT_STRUCTURE).name
+        named = [i for i in ids if _segmentName(segmentationNode, i) == name]
+        if len(named) == 1:
+            return named[0]
+        raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has {len(ids)} segments"
+                              + (f", {len(named)} named {name!r}" if named else "")
+                              + ": choose the segment to accept")
 
     # -- training ----------------------------------------------------------------------------------
     def startTraining(self, spec: RunSpec) -> str:
         """Start the background worker on every human label of the training split; returns the run id."""
         return self.project.train(spec)
+
+    def resumeTraining(self, device: Optional[Device] = None) -> str:
+        """Continue the last cancelled, failed or dead run from its checkpoint (its own settings)."""
+        return self.project.resume(device)
 
     def cancelTraining(self) -> RunState:
         """Ask the worker to stop (it checkpoints); returns at once, `poll` shows when it has stopped."""
@@ -179,47 +220,92 @@ class ExtremeAugSegmentLogic:
     def updateTrainingPlot(self):
         return self.monitor.updatePlot() if self.monitor is not None else None
 
-    # -- segment, versions, next case --------------------------------------------------------------
-    def segmentVolume(self, volumeNode, version: Optional[int] = None, showProbabilities: bool = True,
-                      device: Device = Device.AUTO) -> Tuple[object, object, SegmentResult]:
-        """Segment a volume with a model version (default: the active one) -> (segmentation node,
-        probability node or None, the project's result). The volume joins the project as a case, so
-        its correction can be accepted."""
+    # -- segment (in a child process), versions, next case -----------------------------------------
+    def startSegment(self, volumeNode, version: Optional[int] = None, device: Device = Device.AUTO,
+                     showProbabilities: bool = True) -> JobState:
+        """Segment a volume with a model version (default: the active one) in a child process; `pollJob`
+        shows the result when it is stored. The volume joins the project as a case, so its correction can
+        be accepted."""
         if volumeNode is None:
             raise ExtremeAugError("choose the volume to segment first")
+        self._refuseSecondJob()
         caseId = self.addScan(volumeNode)
-        result = self.project.segment([caseId], version, device)[0]
-        segmentationNode, probabilityNode = self.showResult(
-            volumeNode, caseId, result.mask, result.probabilities if showProbabilities else None, result.version,
-            result.label)
-        return segmentationNode, probabilityNode, result
+        return self._start(self.project.start_segment([caseId], version, device), {caseId: volumeNode},
+                           showProbabilities)
+
+    def startSegmentUnlabeled(self, version: Optional[int] = None, device: Device = Device.AUTO) -> JobState:
+        """Segment every case without a human label (what ranks them for Suggest) in a child process."""
+        self._refuseSecondJob()
+        cases = self.project.unlabeled()
+        if not cases:
+            raise ExtremeAugError("every case has a human label: add scans to segment")
+        return self._start(self.project.start_segment(cases, version, device), {}, False)
+
+    def startSuggest(self, device: Device = Device.AUTO) -> Optional[JobState]:
+        """Suggest the case to correct next. Unlabeled cases the active model has not segmented are segmented
+        first, in a child process (returns its state; `pollJob` loads the suggestion when it is done); with
+        none, returns None and `suggestNext` can load the suggestion at once."""
+        self._refuseSecondJob()
+        active = self.project.status().active_version
+        if active is None:
+            return None
+        pending = [c for c in self.project.unlabeled()
+                   if getattr(self.project.latest_prediction(c), "model_version", None) != active]
+        if not pending:
+            return None
+        return self._start(self.project.start_segment(pending, active, device), {}, True, suggestAfter=True)
+
+    def pollJob(self) -> Optional[JobUpdate]:
+        """What the widget's timer calls: the running job's progress; once it has ended, its results shown
+        (and the suggestion loaded, for Suggest). None when no job runs."""
+        if self._job is None:
+            return None
+        job = self._job
+        state = job.job.poll()
+        if state.active:
+            return JobUpdate(state)
+        self._job = None
+        shown = [(job.volumes[r.case_id], *self.showResult(job.volumes[r.case_id], r.case_id, r.mask,
+                                                           r.probabilities if job.probabilities else None, r.version,
+                                                           r.label))
+                 for r in state.results if r.case_id in job.volumes]
+        if job.suggestAfter and state.status == JobStatus.FINISHED:
+            suggestion, *nodes = self.suggestNext()
+            if nodes[0] is not None:
+                shown.append(tuple(nodes))
+            return JobUpdate(state, shown, suggestion)
+        return JobUpdate(state, shown)
+
+    def cancelJob(self) -> None:
+        if self._job is not None:
+            self._job.job.cancel()
+
+    @property
+    def jobRunning(self) -> bool:
+        return self._job is not None
 
     def showResult(self, volumeNode, caseId: str, maskPath: str, probabilityPath: Optional[str], version: int,
                    labelId: Optional[int] = None):
-        """Load a stored result into nodes aligned voxel for voxel with the volume (reusing this volume's
-        result nodes, so re-segmenting does not pile up nodes)."""
+        """Load a stored result into nodes aligned voxel for voxel with the volume, under its transform and in
+        its study. The volume's result node is reused unless the clinician edited it: then the result goes
+        into a new node and the edits stay."""
         name = volumeNode.GetName()
-        segmentationNode = self._resultNode("vtkMRMLSegmentationNode", volumeNode, f"{name} segmentation")
-        segmentationNode.CreateDefaultDisplayNodes()
-        mask = sitk.ReadImage(str(self.project.path(maskPath)))
-        SceneIO.setSegmentFromImage(segmentationNode, mask, volumeNode, SEGMENT_NAME, SEGMENT_COLOR,
-                                    _firstSegmentId(segmentationNode, required=False))
-        segmentationNode.SetAttribute(CASE_ATTRIBUTE, caseId)
-        segmentationNode.SetAttribute(VERSION_ATTRIBUTE, str(version))
-        segmentationNode.SetAttribute(PREDICTION_ATTRIBUTE, str(labelId) if labelId is not None else "")
-        segmentationNode.SetAttribute(SHOWN_ATTRIBUTE, repr(time.time()))
+        segmentationNode = Results.resultSegmentation(
+            self.scene, volumeNode, f"{name} segmentation",
+            lambda node: Results.isEdited(node, volumeNode, self._labelImage))
+        Results.fillResult(segmentationNode, volumeNode, sitk.ReadImage(str(self.project.path(maskPath))),
+                           self.project.structure() or DEFAULT_STRUCTURE)
+        for attribute, value in ((CASE_ATTRIBUTE, caseId), (VERSION_ATTRIBUTE, str(version)),
+                                 (PREDICTION_ATTRIBUTE, str(labelId) if labelId is not None else ""),
+                                 (STORED_ATTRIBUTE, maskPath),
+                                 (SHOWN_ATTRIBUTE, repr(time.time()))):
+            segmentationNode.SetAttribute(attribute, value)
+        Results.followVolume(volumeNode, segmentationNode)
         probabilityNode = None
         if probabilityPath:
-            probabilityNode = self._resultNode("vtkMRMLScalarVolumeNode", volumeNode, f"{name} probability")
-            SceneIO.updateVolumeNodeFromImage(probabilityNode, sitk.ReadImage(str(self.project.path(probabilityPath))))
-            probabilityNode.CopyOrientation(volumeNode)
-            probabilityNode.CreateDefaultDisplayNodes()
-            display = probabilityNode.GetDisplayNode()
-            display.AutoWindowLevelOff()
-            display.SetWindowLevelMinMax(0.0, 1.0)
-            colors = self.scene.GetNodeByID(PROBABILITY_COLORS)
-            if colors is not None:
-                display.SetAndObserveColorNodeID(colors.GetID())
+            probabilityNode = Results.probabilityNode(self.scene, volumeNode, f"{name} probability",
+                                                      sitk.ReadImage(str(self.project.path(probabilityPath))))
+            Results.followVolume(volumeNode, probabilityNode)
         return segmentationNode, probabilityNode
 
     def loadCase(self, caseId: str):
@@ -265,14 +351,17 @@ class ExtremeAugSegmentLogic:
     def _newCaseId(self, volumeNode) -> str:
         return self.project.new_case_id(volumeNode.GetName() or "scan")
 
-    def _resultNode(self, className: str, volumeNode, name: str):
-        for i in range(self.scene.GetNumberOfNodesByClass(className)):
-            node = self.scene.GetNthNodeByClass(i, className)
-            if node.GetNodeReference(VOLUME_ROLE) is volumeNode and node.GetName() == name:
-                return node
-        node = self.scene.AddNewNodeByClass(className, name)
-        node.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
-        return node
+    def _start(self, job: SegmentJob, volumes: Dict[str, object], probabilities: bool,
+               suggestAfter: bool = False) -> JobState:
+        self._job = _RunningJob(job, volumes, probabilities, suggestAfter)
+        return job.poll()
+
+    def _refuseSecondJob(self) -> None:
+        if self._job is not None:
+            raise ExtremeAugError("a segmentation is running: wait for it or cancel it first")
+
+    def _labelImage(self, path: str) -> sitk.Image:
+        return sitk.ReadImage(str(self.project.path(path)))
 
 
 def _fileOf(volumeNode) -> Optional[str]:
@@ -288,12 +377,3 @@ def _sourceDescription(volumeNode) -> str:
 def _segmentName(segmentationNode, segmentId: str) -> str:
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     return segment.GetName() if segment is not None else segmentId
-
-
-def _firstSegmentId(segmentationNode, required: bool = True) -> Optional[str]:
-    segmentation = segmentationNode.GetSegmentation()
-    if segmentation.GetNumberOfSegments() == 0:
-        if required:
-            raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has no segment")
-        return None
-    return segmentation.GetNthSegmentID(0)

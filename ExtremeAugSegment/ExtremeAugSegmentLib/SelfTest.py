@@ -13,11 +13,11 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from extremeaug.phantom import write_phantoms
-from extremeaug.project import CaseState, RunSpec, Split, TrainConfig
+from extremeaug.project import CaseState, JobStatus, RunSpec, Split, TrainConfig
 
 from . import SceneIO
-from .Logic import SEGMENT_COLOR, SEGMENT_NAME, ExtremeAugSegmentLogic
+from .Logic import ExtremeAugSegmentLogic, JobUpdate
+from .PhantomSample import STRUCTURE, loadPhantomSample
 from .TrainingMonitor import TrainingState
 
 TINY_TRAINING = RunSpec(TrainConfig(augment=3, epochs=1, width=4), device="cpu")
@@ -37,15 +37,29 @@ def waitForTraining(logic: ExtremeAugSegmentLogic, wait: Callable[[float], None]
     return state
 
 
+def waitForJob(logic: ExtremeAugSegmentLogic, wait: Callable[[float], None] = time.sleep,
+               timeout_s: float = 300.0, interval_s: float = 0.5) -> JobUpdate:
+    """Poll a background segmentation until it has ended and its results are shown, as the widget's timer
+    does."""
+    deadline = time.monotonic() + timeout_s
+    update = logic.pollJob()
+    while update is not None and update.state.active:
+        if time.monotonic() > deadline:
+            logic.cancelJob()
+            raise AssertionError(f"segmentation did not finish within {timeout_s:.0f} s")
+        wait(interval_s)
+        update = logic.pollJob()
+    _check(update is not None and update.state.status == JobStatus.FINISHED,
+           f"segmentation ended {update.state if update else None}")
+    return update
+
+
 def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[float], None] = time.sleep,
             log: Callable[[str], None] = print, training: RunSpec = TINY_TRAINING) -> dict:
     workdir = Path(workdir)
-    scans = write_phantoms(workdir / "phantoms", 2)
     scene = logic.scene
-    labeled = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scans[0][0])), "phantom_0")
-    delineation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "phantom_0 delineation")
-    segmentId = SceneIO.setSegmentFromImage(delineation, sitk.ReadImage(str(scans[0][1])), labeled, SEGMENT_NAME,
-                                            SEGMENT_COLOR)
+    labeled, delineation, unseen = loadPhantomSample(scene, workdir / "phantoms")   # what Sample Data loads
+    segmentId = delineation.GetSegmentation().GetNthSegmentID(0)
     logic.openProject(str(workdir / "project"), create=True)
     case = logic.addLabeledScan(labeled, delineation, segmentId)
     _check(case.state == CaseState.MANUAL and case.split == Split.TRAIN, f"labeled scan added as {case}")
@@ -60,20 +74,28 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     chart = logic.updateTrainingPlot()
     log(f"trained model v{state.version} ({len(state.curve)} curve points, {polls} polls)")
 
-    unseen = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scans[1][0])), "phantom_1")
-    segmentationNode, probabilityNode, result = logic.segmentVolume(unseen)
+    logic.startSegment(unseen, device="cpu")
+    update = waitForJob(logic, wait)
+    _check(len(update.shown) == 1 and update.shown[0][0] is unseen, f"shown: {update.shown}")
+    _, segmentationNode, probabilityNode = update.shown[0]
+    result = update.state.results[0]
     _check(segmentationNode.GetName() == "phantom_1 segmentation", segmentationNode.GetName())
+    segment = segmentationNode.GetSegmentation().GetNthSegment(0)
+    _check(segment.GetName() == STRUCTURE.name and np.allclose(segment.GetColor(), STRUCTURE.color),
+           f"the result segment is {segment.GetName()!r} {segment.GetColor()}, not named and coloured as trained")
     prediction = SceneIO.segmentToImage(segmentationNode, segmentationNode.GetSegmentation().GetNthSegmentID(0),
                                         unseen)
     log(f"segmented {result.case_id} with v{result.version}: {result.voxels} voxels, "
         f"uncertainty {result.uncertainty:.3f}")
 
+    _check(logic.startSuggest("cpu") is None, "the active model has segmented every unlabeled case already")
     suggestion, suggestedVolume, suggestedSegmentation, _ = logic.suggestNext()
     _check(suggestion.case == result.case_id and suggestedVolume is unseen and
            suggestedSegmentation is segmentationNode, f"suggested {suggestion}")   # loaded nodes are reused
 
-    truth = sitk.ReadImage(str(scans[1][1]))   # the "correction": what the clinician draws in the editor
-    SceneIO.setSegmentFromImage(segmentationNode, truth, unseen, SEGMENT_NAME, SEGMENT_COLOR,
+    # the "correction": what the clinician draws in the editor
+    truth = sitk.ReadImage(str(workdir / "phantoms" / "phantom_1_mask.nii.gz"))
+    SceneIO.setSegmentFromImage(segmentationNode, truth, unseen, STRUCTURE.name, STRUCTURE.color,
                                 segmentationNode.GetSegmentation().GetNthSegmentID(0))
     accepted = logic.acceptCorrection(segmentationNode)
     _check(accepted.state == CaseState.CORRECTED, f"accepted as {accepted.state}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from extremeaug.events import format_eta
-from extremeaug.project import CaseInfo, Phase, ProjectStatus, RunState, RunStatus, Version
+from extremeaug.project import (CaseInfo, JobState, JobStatus, Phase, ProjectStatus, RunState, RunStatus, Suggestion,
+                                Version)
 
+CLI_RESUME_HINT = "`extremeaug project train --resume` continues it"   # the panel has a Resume button instead
 CASE_COLUMNS = ("Case", "State", "Split", "Model", "Uncertainty")
 VERSION_COLUMNS = ("Version", "Training scans", "Validation Dice", "HD95 (mm)", "Mean correction (voxels)", "Active")
 
@@ -48,10 +50,26 @@ def runText(run: Optional[RunState]) -> str:
     if run.status == RunStatus.FINISHED:
         return f"finished: model version {run.version} is active"
     if not run.active:
-        return f"{run.status.value}: {run.message or ''}".rstrip(": ")
+        message = (run.message or "").replace(CLI_RESUME_HINT, "").strip("; ")
+        text = run.status.value if message in ("", run.status.value) else f"{run.status.value}: {message}"
+        return text + ("; Resume continues it" if run.resumable else "")
     if run.phase == Phase.SCORING:
         return "training done; scoring on the validation cases..."
     if progress is None:
         return f"{(run.phase or run.status).value}..."
     return (f"epoch {progress.epoch} · step {progress.step}/{progress.steps_total} · loss {progress.loss:.3f} · "
             f"Dice {progress.dice:.3f} · ETA {format_eta(progress.eta_s)}")
+
+
+def jobText(job: JobState) -> str:
+    """One line on a background segmentation."""
+    if job.status == JobStatus.RUNNING:
+        return f"segmenting: {job.done} of {job.total} case(s) done..."
+    if job.status == JobStatus.FINISHED:
+        providers = sorted({r.provider.replace("ExecutionProvider", "") for r in job.results if r.provider})
+        return f"segmented {job.done} case(s)" + (f" on {', '.join(providers)}" if providers else "")
+    return f"{job.status.value}: {job.message}"
+
+
+def suggestionText(suggestion: Suggestion) -> str:
+    return f"{suggestion.case or 'nothing to correct'}: {suggestion.reason}"

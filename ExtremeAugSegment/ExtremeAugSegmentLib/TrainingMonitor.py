@@ -6,11 +6,12 @@ Slicer's plot view draws live.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
 import vtk
 
+from extremeaug.errors import ProjectBusy
 from extremeaug.events import EventReader
 from extremeaug.project import Project, RunState
 
@@ -26,6 +27,8 @@ class TrainingState:
     """The newest run (None before the first) and its training curve: (step, loss, training Dice)."""
     run: Optional[RunState] = None
     curve: List[Tuple[int, float, float]] = field(default_factory=list)
+    ended: bool = False     # True at exactly one poll: the first after the watched run stopped being active
+    skipped: bool = False   # the database was busy: this is the previous state, poll again at the next tick
 
     @property
     def status(self) -> str:
@@ -58,9 +61,21 @@ class TrainingMonitor:
         self.runId: Optional[str] = None
         self.reader: Optional[EventReader] = None
         self.curve: List[Tuple[int, float, float]] = []
+        self._watching: Optional[str] = None   # the run seen active at the last poll
+        self._last = TrainingState()
 
     def poll(self) -> TrainingState:
-        run = self.project.run()
+        """The run's state now. `ended` is set once per run, at the first poll that sees it stop, so a
+        notification shown from it (even a modal dialog whose event loop lets the timer fire again) is
+        shown once."""
+        try:
+            run = self.project.run()
+        except ProjectBusy:
+            return replace(self._last, ended=False, skipped=True)
+        self._last = self._state(run)
+        return self._last
+
+    def _state(self, run: Optional[RunState]) -> TrainingState:
         if run is None:
             return TrainingState()
         if run.id != self.runId:
@@ -70,7 +85,9 @@ class TrainingMonitor:
                 self.curve = [p for p in self.curve if p[0] <= event.get("resumed_at_step", 0)]
             elif event["event"] == "progress":
                 self.curve.append((event["step"], event["loss"], event["dice"]))
-        return TrainingState(run, list(self.curve))
+        ended = self._watching == run.id and not run.active
+        self._watching = run.id if run.active else None
+        return TrainingState(run, list(self.curve), ended)
 
     def updatePlot(self):
         """The table + chart nodes of the current curve (created once, then updated); returns the chart."""

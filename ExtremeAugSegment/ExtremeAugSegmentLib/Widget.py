@@ -1,13 +1,13 @@
 """The module panel: a thin Qt layer over ExtremeAugSegmentLogic.
 
-Training runs in the project's background worker process; a 1-second QTimer polls it (never a blocking
-loop), so the GUI stays responsive. Every action goes through `_action`, which shows an error's message
-and always re-enables the buttons afterwards: a failed step never leaves the panel stuck.
+Nothing long runs on the GUI thread: training runs in the project's worker process, segmentation and the
+segmenting behind Suggest in a child process, and one 1-second QTimer polls both (each poll reads a row
+and a few new lines; a busy database skips the tick). Every action goes through `Slots.action`, which shows an
+error's message and always refreshes the buttons afterwards: a failed step never leaves the panel stuck.
+The loop is one panel: result -> edit (embedded Segment Editor) -> accept -> next case.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import traceback
 from pathlib import Path
@@ -17,81 +17,60 @@ import slicer
 
 from extremeaug.project import RunSpec, TrainConfig
 
-from . import Tables
-from .InstallLogic import InstallLogic, missingModules, outdatedModules
+from . import Results, Tables
+from .EditorPanel import EditorPanel
+from .InstallLogic import InstallLogic, Purpose, missingModules, outdatedModules
 from .Logic import ExtremeAugSegmentLogic
 from .Parameter import ExtremeAugSegmentParameterNode
+from .Slots import MODULE_NAME, action, fillTable
 
-MODULE_NAME = "ExtremeAugSegment"
 POLL_MS = 1000
-
-
-def _action(method):
-    """A button's slot: errors become a message box, the panel is refreshed either way. PythonQt passes a
-    signal's arguments (e.g. `clicked`'s `checked`) to a slot that takes *args, so only as many as the
-    method declares are passed on."""
-    accepted = len(inspect.signature(method).parameters) - 1
-
-    @functools.wraps(method)
-    def wrapper(self, *args):
-        try:
-            with slicer.util.WaitCursor():
-                return method(self, *args[:accepted])
-        except Exception as e:   # shown to the user; the panel stays usable
-            from extremeaug.errors import ExtremeAugError
-            if isinstance(e, (ExtremeAugError, ValueError)):
-                slicer.util.errorDisplay(str(e), windowTitle=MODULE_NAME)
-            else:
-                logging.error(traceback.format_exc())
-                slicer.util.errorDisplay(f"{type(e).__name__}: {e}", windowTitle=MODULE_NAME,
-                                         detailedText=traceback.format_exc())
-        finally:
-            self.safeRefresh()
-    return wrapper
 
 
 class Widget(qt.QWidget):
     def __init__(self, logic: ExtremeAugSegmentLogic = None, parent=None):
         super().__init__(parent)
         self.logic = logic or ExtremeAugSegmentLogic()
+        self.layers = Results.SliceLayers(slicer.mrmlScene)
         self.installLogic = InstallLogic(confirm=lambda q: slicer.util.confirmOkCancelDisplay(q, MODULE_NAME),
-                                         log=self._log)
+                                         log=self._installLog)
         layout = qt.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         uiWidget = slicer.util.loadUI(str(Path(__file__).parent.parent / "Resources" / "UI" / f"{MODULE_NAME}.ui"))
         uiWidget.setMRMLScene(slicer.mrmlScene)
         layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        self._wasActive = False
+        self.correction = EditorPanel(self.ui.correctCollapsibleButton.layout(), 1)
+        self._shownProbability = None
 
         self._parameterNode, self._guiTag = None, None
         self._connectParameterNode()
-        self._sceneObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent,
-                                                           lambda *_: self._connectParameterNode())
+        scene = slicer.mrmlScene
+        self._sceneObservers = [scene.AddObserver(scene.StartCloseEvent, lambda *_: self.onSceneStartClose()),
+                                scene.AddObserver(scene.EndCloseEvent, lambda *_: self._connectParameterNode()),
+                                scene.AddObserver(scene.EndImportEvent, lambda *_: self.onSceneEndImport())]
 
         self.ui.openProjectButton.clicked.connect(lambda: self.onOpenProject(False))
         self.ui.createProjectButton.clicked.connect(lambda: self.onOpenProject(True))
-        self.ui.inputSegmentationSelector.currentNodeChanged.connect(self.onSegmentationChanged)
-        self.ui.inputVolumeSelector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
-        self.ui.segmentVolumeSelector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
-        self.ui.resultSegmentationSelector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
-        self.ui.addLabeledScanButton.clicked.connect(self.onAddLabeledScan)
-        self.ui.trainButton.clicked.connect(self.onTrain)
-        self.ui.cancelButton.clicked.connect(self.onCancel)
-        self.ui.showPlotButton.clicked.connect(self.onShowPlot)
-        self.ui.segmentButton.clicked.connect(self.onSegment)
-        self.ui.editButton.clicked.connect(self.onEdit)
-        self.ui.acceptButton.clicked.connect(self.onAccept)
-        self.ui.useVersionButton.clicked.connect(self.onUseVersion)
-        self.ui.suggestButton.clicked.connect(self.onSuggest)
-        self.ui.installButton.clicked.connect(self.onInstall)
+        self.ui.inputSegmentationSelector.currentNodeChanged.connect(lambda *_: self.fillSegments())
+        for selector in (self.ui.inputVolumeSelector, self.ui.segmentVolumeSelector):
+            selector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
+        self.ui.resultSegmentationSelector.currentNodeChanged.connect(self.onResultChanged)
+        self.ui.showProbabilitiesCheckBox.toggled.connect(self.onShowProbabilities)
+        for button, slot in ((self.ui.addLabeledScanButton, self.onAddLabeledScan), (self.ui.trainButton, self.onTrain),
+                             (self.ui.cancelButton, self.onCancel), (self.ui.resumeButton, self.onResume),
+                             (self.ui.showPlotButton, self.onShowPlot), (self.ui.segmentButton, self.onSegment),
+                             (self.ui.segmentUnlabeledButton, self.onSegmentUnlabeled),
+                             (self.ui.editButton, self.onEdit), (self.ui.acceptButton, self.onAccept),
+                             (self.ui.acceptNextButton, self.onAcceptAndNext),
+                             (self.ui.useVersionButton, self.onUseVersion), (self.ui.suggestButton, self.onSuggest),
+                             (self.ui.installButton, self.onInstall)):
+            button.clicked.connect(slot)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
-        if self._parameterNode.projectFolder:
-            self.ui.projectPathLineEdit.currentPath = self._parameterNode.projectFolder
-            self.onOpenProject(False)
+        self._reopenSavedProject()
         self.safeRefresh()
 
     def _connectParameterNode(self) -> None:
@@ -104,20 +83,47 @@ class Widget(qt.QWidget):
             node.UnRegister(None)   # CreateNodeByClass returns a reference Python would otherwise leak
             node.SetSingletonTag(MODULE_NAME)
             node.SetName(MODULE_NAME)
-            node.SetAttribute("ModuleName", MODULE_NAME)
             node = slicer.mrmlScene.AddNode(node)
+        node.SetAttribute("ModuleName", MODULE_NAME)
         self._parameterNode = ExtremeAugSegmentParameterNode(node)
         self._guiTag = self._parameterNode.connectGui(self.ui)
 
+    def enter(self) -> None:
+        self.correction.enter()
+        self.fillSegments()
+        self.onResultChanged(self._parameterNode.resultSegmentation)
+
+    def exit(self) -> None:
+        self.correction.exit()
+
+    def onSceneStartClose(self) -> None:
+        self.logic.cancelJob()   # its volumes are going away
+        self.correction.sceneClosing()
+        self.layers.forget()
+        self._shownProbability = None
+
+    def onSceneEndImport(self) -> None:
+        """A loaded scene (.mrb) brings its own parameter node: reopen the project it names."""
+        self._connectParameterNode()
+        self.correction.connectParameterNode()
+        self._reopenSavedProject()
+
+    def _reopenSavedProject(self) -> None:
+        folder = self._parameterNode.projectFolder
+        if folder and (not self.logic.isOpen or Path(folder).resolve() != self.logic.project.root):
+            self.ui.projectPathLineEdit.currentPath = folder
+            self.onOpenProject(False)
+
     def cleanup(self) -> None:
         self.timer.stop()
-        slicer.mrmlScene.RemoveObserver(self._sceneObserver)
+        for observer in self._sceneObservers:
+            slicer.mrmlScene.RemoveObserver(observer)
         if self._guiTag is not None:
             self._parameterNode.disconnectGui(self._guiTag)
         self.logic.closeProject()
 
     # -- actions -------------------------------------------------------------------------------
-    @_action
+    @action
     def onOpenProject(self, create: bool) -> None:
         folder = self.ui.projectPathLineEdit.currentPath
         if not folder:
@@ -127,15 +133,15 @@ class Widget(qt.QWidget):
         self.ui.projectPathLineEdit.addCurrentPathToHistory()
         self.timer.start()
 
-    @_action
+    @action
     def onAddLabeledScan(self) -> None:
         case = self.logic.addLabeledScan(self._parameterNode.inputVolume, self._parameterNode.inputSegmentation,
                                          self.ui.inputSegmentComboBox.currentData)
         self._log(f"added {case.id}: {case.state.value} label, {case.split.value} split")
 
-    @_action
+    @action
     def onTrain(self) -> None:
-        if not self._dependenciesReady():
+        if not self._dependenciesReady(Purpose.TRAIN):
             return
         p = self._parameterNode
         runId = self.logic.startTraining(RunSpec(
@@ -144,46 +150,60 @@ class Widget(qt.QWidget):
         self._log(f"training run {runId} started in the background")
         self.onShowPlot()
 
-    @_action
+    @action
+    def onResume(self) -> None:
+        if self._dependenciesReady(Purpose.TRAIN):
+            self._log(f"training run {self.logic.resumeTraining(self._parameterNode.device)} resumed")
+
+    @action
     def onCancel(self) -> None:
         self.logic.cancelTraining()
 
-    @_action
+    @action
     def onShowPlot(self) -> None:
         chart = self.logic.updateTrainingPlot()
         if chart is not None:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
 
-    @_action
+    @action
     def onSegment(self) -> None:
-        if not self._dependenciesReady():
+        if self.logic.jobRunning:   # the button reads "Cancel" while a segmentation runs
+            self.logic.cancelJob()
             return
-        volume = self._parameterNode.segmentVolume
-        segmentation, probability, result = self.logic.segmentVolume(
-            volume, self.ui.modelVersionComboBox.currentData, self._parameterNode.showProbabilities)
-        self._show(volume, segmentation, probability)
-        self._log(f"segmented {result.case_id} with model v{result.version} "
-                  f"(uncertainty {result.uncertainty:.3f} bits)")
+        if self._dependenciesReady(Purpose.SEGMENT):
+            p = self._parameterNode
+            self._jobStarted(self.logic.startSegment(p.segmentVolume, self.ui.modelVersionComboBox.currentData,
+                                                     p.device, p.showProbabilities))
 
-    @_action
+    @action
+    def onSegmentUnlabeled(self) -> None:
+        if self._dependenciesReady(Purpose.SEGMENT):
+            self._jobStarted(self.logic.startSegmentUnlabeled(self.ui.modelVersionComboBox.currentData,
+                                                              self._parameterNode.device))
+
+    @action
     def onEdit(self) -> None:
         segmentation = self._parameterNode.resultSegmentation
-        volume = segmentation.GetNodeReference("ExtremeAugSegment.Volume") if segmentation else None
         if segmentation is None:
             raise ValueError("choose a result segmentation first")
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(segmentation)
-        if volume is not None:   # setMasterVolumeNode before Slicer 5.4
-            (getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode)(volume)
+        self.ui.correctCollapsibleButton.collapsed = False
+        self.onResultChanged(segmentation)
 
-    @_action
+    @action
     def onAccept(self) -> None:
-        case = self.logic.acceptCorrection(self._parameterNode.resultSegmentation)
+        self._accept()
+
+    @action
+    def onAcceptAndNext(self) -> None:
+        self._accept()   # raises when the correction could not be stored: then no next case
+        self._suggest()
+
+    def _accept(self) -> None:
+        case = self.logic.acceptCorrection(self._parameterNode.resultSegmentation, self.correction.chosenSegment())
         self._log(f"stored the {case.state.value} label of {case.id} ({case.split.value} split); "
                   "train again to learn from it")
 
-    @_action
+    @action
     def onUseVersion(self) -> None:
         row = self.ui.versionsTableWidget.currentRow()
         if row < 0:
@@ -191,61 +211,106 @@ class Widget(qt.QWidget):
         version = self.logic.useVersion(int(self.ui.versionsTableWidget.item(row, 0).text()))
         self._log(f"model version {version} is active")
 
-    @_action
+    @action
     def onSuggest(self) -> None:
+        self._suggest()
+
+    def _suggest(self) -> None:
+        if not self._dependenciesReady(Purpose.SEGMENT):
+            return
+        state = self.logic.startSuggest(self._parameterNode.device)
+        if state is not None:   # cases to segment first: the suggestion follows when the job ends
+            self._jobStarted(state)
+            return
         info, volume, segmentation, probability = self.logic.suggestNext()
-        self.ui.suggestionLabel.text = f"{info.case or 'nothing to correct'}: {info.reason}"
-        if volume is not None:
-            self._show(volume, segmentation, probability)
+        self._showSuggestion(info, volume, segmentation, probability)
 
-    @_action
+    @action
     def onInstall(self) -> None:
-        self._dependenciesReady()
+        self._dependenciesReady(Purpose.TRAIN)
 
+    def onShowProbabilities(self, show: bool) -> None:
+        if not show:
+            self.layers.hideOverlay()
+        elif self._shownProbability is not None:
+            self.layers.showOverlay(self._shownProbability)
+
+    def onResultChanged(self, node) -> None:
+        """The accept selector and the embedded editor follow the chosen result."""
+        self.correction.follow(node)
+        self.safeRefresh()
+
+    # -- polling -------------------------------------------------------------------------------
     def onTimer(self) -> None:
+        """Training and segmentation progress. A notification comes last, from a state already recorded, so
+        the timer firing again inside its dialog's event loop does not announce the same thing twice."""
         try:
-            state = self.logic.poll()
+            state, update = self.logic.poll(), self.logic.pollJob()
         except Exception as e:   # e.g. the project folder vanished: report once, stop polling
             self.timer.stop()
             slicer.util.errorDisplay(f"stopped following the project: {e}", windowTitle=MODULE_NAME)
             return
-        self.ui.trainingProgressBar.value = int(round(100 * state.fraction))
-        self.ui.trainingStatusLabel.text = state.text
-        if state.active or self._wasActive:
-            self.logic.updateTrainingPlot()
-        if self._wasActive and not state.active:
+        if not state.skipped:
+            self.ui.trainingProgressBar.value = int(round(100 * state.fraction))
+            self.ui.trainingStatusLabel.text = state.text
+            if state.active or state.ended:
+                self.logic.updateTrainingPlot()
+        if update is not None:
+            self.ui.segmentProgressBar.value = int(round(100 * update.state.fraction))
+            self.ui.segmentStatusLabel.text = Tables.jobText(update.state)
+        if state.ended or (update is not None and not update.state.active):
             self.safeRefresh()
-            if state.status in ("failed", "died"):
-                slicer.util.errorDisplay(f"Training {state.status}: {state.message}", windowTitle=MODULE_NAME)
-        self._wasActive = state.active
-        self._setTrainingButtons(state.active)
+        if update is not None and not update.state.active:
+            self._jobEnded(update)
+        if state.ended and state.status in ("failed", "died"):
+            slicer.util.errorDisplay(f"Training {state.status}: {state.message}", windowTitle=MODULE_NAME)
 
-    def onSegmentationChanged(self, node) -> None:
-        combo = self.ui.inputSegmentComboBox
+    def _jobStarted(self, state) -> None:
+        self.ui.segmentProgressBar.value = 0
+        self.ui.segmentStatusLabel.text = Tables.jobText(state)
+
+    def _jobEnded(self, update) -> None:
+        for volume, segmentation, probability in update.shown:
+            self._show(volume, segmentation, probability)
+        if update.suggestion is not None:
+            self.ui.suggestionLabel.text = Tables.suggestionText(update.suggestion)
+        if update.state.status.value == "failed":
+            slicer.util.errorDisplay(f"Segmentation failed: {update.state.message}", windowTitle=MODULE_NAME)
+
+    def _showSuggestion(self, info, volume, segmentation, probability) -> None:
+        self.ui.suggestionLabel.text = Tables.suggestionText(info)
+        if volume is not None:
+            self._show(volume, segmentation, probability)
+
+    # -- display -------------------------------------------------------------------------------
+    def fillSegments(self) -> None:
+        """The chosen segmentation's segments (called on selection and on entering the module, so segments
+        drawn meanwhile in the Segment Editor are listed)."""
+        combo, node = self.ui.inputSegmentComboBox, self._parameterNode.inputSegmentation
+        current = combo.currentData
         combo.clear()
         if node is not None:
             segmentation = node.GetSegmentation()
             for i in range(segmentation.GetNumberOfSegments()):
                 combo.addItem(segmentation.GetNthSegment(i).GetName(), segmentation.GetNthSegmentID(i))
+        combo.setCurrentIndex(max(0, combo.findData(current)))
         self.safeRefresh()
 
-    # -- display -------------------------------------------------------------------------------
     def safeRefresh(self) -> None:
         try:
             self.refresh()
         except Exception:
             logging.error(traceback.format_exc())
-            self._setTrainingButtons(self._wasActive)
 
     def refresh(self) -> None:
         """Project summary, tables, model list and which buttons can act now."""
         isOpen = self.logic.isOpen
-        self.ui.projectStatusLabel.text = Tables.statusText(self.logic.status() if isOpen else None)
+        status = self.logic.status() if isOpen else None
+        self.ui.projectStatusLabel.text = Tables.statusText(status)
         if isOpen:
             self._fillCases()
             self._fillVersions()
-        pairs = len(self.logic.scenePairs())
-        self.ui.scenePairsLabel.text = f"{pairs} volume + segmentation pair(s) in the scene"
+        self.ui.scenePairsLabel.text = f"{len(self.logic.scenePairs())} volume + segmentation pair(s) in the scene"
         p = self._parameterNode
         for widget in (self.ui.dataCollapsibleButton, self.ui.trainCollapsibleButton,
                        self.ui.segmentCollapsibleButton, self.ui.correctCollapsibleButton,
@@ -253,56 +318,66 @@ class Widget(qt.QWidget):
             widget.enabled = isOpen
         self.ui.addLabeledScanButton.enabled = bool(p.inputVolume and p.inputSegmentation and
                                                     self.ui.inputSegmentComboBox.count)
-        self.ui.segmentButton.enabled = bool(p.segmentVolume) and self.ui.modelVersionComboBox.count > 0
-        self.ui.editButton.enabled = self.ui.acceptButton.enabled = bool(p.resultSegmentation)
+        job, haveModel = self.logic.jobRunning, self.ui.modelVersionComboBox.count > 0
+        self.ui.segmentButton.text = "Cancel segmentation" if job else "Segment"
+        self.ui.segmentButton.enabled = job or (bool(p.segmentVolume) and haveModel)
+        self.ui.segmentUnlabeledButton.enabled = self.ui.suggestButton.enabled = haveModel and not job
+        self.ui.editButton.enabled = self.ui.acceptButton.enabled = self.ui.acceptNextButton.enabled = bool(
+            p.resultSegmentation)
+        run = status.run if status else None
+        active = bool(run and run.active)
+        self.ui.trainButton.enabled = isOpen and not active
+        self.ui.cancelButton.enabled = active
+        self.ui.resumeButton.enabled = bool(run and run.resumable)
         missing, outdated = missingModules(), outdatedModules()
         problems = (["missing: " + ", ".join(missing)] if missing else []) + (
             ["too old: " + ", ".join(outdated)] if outdated else [])
         self.ui.dependenciesLabel.text = "; ".join(problems) or \
             "torch, onnxruntime and the other packages are installed"
-        self._setTrainingButtons(self._wasActive)
-
-    def _setTrainingButtons(self, active: bool) -> None:
-        self.ui.trainButton.enabled = self.logic.isOpen and not active
-        self.ui.cancelButton.enabled = active
 
     def _fillCases(self) -> None:
         rows = [Tables.caseRow(c) for c in self.logic.caseRows()]
         rows += [Tables.scenePairRow(v.GetName(), s.GetName()) for v, s in self.logic.scenePairsToAdd()]
-        _fillTable(self.ui.casesTableWidget, rows)
+        fillTable(self.ui.casesTableWidget, rows)
 
     def _fillVersions(self) -> None:
         versions = self.logic.versions()
-        _fillTable(self.ui.versionsTableWidget, [Tables.versionRow(v) for v in versions])
+        fillTable(self.ui.versionsTableWidget, [Tables.versionRow(v) for v in versions])
         combo = self.ui.modelVersionComboBox
+        chosen = combo.currentData
         combo.clear()
         if versions:
             combo.addItem("active version", None)
         for v in versions:
             combo.addItem(f"v{v.version}", v.version)
+        combo.setCurrentIndex(max(0, combo.findData(chosen)))   # the user's choice survives a refresh
 
     def _show(self, volume, segmentation, probability) -> None:
-        slicer.util.setSliceViewerLayers(background=volume, foreground=probability,
-                                         foregroundOpacity=0.4 if probability is not None else 0.0, fit=True)
+        """The volume in every slice view (the zoom stays as the user left it) with its result."""
+        self._shownProbability = probability
+        self.layers.show(volume, probability if self._parameterNode.showProbabilities else None)
         if segmentation is not None:
             self._parameterNode.resultSegmentation = segmentation
 
-    def _dependenciesReady(self) -> bool:
-        if not self.installLogic.ensure():
-            return False
+    def _dependenciesReady(self, purpose: Purpose) -> bool:
+        self.setEnabled(False)   # no second click while pip runs
+        try:
+            with slicer.util.WaitCursor():
+                ready = self.installLogic.ensure(purpose)
+        finally:
+            self.setEnabled(True)
         if self.installLogic.needsRestart:
             slicer.util.infoDisplay("The dependencies are installed; restart 3D Slicer to use them.",
                                     windowTitle=MODULE_NAME)
             return False
-        return True
+        return ready
+
+    def _installLog(self, message: str) -> None:
+        self.ui.dependenciesCollapsibleButton.collapsed = False
+        self.ui.installLogTextEdit.appendPlainText(message)
+        slicer.app.processEvents()   # the log shows while pip runs
+        self._log(message)
 
     def _log(self, message: str) -> None:
         logging.info(message)
         slicer.util.showStatusMessage(message, 5000)
-
-
-def _fillTable(table, rows) -> None:
-    table.setRowCount(len(rows))
-    for r, values in enumerate(rows):
-        for col, value in enumerate(values):
-            table.setItem(r, col, qt.QTableWidgetItem(value))

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from . import __version__
 from .config import (DEMO_MINUTES, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments, int_list,
-                     positive_int_list)
+                     non_negative, positive_int_list, probability)
 from .errors import ExtremeAugError
 from .output import json_text
 
@@ -130,8 +130,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--image", required=True)
     s.add_argument("--out", required=True, help="output mask (same grid as the scan)")
     s.add_argument("--probabilities", help="also write the probability map here")
-    s.add_argument("--threshold", type=float, help="default: the model's")
-    s.add_argument("--min-component-mm3", type=float, help="default: the model's; 0 keeps every component")
+    s.add_argument("--threshold", type=probability, help="default: the model's")
+    s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
     add_arguments(s, RunOptions, ["device"])
     s.set_defaults(func=cmd_segment)
 

@@ -87,6 +87,31 @@ def positive_int_list(text: str) -> List[int]:
     return values
 
 
+def finite_float(text: str) -> float:
+    """A number, refused at parse time when it is NaN or infinite (`float("nan")` would pass)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
 def _setting(default, help: str, type=None, flag: Optional[str] = None, metavar: Optional[str] = None):
     """A field with what its command-line flag needs: help text, value type (an int, float, Choice
     or parser) and, when they differ from --field-name and FIELD_NAME, the flag and its metavar."""
@@ -100,7 +125,7 @@ class TrainConfig:
     epochs: int = _setting(100, "training epochs (each shows every patch --augment times)", int)
     batch_size: int = _setting(16, "patches per optimiser step", int)
     width: Optional[int] = _setting(None, "filters of the first stage (default 16 on CUDA, 8 on CPU)", int)
-    lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", float)
+    lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", finite_float)
     loss: Loss = _setting(Loss.DICE, "training loss", Loss)
     plane: Plane = _setting(Plane.AUTO, "slicing plane (auto: the acquisition plane)", Plane)
     seed: int = _setting(0, "random seed (initialisation, transforms, patch order)", int)
@@ -110,9 +135,9 @@ class TrainConfig:
     augment_mode: AugmentMode = _setting(
         AugmentMode.FRESH, "fresh: a new random transform at every presentation; pool: the paper's N fixed "
         "transforms per patch, reused every epoch (regenerated from the seed, never stored)", AugmentMode)
-    threshold: float = _setting(0.5, "probability threshold stored with the model", float)
+    threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     min_component_mm3: float = _setting(
-        100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", float)
+        100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
 
     def __post_init__(self):
         self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
@@ -127,6 +152,8 @@ class TrainConfig:
             raise ExtremeAugError("--width must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ExtremeAugError("--lr must be a positive number")
+        if not 0.0 < self.threshold < 1.0 or not self.min_component_mm3 >= 0:   # `not >=` also catches NaN
+            raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
 
     def to_dict(self) -> dict:
         """Plain values only (what JSON and a weights_only checkpoint hold)."""
@@ -137,10 +164,11 @@ class TrainConfig:
 class RunOptions:
     """How one training run goes; none of it changes what is learned."""
     device: Device = _setting(Device.AUTO, "where to train", Device)
-    time_budget_min: Optional[float] = _setting(None, "stop gracefully after this many minutes", float,
+    time_budget_min: Optional[float] = _setting(None, "stop gracefully after this many minutes", finite_float,
                                                 "--time-budget", "MINUTES")
     checkpoint_minutes: float = _setting(2.0, "checkpoint (and, with validation scans, validate) this often "
-                                         "within an epoch, so a stopped run loses minutes, not an epoch", float)
+                                         "within an epoch, so a stopped run loses minutes, not an epoch",
+                                         finite_float)
     resume: bool = False
     progress_file: Optional[str] = None
     show_progress: bool = True

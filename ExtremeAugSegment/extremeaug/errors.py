@@ -6,3 +6,8 @@ class ExtremeAugError(Exception):
 
     The CLI prints its message as one line and exits non-zero; nothing else is expected to catch it.
     """
+
+
+class ProjectBusy(ExtremeAugError):
+    """The project database is locked by another process for longer than the caller's busy timeout: try
+    again in a moment (a GUI timer skips a tick)."""

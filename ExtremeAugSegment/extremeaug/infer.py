@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from .errors import ExtremeAugError
 from .metadata import METADATA_KEY
-from .io import read_scan, write_image
+from .io import check_outputs, read_scan, write_image
 from .preprocess import Preprocessing, scan_to_slices, slices_to_scan
 
 BATCH_SLICES = 8
@@ -100,6 +100,7 @@ def remove_small_components(mask: sitk.Image, min_mm3: float) -> sitk.Image:
 
 def segment_file(model: str, image: str, out: str, probabilities: Optional[str] = None, device: str = "auto",
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None) -> dict:
+    check_outputs([model, image], [out, probabilities])
     segmenter = Segmenter(model, device)
     scan = read_scan(image)
     mask, prob = segmenter.segment(scan, threshold, min_component_mm3)

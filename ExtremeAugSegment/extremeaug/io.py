@@ -12,6 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExtremeAugError
+from .guard import check_image_file
+from .portable import fsync_file, replace
 
 GEOMETRY_TOLERANCE = 1e-3  # mm, and direction cosine units
 
@@ -28,6 +30,7 @@ def _read_any(path: ImageSource) -> sitk.Image:
         raise ExtremeAugError(f"{p}: no such file or folder")
     if p.is_dir():
         return _read_dicom_series(p)
+    check_image_file(p)
     try:
         return sitk.ReadImage(str(p))
     except RuntimeError:
@@ -160,6 +163,30 @@ def _copy_geometry(source: sitk.Image, target: sitk.Image) -> None:
     target.SetDirection(source.GetDirection())
 
 
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+
+
+def check_outputs(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.PathLike | None]) -> None:
+    """Before any work: each output is an image file name SimpleITK writes, in a writable folder, and none is
+    an input (segmenting into the scan's own path would replace the scan) or another output."""
+    taken = {Path(i).resolve(): "input" for i in inputs}
+    for out in (o for o in outputs if o):
+        path = Path(out)
+        if path.is_dir():
+            raise ExtremeAugError(f"{out}: is a folder; name the image file to write")
+        if not path.name.lower().endswith(WRITABLE_SUFFIXES):
+            raise ExtremeAugError(f"{out}: unknown image extension; use one of {', '.join(WRITABLE_SUFFIXES)}")
+        resolved = path.resolve()
+        clash = taken.get(resolved) or next((what for other, what in taken.items() if path.exists() and
+                                             other.exists() and os.path.samefile(other, path)), None)
+        if clash:
+            raise ExtremeAugError(f"{out}: is also the {clash}; writing it would replace that file")
+        folder = next((p for p in (resolved.parent, *resolved.parent.parents) if p.exists()), None)
+        if folder is None or not os.access(folder, os.W_OK):
+            raise ExtremeAugError(f"{out}: cannot write in {folder or resolved.parent}")
+        taken[resolved] = "output"
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write atomically: a temporary file in the same folder (same extension), fsync, rename."""
     path = Path(path)
@@ -196,13 +223,5 @@ def _publish(tmp: str, path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(tmp)
+    replace(tmp, path)

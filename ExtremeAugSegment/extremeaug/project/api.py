@@ -9,16 +9,18 @@ them, so `status` and `run` (what a command line or a GUI timer polls) start in 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import sqlite3
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from ..config import Device, Plane
-from ..errors import ExtremeAugError
+from ..errors import ExtremeAugError, ProjectBusy
 from ..events import EventReader, append_event
 from . import runs
+from .jobs import SegmentJob
 from .records import (Case, CaseInfo, ImageInput, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
-                      SegmentResult, Split, Suggestion, Version)
+                      SegmentResult, Split, Structure, Suggestion, Version)
 from .store import Store
 
 
@@ -50,6 +52,11 @@ class Project:
 
     def close(self) -> None:
         self._store.close()
+
+    def busy_timeout(self, seconds: float) -> None:
+        """How long a call waits for another process's write lock before raising ProjectBusy (default 10 s;
+        a GUI sets less, so a busy database skips a timer tick instead of freezing the application)."""
+        self._store.conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def __enter__(self) -> "Project":
         return self
@@ -92,6 +99,20 @@ class Project:
         """
         from . import cases
         return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds)
+
+    def structure(self) -> Optional[Structure]:
+        """The name, colour and terminology results get (None until a label came with a name)."""
+        return self._store.settings().structure
+
+    def name_structure(self, structure: Structure, rename: bool = False) -> Structure:
+        """Record what the labels delineate. The first name stays (later labels with another segment name
+        are the same structure drawn by someone else) unless `rename`; returns the project's structure."""
+        with self._store.write():
+            current = self._store.settings().structure
+            if current is None or rename:
+                self._store.set_setting("structure", asdict(structure))
+                current = structure
+        return current
 
     def cases(self) -> List[CaseInfo]:
         return self._store.case_infos()
@@ -145,11 +166,15 @@ class Project:
         return runs.cancel(self._store, wait_s)
 
     def run(self, run_id: Optional[str] = None) -> Optional[RunState]:
-        """A run's state (default: the newest run; None before the first); dead workers are noticed."""
-        if run_id is None:
-            return runs.latest_run_state(self._store)
-        runs.reap(self._store)
-        return runs.run_state(self._store, self._store.run(run_id))
+        """A run's state (default: the newest run; None before the first); dead workers are noticed.
+        Raises ProjectBusy when another process holds the database longer than `busy_timeout`."""
+        try:
+            if run_id is None:
+                return runs.latest_run_state(self._store)
+            runs.reap(self._store)
+            return runs.run_state(self._store, self._store.run(run_id))
+        except sqlite3.OperationalError as e:   # a reader blocked by a writer (rollback-journal mode)
+            raise ProjectBusy(f"{self.root} is busy ({e}); try again") from None
 
     def events(self, run_id: str) -> EventReader:
         """A reader of the run's progress events, from the start of its file."""
@@ -166,6 +191,17 @@ class Project:
         from . import suggest
         return suggest.segment_cases(self._store, list(dict.fromkeys(case_ids)), version, Device.parse(device).value,
                                      progress)
+
+    def start_segment(self, case_ids: Sequence[str], version: Optional[int] = None,
+                      device: Device = Device.AUTO) -> SegmentJob:
+        """`segment` in a child process, for a GUI: returns at once; the job's `poll()` reports progress and
+        the results stored so far, `cancel()` stops it. Unknown cases and versions fail here, at once."""
+        from . import versions
+        ids = list(dict.fromkeys(case_ids))
+        for case_id in ids:
+            self._store.case_row(case_id)
+        model = versions.resolve(self._store, version)
+        return SegmentJob(self._store.root, ids, model.version, Device.parse(device).value)
 
     def suggest(self) -> Suggestion:
         from . import suggest

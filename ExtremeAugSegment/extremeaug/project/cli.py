@@ -156,7 +156,9 @@ def cmd_segment(a) -> int:
         if not ids:
             raise ExtremeAugError("name the cases to segment, or pass --unlabeled")
         project.segment(ids, a.version, a.device, progress=lambda r: print(
-            f"{r.case_id}: {r.voxels} voxels, uncertainty {r.uncertainty:.3f} (model v{r.version}); {r.state.value}"))
+            json_text(r, indent=None) if a.json else
+            f"{r.case_id}: {r.voxels} voxels, uncertainty {r.uncertainty:.3f} (model v{r.version}); {r.state.value}",
+            flush=True))
     return 0
 
 
@@ -255,6 +257,7 @@ def add_parser(sub) -> None:
     c.add_argument("--unlabeled", action="store_true", help="every case without a human label")
     c.add_argument("--version", "--model", dest="version", type=int, metavar="VERSION",
                    help="model version (default: the active one; --model is its old name)")
+    c.add_argument("--json", action="store_true", help="one JSON line per case, printed when it is stored")
     add_arguments(c, RunOptions, ["device"])
     c = cmd("suggest", cmd_suggest, "the case to correct next, and why")
     c.add_argument("--json", action="store_true")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from ..config import RUN_DEFAULTS, Choice, Device, RunOptions, TrainConfig
 from ..stats import Mean
@@ -65,11 +65,28 @@ class CaseState(Choice):
 
 
 @dataclass(frozen=True)
+class Structure:
+    """What the model segments, as the clinician named it: the delineated segment's name, colour (RGB 0..1)
+    and, when it had one, its terminology (Slicer's `~`-separated DICOM code string)."""
+    name: str
+    color: Tuple[float, float, float]
+    terminology: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Structure":
+        return cls(d["name"], tuple(d["color"]), d.get("terminology"))
+
+
+DEFAULT_STRUCTURE = Structure("structure", (0.90, 0.62, 0.25))   # a project whose labels came without a name
+
+
+@dataclass(frozen=True)
 class Settings:
     plane: str
     val_fraction: float
     label_values: Optional[List[int]]
     active_version: Optional[int]
+    structure: Optional[Structure] = None   # fixed by the first label that came with a name
 
 
 @dataclass(frozen=True)
@@ -245,6 +262,32 @@ class SegmentResult:
     voxels: int
     uncertainty: float
     state: CaseState
+    provider: str = ""              # where onnxruntime actually ran it (session.get_providers()[0])
+
+
+class JobStatus(Choice):
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A background segmentation job: how far it is, and the results stored so far."""
+    status: JobStatus
+    done: int
+    total: int
+    results: List[SegmentResult] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.status == JobStatus.RUNNING
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
 
 
 @dataclass(frozen=True)

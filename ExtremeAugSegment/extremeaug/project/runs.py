@@ -3,7 +3,8 @@
 A run's files live in runs/<id>/: progress.jsonl (the engine's JSON lines plus `phase` lines),
 heartbeat.json (rewritten every few seconds by the worker), worker.log, cancel (the stop request) and
 train/ (the engine's checkpoint). A run is dead when its process is gone (POSIX) or its heartbeat is
-older than STALE_S; it is then recorded as `died`, and a resume continues it.
+older than STALE_S (portable.process_alive; on Windows too); it is then recorded as `died`, and a resume
+continues it.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ExtremeAugError
 from ..events import append_event, tail_events
+from ..portable import process_alive, read_bytes
+from .jobs import spawn
 from .records import EpochSummary, Phase, Progress, RunSpec, RunState, RunStatus, Split
 from .store import RunRow, Store
 
@@ -31,26 +33,14 @@ def run_dir(store: Store, run_id: str) -> Path:
     return store.root / "runs" / run_id
 
 
-def process_alive(pid: Optional[int]) -> Optional[bool]:
-    """True/False on POSIX (a zombie counts as dead); None where it cannot be told without side effects."""
-    if not pid or os.name != "posix":
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def heartbeat(store: Store, run_id: str) -> Optional[dict]:
+    """The worker's last heartbeat; None when there is none yet. A file the worker is replacing right now
+    (a Windows sharing violation that outlasts the retries) counts as a fresh beat: it is being written."""
+    path = run_dir(store, run_id) / "heartbeat.json"
     try:
-        return json.loads((run_dir(store, run_id) / "heartbeat.json").read_text())
+        return json.loads(read_bytes(path))
+    except PermissionError:
+        return {"time": time.time(), "unreadable": True}
     except (OSError, ValueError):
         return None
 
@@ -123,19 +113,9 @@ def start(store: Store, spec: Optional[RunSpec], resume: bool = False, device: O
 
 
 def spawn_worker(root: Path, run_id: str, resume: bool, log: Path) -> subprocess.Popen:
-    """The worker outlives the command that started it: its own session, no terminal signals.
-
-    Inside 3D Slicer `sys.executable` is PythonSlicer, and the engine is not installed but shipped in the
-    module's folder, which PythonSlicer does not put on its path: the folder holding this package is
-    prepended to PYTHONPATH so `-m extremeaug.project.worker` imports this very copy."""
-    args = [sys.executable, "-m", "extremeaug.project.worker", str(root), run_id] + (["--resume"] if resume else [])
-    kwargs = {"start_new_session": True} if os.name == "posix" else {
-        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
+    """The worker outlives the command that started it (its own session, no terminal signals)."""
     with open(log, "ab") as out:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=str(root), env=env, **kwargs)
+        return spawn(["extremeaug.project.worker", str(root.resolve()), run_id] + (["--resume"] if resume else []), out)
 
 
 def cancel(store: Store, wait_s: float = 120.0) -> RunState:

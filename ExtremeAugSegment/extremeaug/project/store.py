@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import ExtremeAugError
+from ..errors import ExtremeAugError, ProjectBusy
+from ..portable import on_network_share
 from . import schema
-from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split
+from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split, Structure
 
 DB_FILE = "project.db"
 DEFAULT_SETTINGS = {"plane": "auto", "val_fraction": 0.25, "label_values": None, "active_version": None}
@@ -121,7 +122,7 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            raise ExtremeAugError(f"{self.root / DB_FILE} is busy ({e}); try again") from None
+            raise ProjectBusy(f"{self.root / DB_FILE} is busy ({e}); try again") from None
         try:
             yield
         except BaseException:
@@ -141,7 +142,9 @@ class Store:
         self._writing().execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))
 
     def settings(self) -> Settings:
-        return Settings(**{k: self.setting(k) for k in ("plane", "val_fraction", "label_values", "active_version")})
+        structure = self.setting("structure")
+        return Settings(**{k: self.setting(k) for k in ("plane", "val_fraction", "label_values", "active_version")},
+                        structure=Structure.from_dict(structure) if structure else None)
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -361,7 +364,8 @@ class Store:
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)  # explicit BEGIN/COMMIT only
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
+    # WAL needs memory shared between the processes, which a network file system does not give
+    conn.execute(f"PRAGMA journal_mode = {'DELETE' if on_network_share(path.parent) else 'WAL'}")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

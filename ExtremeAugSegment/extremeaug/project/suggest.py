@@ -59,7 +59,8 @@ def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int],
                                           model_version=model.version, probabilities=store.relative(prob_file),
                                           uncertainty=score)
         results.append(SegmentResult(case_id, label_id, model.version, store.relative(mask_file),
-                                     store.relative(prob_file), voxels, score, store.state(case_id)))
+                                     store.relative(prob_file), voxels, score, store.state(case_id),
+                                     segmenter.providers[0]))
         if progress:
             progress(results[-1])
     return results

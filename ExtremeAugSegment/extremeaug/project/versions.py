@@ -8,7 +8,6 @@ corrected. Beside the scores, each version shows how much its predictions had to
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..errors import ExtremeAugError
 from ..evaluate import evaluate
 from ..infer import Segmenter
 from ..io import read_binary, read_scan, write_bytes
+from ..portable import replace
 from ..stats import mean
 from .records import CorrectionSummary, Label, RunStatus, Scores, Split, Version
 from .store import Store, VersionRow
@@ -67,8 +67,8 @@ def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
         version = store.next_version()
         final = models / f"v{version}"
         if final.exists():   # left by a crash after the rename, before the commit
-            os.replace(final, models / f".unregistered-v{version}-{secrets.token_hex(3)}")
-        os.replace(stage, final)
+            replace(final, models / f".unregistered-v{version}-{secrets.token_hex(3)}")
+        replace(stage, final)
         store.insert_version(version, run_id, store.relative(final / "model.onnx"), run.train_labels,
                              [lab.id for lab in val_labels], summary)
         store.insert_scores(version, val_labels, scores)

@@ -37,8 +37,14 @@ class Heartbeat(threading.Thread):
                     self.path)
 
     def run(self) -> None:
+        """Beat until done. A failed write (disk full for a moment, the file held open by a reader beyond the
+        retries) is reported and the next beat tries again: a dead heartbeat thread would get a training
+        worker marked dead."""
         while not self.done.wait(HEARTBEAT_S):
-            self.beat()
+            try:
+                self.beat()
+            except Exception as e:
+                print(f"heartbeat not written ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase

@@ -1,0 +1,168 @@
+"""Result nodes in the scene: where a prediction is shown, and the guard that keeps a clinician's edits.
+
+MRML only (no Qt, no project). A result is a segmentation node referencing its volume (VOLUME_ROLE) and
+carrying the case, the model version and the stored label it shows. It follows the volume: same parent
+transform (a segmentation exported on a transformed volume's grid is resampled through both transforms,
+so a result outside the volume's transform would come back shifted on Accept) and the same study in the
+subject hierarchy. The probability overlay shows only where the model is unsure, and gives the slice
+views' foreground back as it found it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from extremeaug.project import Structure
+
+from . import SceneIO
+
+CASE_ATTRIBUTE = "ExtremeAugSegment.CaseId"
+PROJECT_ATTRIBUTE = "ExtremeAugSegment.Project"
+VERSION_ATTRIBUTE = "ExtremeAugSegment.ModelVersion"
+PREDICTION_ATTRIBUTE = "ExtremeAugSegment.PredictionLabel"   # the auto label a result shows
+STORED_ATTRIBUTE = "ExtremeAugSegment.StoredLabel"           # the stored label file it equals until edited
+SHOWN_ATTRIBUTE = "ExtremeAugSegment.ShownAt"                # when it was shown (for the correction's seconds)
+VOLUME_ROLE = "ExtremeAugSegment.Volume"
+PROBABILITY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+UNSURE = (0.05, 0.95)   # the overlay shows probabilities in this range only: where a correction may be needed
+
+
+def resultSegmentation(scene, volumeNode, name: str, isEdited: Callable[[object], bool]):
+    """The volume's result node to (re)use for a new result: the existing one unless the clinician edited it
+    (then a new node: the edits stay, unaccepted, in theirs)."""
+    existing = _referencing(scene, "vtkMRMLSegmentationNode", volumeNode, name)
+    if existing is not None and not isEdited(existing):
+        return existing
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name) if existing else name)
+    node.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image]) -> bool:
+    """Whether a result differs from the stored label file it showed (a segment added, removed or painted)."""
+    labelPath = segmentationNode.GetAttribute(STORED_ATTRIBUTE)
+    segmentation = segmentationNode.GetSegmentation()
+    if not labelPath:   # it holds nothing stored (several segments were accepted): edited if anything is drawn
+        return any(_segmentVoxels(segmentationNode, segmentation.GetNthSegmentID(i), volumeNode)
+                   for i in range(segmentation.GetNumberOfSegments()))
+    if segmentation.GetNumberOfSegments() != 1:
+        return True
+    shown = SceneIO.segmentToImage(segmentationNode, segmentation.GetNthSegmentID(0), volumeNode)
+    return not np.array_equal(sitk.GetArrayViewFromImage(shown), sitk.GetArrayFromImage(stored(labelPath)) > 0)
+
+
+def fillResult(segmentationNode, volumeNode, mask: sitk.Image, structure: Structure) -> str:
+    """The mask as the node's one segment, named and coloured as the trained structure."""
+    segmentation = segmentationNode.GetSegmentation()
+    while segmentation.GetNumberOfSegments() > 1:
+        segmentation.RemoveSegment(segmentation.GetNthSegmentID(1))
+    current = segmentation.GetNthSegmentID(0) if segmentation.GetNumberOfSegments() else None
+    segmentId = SceneIO.setSegmentFromImage(segmentationNode, mask, volumeNode, structure.name, structure.color,
+                                            current)
+    if structure.terminology:
+        segment = segmentation.GetSegment(segmentId)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), structure.terminology)
+    return segmentId
+
+
+def structureOf(segmentationNode, segmentId: str) -> Structure:
+    """A segment's name, colour and terminology (what the project names its results after)."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    terminology = vtk.mutable("")
+    hasTerminology = segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    return Structure(segment.GetName(), tuple(float(c) for c in segment.GetColor()),
+                     str(terminology) if hasTerminology and str(terminology) else None)
+
+
+def probabilityNode(scene, volumeNode, name: str, probability: sitk.Image):
+    """The probability map as a volume drawn only where 0.05 <= p <= 0.95 (elsewhere transparent)."""
+    node = _referencing(scene, "vtkMRMLScalarVolumeNode", volumeNode, name)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        node.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
+    SceneIO.updateVolumeNodeFromImage(node, probability)
+    node.CopyOrientation(volumeNode)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(UNSURE[0])
+    display.SetUpperThreshold(UNSURE[1])
+    display.ApplyThresholdOn()
+    colors = scene.GetNodeByID(PROBABILITY_COLORS)
+    if colors is not None:
+        display.SetAndObserveColorNodeID(colors.GetID())
+    return node
+
+
+def followVolume(volumeNode, node) -> None:
+    """Put a result under the volume's parent transform and in the volume's study (subject hierarchy)."""
+    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+    volumeItem = hierarchy.GetItemByDataNode(volumeNode) if hierarchy is not None else 0
+    if not volumeItem:
+        return
+    parent = hierarchy.GetItemParent(volumeItem)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
+
+
+class SliceLayers:
+    """Shows a volume with its probability overlay in every slice view, without changing the zoom, and puts
+    back each view's own foreground when the overlay is taken away."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self._saved: Dict[str, Tuple[Optional[str], float]] = {}   # composite node ID -> (foreground, opacity)
+
+    def show(self, volumeNode, probabilityNode=None, opacity: float = 0.4) -> None:
+        for composite in self._composites():
+            composite.SetBackgroundVolumeID(volumeNode.GetID())
+        if probabilityNode is not None:
+            self.showOverlay(probabilityNode, opacity)
+
+    def showOverlay(self, probabilityNode, opacity: float = 0.4) -> None:
+        for composite in self._composites():
+            self._saved.setdefault(composite.GetID(), (composite.GetForegroundVolumeID(),
+                                                       composite.GetForegroundOpacity()))
+            composite.SetForegroundVolumeID(probabilityNode.GetID())
+            composite.SetForegroundOpacity(opacity)
+
+    def hideOverlay(self) -> None:
+        for composite in self._composites():
+            if composite.GetID() in self._saved:
+                foreground, opacity = self._saved.pop(composite.GetID())
+                composite.SetForegroundVolumeID(foreground)
+                composite.SetForegroundOpacity(opacity)
+
+    def forget(self) -> None:
+        """The scene is closing: its slice views' settings go with it."""
+        self._saved.clear()
+
+    def _composites(self):
+        return [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+
+
+def _referencing(scene, className: str, volumeNode, name: str):
+    """The newest node of the class that references the volume and has the name (or its unique variants)."""
+    found = None
+    for i in range(scene.GetNumberOfNodesByClass(className)):
+        node = scene.GetNthNodeByClass(i, className)
+        if node.GetNodeReference(VOLUME_ROLE) is volumeNode and (node.GetName() or "").startswith(name):
+            found = node
+    return found
+
+
+def _segmentVoxels(segmentationNode, segmentId: str, volumeNode) -> int:
+    mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
+    return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))

@@ -1,0 +1,43 @@
+"""The panel's slot wrapper and table filler (Qt; needs the Slicer application)."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import traceback
+
+import qt
+import slicer
+
+MODULE_NAME = "ExtremeAugSegment"
+
+
+def action(method):
+    """A button's slot: errors become a message box, the panel is refreshed either way. PythonQt passes a
+    signal's arguments (e.g. `clicked`'s `checked`) to a slot that takes *args, so only as many as the
+    method declares are passed on."""
+    accepted = len(inspect.signature(method).parameters) - 1
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            with slicer.util.WaitCursor():   # the short GUI-thread parts (reading, storing a label)
+                return method(self, *args[:accepted])
+        except Exception as e:   # shown to the user; the panel stays usable
+            from extremeaug.errors import ExtremeAugError
+            if isinstance(e, (ExtremeAugError, ValueError)):
+                slicer.util.errorDisplay(str(e), windowTitle=MODULE_NAME)
+            else:
+                logging.error(traceback.format_exc())
+                slicer.util.errorDisplay(f"{type(e).__name__}: {e}", windowTitle=MODULE_NAME,
+                                         detailedText=traceback.format_exc())
+        finally:
+            self.safeRefresh()
+    return wrapper
+
+
+def fillTable(table, rows) -> None:
+    table.setRowCount(len(rows))
+    for r, values in enumerate(rows):
+        for col, value in enumerate(values):
+            table.setItem(r, col, qt.QTableWidgetItem(value))

@@ -1,0 +1,101 @@
+"""Background processes of a project: the training worker, and segmentation jobs a GUI polls.
+
+A GUI must not run inference, the uncertainty's dilation or compressed writes on its own thread: a
+`SegmentJob` runs `extremeaug project segment ... --json` in a child process that stores each prediction
+as it goes (one JSON line per case on its stdout), and `poll()` reads what is there without waiting.
+Cancel terminates the process: every prediction already stored stays (each is written atomically and
+registered in one transaction), the rest is simply not done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, List, Optional, Sequence
+
+from .records import CaseState, JobState, JobStatus, SegmentResult
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
+def spawn(module_args: Sequence[str], stdout: IO, stderr: Optional[IO] = None) -> subprocess.Popen:
+    """Start `python -m <module_args>` detached from the caller's terminal and signals.
+
+    The working directory is the folder holding this package, never the project folder: `-m` puts the
+    working directory first on sys.path, so a file such as argparse.py in a (shared) project folder would
+    be imported and run. Inside 3D Slicer `sys.executable` is PythonSlicer, and the engine is not installed
+    but shipped in the module's folder, which is why that folder is also prepended to PYTHONPATH."""
+    kwargs = {"start_new_session": True} if os.name == "posix" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=stderr if stderr is not None else subprocess.STDOUT, cwd=str(PACKAGE_PARENT),
+                            env=env, **kwargs)
+
+
+class SegmentJob:
+    """Segment cases with a model version in a child process; `poll()` never blocks."""
+
+    def __init__(self, root: Path, case_ids: Sequence[str], version: Optional[int], device: str):
+        self.case_ids = list(dict.fromkeys(case_ids))
+        folder = root / "jobs"
+        folder.mkdir(exist_ok=True)
+        stem = folder / f"segment-{secrets.token_hex(4)}"
+        self.output, self.log = stem.with_suffix(".jsonl"), stem.with_suffix(".log")
+        args = ["extremeaug", "project", "segment", str(root.resolve()), *self.case_ids, "--json", "--device", device]
+        if version is not None:
+            args += ["--version", str(version)]
+        with open(self.output, "wb") as out, open(self.log, "wb") as err:
+            self._process = spawn(args, out, err)
+        self._cancelled = False
+        self._final: Optional[JobState] = None
+
+    def poll(self) -> JobState:
+        if self._final is not None:
+            return self._final
+        code = self._process.poll()
+        results = self._results()
+        if code is None:
+            return JobState(JobStatus.RUNNING, len(results), len(self.case_ids), results)
+        if self._cancelled:
+            state = JobState(JobStatus.CANCELLED, len(results), len(self.case_ids), results,
+                             f"cancelled after {len(results)} of {len(self.case_ids)} case(s)")
+        elif code == 0:
+            state = JobState(JobStatus.FINISHED, len(results), len(self.case_ids), results)
+        else:
+            state = JobState(JobStatus.FAILED, len(results), len(self.case_ids), results, self._error(code))
+        self._final = state
+        self._process.wait()
+        self.output.unlink(missing_ok=True)
+        if state.status != JobStatus.FAILED:
+            self.log.unlink(missing_ok=True)
+        return state
+
+    def cancel(self) -> None:
+        """Stop the process (stored predictions stay); `poll()` then reports `cancelled`."""
+        if self._process.poll() is None:
+            self._cancelled = True
+            self._process.terminate()
+
+    def _results(self) -> List[SegmentResult]:
+        try:
+            text = self.output.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        results = []
+        for line in text.splitlines(keepends=True):
+            if line.endswith("\n"):   # a line still being written is read at the next poll
+                d = json.loads(line)
+                results.append(SegmentResult(**dict(d, state=CaseState(d["state"]))))
+        return results
+
+    def _error(self, code: int) -> str:
+        try:
+            lines = [x for x in self.log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        except OSError:
+            lines = []
+        return (lines[-1] if lines else f"the segmentation process exited with code {code}") + f" (log: {self.log})"
