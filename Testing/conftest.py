@@ -43,6 +43,26 @@ def oblique_direction(deg_a=20.0, deg_b=-12.0):
     return tuple((rz @ rx).ravel())
 
 
+def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
+    """One MR DICOM file per slice, with the position and orientation tags a scanner writes."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1.1"
+    spacing = image.GetSpacing()
+    for k in range(image.GetDepth()):
+        s = image[:, :, k]
+        for tag, value in [("0008|0060", "MR"), ("0020|000e", series), ("0020|000d", series + ".0"),
+                           ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[0]}\\{spacing[1]}"),
+                           ("0018|0050", str(spacing[2]))]:
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(s)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory, phantoms):
     """An untrained but genuine extremeaug ONNX model (geometry and error tests need no training)."""

@@ -128,3 +128,29 @@ def test_the_slicer_module_shows_the_same_fields(trained, scene):
         assert logic.caseIdOf(node) == "p2"
     finally:
         logic.closeProject()
+
+
+def test_verify_checks_the_database_and_the_models_too(trained, tmp_path):
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    with Project.open(copy) as project:
+        assert project.verify() == []
+        model = project.path(project.versions(rescore=False)[0].path)
+    model.write_bytes(model.read_bytes()[:1000])   # an interrupted copy of the project
+    db = sqlite3.connect(str(copy / "project.db"))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root, size = db.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' LIMIT 1").fetchone()[0], \
+        db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray((copy / "project.db").read_bytes())
+    data[root * size - 24:root * size - 20] = b"zzzz"   # a damaged page of an index
+    (copy / "project.db").write_bytes(bytes(data))
+    with Project.open(copy) as project:
+        problems = project.verify()
+    assert any(p.startswith("project.db:") for p in problems), problems
+    assert "model v1: models/v1/model.onnx changed on disk (checksum)" in problems
+    result = run_cli("project", "verify", copy)
+    assert result.returncode == 2 and "problem(s)" in result.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import one_line_error, run_cli
+from conftest import one_line_error, run_cli, write_dicom_series
 from extremeaug import guard
 from extremeaug.errors import ExtremeAugError
 from extremeaug.io import check_outputs, read_scan
@@ -139,3 +139,13 @@ def test_a_gzip_that_is_not_gzip_is_refused(tmp_path):
 def test_numbers_that_are_not_numbers_are_refused_when_parsed(tmp_path, args, needle):
     result = run_cli(*args, cwd=tmp_path)
     one_line_error(result, needle)
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    image = sitk.GetImageFromArray(scan_array(np.int16, (8, 16, 16)))
+    image.SetSpacing((0.8, 0.8, 3.0))
+    folder = write_dicom_series(image, tmp_path / "series")
+    assert read_scan(str(folder)).GetSize() == (16, 16, 8)   # complete: read as is
+    (folder / "004.dcm").unlink()
+    with pytest.raises(ExtremeAugError, match=r"not evenly spaced: 6.00 mm .* 3.00 mm apart"):
+        read_scan(str(folder))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, oblique_direction
+from conftest import make_image, oblique_direction, write_dicom_series
 from extremeaug.errors import ExtremeAugError
 from extremeaug.io import read_binary, read_mask, read_scan, write_image
 
@@ -28,20 +28,7 @@ def test_formats_round_trip_geometry(tmp_path, scan_array, ext):
 
 def test_dicom_series_folder(tmp_path, scan_array):
     image = make_image(scan_array.astype(np.int16), (0.8, 0.8, 2.0), (-30.0, 12.0, 40.0))
-    folder = tmp_path / "dicom"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1.1"
-    for k in range(image.GetDepth()):
-        s = image[:, :, k]
-        for tag, value in [("0008|0060", "MR"), ("0020|000e", series), ("0020|000d", series + ".0"),
-                           ("0020|0013", str(k + 1)),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", "0.8\\0.8"), ("0018|0050", "2.0")]:
-            s.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
-        writer.Execute(s)
+    folder = write_dicom_series(image, tmp_path / "dicom")
     back = read_scan(folder)
     assert back.GetSize() == image.GetSize()
     assert np.allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-4)

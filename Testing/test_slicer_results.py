@@ -113,6 +113,11 @@ def test_results_follow_a_transformed_volume_and_come_back_unshifted(scene, logi
                           sitk.GetArrayFromImage(mask))
     result.SetAndObserveTransformNodeID(None)   # what the result would be outside the transform: shifted
     assert not np.array_equal(voxels(result, volume), sitk.GetArrayFromImage(mask))
+    Results.show3D(result, True)   # "Show 3D": a surface of the result, then slices only again
+    assert result.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert result.GetDisplayNode().GetVisibility3D()
+    Results.show3D(result, False)
+    assert not result.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
 def test_results_join_the_volumes_study_and_carry_the_trained_name_colour_and_terminology(scene, logic):
@@ -180,7 +185,9 @@ def test_a_busy_database_skips_a_poll_and_a_failed_run_is_announced_once(scene, 
     assert states[0].status == "died" and "--resume" in states[0].message
 
 
-def test_a_cancelled_run_resumes_from_the_panel(scene, tmp_path):
+def test_a_cancelled_run_resumes_from_the_panel_after_the_project_moved(scene, tmp_path):
+    """Resume continues a cancelled run from its checkpoint, also when the project folder was moved in
+    between: the checkpoint names its scans relative to itself, not by the old absolute path."""
     logic = ExtremeAugSegmentLogic(scene)
     scans = write_phantoms(tmp_path / "phantoms", 1)
     volume = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scans[0][0])), "phantom")
@@ -197,8 +204,11 @@ def test_a_cancelled_run_resumes_from_the_panel(scene, tmp_path):
         logic.cancelTraining()
         stopped = waitForTraining(logic, timeout_s=240)
         assert stopped.status == "cancelled" and stopped.run.resumable
+        logic.closeProject()
+        (tmp_path / "project").rename(tmp_path / "moved")
+        logic.openProject(str(tmp_path / "moved"))
         assert logic.resumeTraining() == stopped.run.id
         done = waitForTraining(logic, timeout_s=600)
-        assert done.status == "finished" and done.version == 1
+        assert done.status == "finished" and done.version == 1, done.message
     finally:
         logic.closeProject()

@@ -101,6 +101,17 @@ def probabilityNode(scene, volumeNode, name: str, probability: sitk.Image):
     return node
 
 
+def show3D(segmentationNode, show: bool) -> None:
+    """The result as a surface in the 3D views (built from the labelmap), or back to slices only."""
+    if show:
+        segmentationNode.CreateClosedSurfaceRepresentation()
+    else:
+        segmentationNode.RemoveClosedSurfaceRepresentation()
+    display = segmentationNode.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility3D(show)
+
+
 def followVolume(volumeNode, node) -> None:
     """Put a result under the volume's parent transform and in the volume's study (subject hierarchy)."""
     node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())

@@ -57,6 +57,7 @@ class Widget(qt.QWidget):
             selector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
         self.ui.resultSegmentationSelector.currentNodeChanged.connect(self.onResultChanged)
         self.ui.showProbabilitiesCheckBox.toggled.connect(self.onShowProbabilities)
+        self.ui.show3DButton.toggled.connect(self.onShow3D)
         for button, slot in ((self.ui.addLabeledScanButton, self.onAddLabeledScan), (self.ui.trainButton, self.onTrain),
                              (self.ui.cancelButton, self.onCancel), (self.ui.resumeButton, self.onResume),
                              (self.ui.showPlotButton, self.onShowPlot), (self.ui.segmentButton, self.onSegment),
@@ -235,6 +236,11 @@ class Widget(qt.QWidget):
         elif self._shownProbability is not None:
             self.layers.showOverlay(self._shownProbability)
 
+    @action
+    def onShow3D(self, show: bool) -> None:
+        if self._parameterNode.resultSegmentation is not None:
+            Results.show3D(self._parameterNode.resultSegmentation, show)
+
     def onResultChanged(self, node) -> None:
         """The accept selector and the embedded editor follow the chosen result."""
         self.correction.follow(node)
@@ -322,8 +328,8 @@ class Widget(qt.QWidget):
         self.ui.segmentButton.text = "Cancel segmentation" if job else "Segment"
         self.ui.segmentButton.enabled = job or (bool(p.segmentVolume) and haveModel)
         self.ui.segmentUnlabeledButton.enabled = self.ui.suggestButton.enabled = haveModel and not job
-        self.ui.editButton.enabled = self.ui.acceptButton.enabled = self.ui.acceptNextButton.enabled = bool(
-            p.resultSegmentation)
+        self.ui.editButton.enabled = self.ui.acceptButton.enabled = self.ui.acceptNextButton.enabled = \
+            self.ui.show3DButton.enabled = bool(p.resultSegmentation)
         run = status.run if status else None
         active = bool(run and run.active)
         self.ui.trainButton.enabled = isOpen and not active

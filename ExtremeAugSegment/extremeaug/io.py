@@ -43,12 +43,41 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise ExtremeAugError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
         raise ExtremeAugError(f"{folder}: folder holds {len(series)} DICOM series; pass a folder with one")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_slice_spacing(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError:
         raise ExtremeAugError(f"{folder}: DICOM series could not be read") from None
+
+
+def _check_slice_spacing(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series with a missing (or doubled) slice: ITK would only warn and stack what is there,
+    giving a volume whose geometry is wrong between the slices around the gap."""
+    positions, normal = [], None
+    for name in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(name)
+        try:
+            header.ReadImageInformation()
+            position = [float(v) for v in header.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                cosines = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(cosines[:3], cosines[3:])
+        except (RuntimeError, ValueError):
+            return   # no usable position tags: nothing to check against (ITK decides)
+        positions.append(float(np.dot(position, normal)))
+    steps = np.diff(np.sort(positions))
+    if len(steps) < 2:
+        return
+    typical = float(np.median(steps))
+    odd = [i for i, step in enumerate(steps) if abs(step - typical) > 0.25 * typical]
+    if odd:
+        i = odd[0]
+        raise ExtremeAugError(f"{folder}: the DICOM series is not evenly spaced: {steps[i]:.2f} mm between two "
+                              f"slices where the others are {typical:.2f} mm apart (a missing or duplicated slice?)")
 
 
 def _name(path: ImageSource) -> str:

@@ -73,8 +73,8 @@ class Trainer:
         state = self._resume_state(train_cases)
         if state:
             cfg = TrainConfig(**state["config"])
-            train_cases = [Case(**c) for c in state["train_cases"]]
-            val_cases = [Case(**c) for c in state["val_cases"]]
+            train_cases = [self._located(c, state) for c in state["train_cases"]]
+            val_cases = [self._located(c, state) for c in state["val_cases"]]
         cfg.check()
         check_cases(list(train_cases) + list(val_cases))
         if cfg.width is None:
@@ -179,10 +179,26 @@ class Trainer:
         self.net.train()
         return sum(scores) / len(scores)
 
+    def _portable(self, case: Case) -> dict:
+        """A case with its files relative to the checkpoint's folder, so a moved (or copied) project or run
+        folder resumes on its own files; absolute where no relative path exists (another Windows drive)."""
+        def relative(path: str) -> str:
+            try:
+                return os.path.relpath(Path(path).resolve(), self.out.resolve())
+            except ValueError:
+                return str(Path(path).resolve())
+        return dict(asdict(case), image=relative(case.image), label=relative(case.label))
+
+    def _located(self, case: dict, state: dict) -> Case:
+        if state.get("case_paths") != "relative":   # a checkpoint from before: absolute paths
+            return Case(**case)
+        return Case(**dict(case, image=str((self.out / case["image"]).resolve()),
+                           label=str((self.out / case["label"]).resolve())))
+
     def _checkpoint(self, elapsed: float) -> None:
         _save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
-               "train_cases": [asdict(c) for c in self.train_cases],
-               "val_cases": [asdict(c) for c in self.val_cases],
+               "train_cases": [self._portable(c) for c in self.train_cases],
+               "val_cases": [self._portable(c) for c in self.val_cases], "case_paths": "relative",
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
                "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,

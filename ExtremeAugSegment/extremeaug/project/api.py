@@ -145,9 +145,10 @@ class Project:
         return self._store.unlabeled_ids()
 
     def verify(self) -> List[str]:
-        """Every problem with the stored files (none: all scans and labels match their checksums)."""
-        from . import cases
-        return cases.verify(self._store)
+        """Every problem with the project (none: the database passes SQLite's integrity check, every scan and
+        label matches its checksum, every model is present, unchanged and readable)."""
+        from . import cases, versions
+        return self._store.integrity_problems() + cases.verify(self._store) + versions.verify_models(self._store)
 
     # -- training --------------------------------------------------------------------------------
     def train(self, spec: RunSpec) -> str:

@@ -208,7 +208,7 @@ def cmd_verify(a) -> int:
         print(p)
     if problems:
         raise ExtremeAugError(f"{len(problems)} problem(s) with the stored files")
-    print("every scan and label file is present and matches its checksum")
+    print("the database is sound; every scan, label and model file is present and matches its checksum")
     return 0
 
 
@@ -269,4 +269,4 @@ def add_parser(sub) -> None:
     add_arguments(c, RunOptions, ["device"])
     c = cmd("use", cmd_use, "make a model version the active one (roll back)")
     c.add_argument("version", type=int)
-    cmd("verify", cmd_verify, "check every stored scan and label against its checksum")
+    cmd("verify", cmd_verify, "check the database, and every stored scan, label and model against its checksum")

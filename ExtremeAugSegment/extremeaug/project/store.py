@@ -108,6 +108,14 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def integrity_problems(self) -> List[str]:
+        """SQLite's own check of every page and index (empty when the database is sound)."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as e:
+            return [f"{DB_FILE} is damaged ({e})"]
+        return [] if rows == ["ok"] else [f"{DB_FILE}: {r}" for r in rows]
+
     def __enter__(self):
         return self
 

@@ -19,6 +19,7 @@ from ..infer import Segmenter
 from ..io import read_binary, read_scan, write_bytes
 from ..portable import replace
 from ..stats import mean
+from .cases import sha256
 from .records import CorrectionSummary, Label, RunStatus, Scores, Split, Version
 from .store import Store, VersionRow
 
@@ -47,6 +48,24 @@ def score_model(store: Store, onnx: Path, labels: Sequence[Label], device: str) 
     return scores
 
 
+def verify_models(store: Store) -> List[str]:
+    """Every version's model: present, unchanged since it was published (checksum, for versions published
+    with one) and readable as an extremeaug ONNX model."""
+    problems = []
+    for row in store.versions():
+        path, what = store.path(row.path), f"model v{row.version}: {row.path}"
+        if not path.is_file():
+            problems.append(f"{what} is missing")
+        elif row.summary.get("model_sha256") and sha256(path) != row.summary["model_sha256"]:
+            problems.append(f"{what} changed on disk (checksum)")
+        else:
+            try:
+                Segmenter(path, "cpu")
+            except ExtremeAugError as e:
+                problems.append(f"{what} is unreadable ({e})")
+    return problems
+
+
 def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
     """Copy the finished run's model into models/v<N> and register it in one transaction: a version
     exists only once its files are complete (a crash leaves an unregistered folder, set aside later)."""
@@ -61,7 +80,8 @@ def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
     meta, last = history["metadata"], (history["history"] or [{}])[-1]
     summary = {"status": meta["status"], "epochs_done": meta["epochs_done"], "augment": meta["augment"],
                "train_dice": last.get("train_dice"), "loss": last.get("loss"), "seconds": meta["training_seconds"],
-               "device": meta["device"], "width": meta["width"], "training_cases": meta["training_cases"]}
+               "device": meta["device"], "width": meta["width"], "training_cases": meta["training_cases"],
+               "model_sha256": sha256(stage / "model.onnx")}
     run = store.run(run_id)
     with store.write():
         version = store.next_version()
