@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sqlite3
 import sys
 from dataclasses import fields
@@ -10,7 +11,7 @@ from typing import List, Optional
 from . import __version__
 from .config import (DEMO_MINUTES, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments, int_list,
                      non_negative, positive_int_list, probability)
-from .errors import ExtremeAugError
+from .errors import ExtremeAugError, database_error_text
 from .output import json_text
 
 
@@ -183,15 +184,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ExtremeAugError as e:
         print(f"extremeaug {_name(args)}: error: {e}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as e:   # a project database damaged after it was opened
-        print(f"extremeaug {_name(args)}: error: the project database is damaged ({e})", file=sys.stderr)
+    except sqlite3.DatabaseError as e:   # damaged, or not writable, full or locked
+        print(f"extremeaug {_name(args)}: error: {database_error_text(e)}", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"extremeaug {_name(args)}: error: out of memory", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:   # the disk or the file system said no: say what, in one line
+        if isinstance(e, RuntimeError) and "Symlink loop" not in str(e):
+            raise
+        print(f"extremeaug {_name(args)}: error: {_os_error_text(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # before training started (during training, SIGINT stops cleanly)
         print(f"extremeaug {_name(args)}: interrupted; nothing written", file=sys.stderr)
         return 130
+
+
+def _os_error_text(e: Exception) -> str:
+    if not isinstance(e, OSError):
+        return f"{e} (a symbolic link that points at itself)"
+    what = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+    return f"{e.filename}: {what}" if e.filename else what
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -224,7 +225,12 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, compress)
+        try:
+            sitk.WriteImage(image, tmp, compress)
+        except RuntimeError as e:   # ITK reports a failed write (full disk, I/O error) as a RuntimeError
+            full = shutil.disk_usage(path.parent).free < (1 << 20)
+            raise ExtremeAugError(f"{path}: " + ("the disk is full" if full else "could not be written (" + next(
+                (line.strip() for line in str(e).splitlines() if "rror" in line), "ITK error") + ")")) from None
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

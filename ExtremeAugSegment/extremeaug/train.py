@@ -112,6 +112,8 @@ class Trainer:
     def _resume_state(self, train_cases) -> Optional[dict]:
         """The checkpoint to continue from (its settings and cases win), or None for a fresh run."""
         ckpt = self.out / CHECKPOINT
+        if self.out.exists() and not self.out.is_dir():
+            raise ExtremeAugError(f"--out {self.out} is a file; name a folder for the model")
         if self.opts.resume:
             if not ckpt.exists():
                 raise ExtremeAugError(f"--resume: {ckpt} does not exist")

@@ -12,7 +12,7 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -82,9 +82,14 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     _check_new_id(store, case_id)
     mask = _read_label(store, label, image) if label is not None else None
     folder = store.root / "cases" / case_id
-    scan_file = write_image(image, folder / f"scan-{secrets.token_hex(3)}.nrrd")
-    label_file = write_image(mask, _new_label_path(folder, LabelKind.MANUAL)) if mask is not None else None
-    with _removed_on_failure(scan_file, label_file), store.write():
+    fresh = not folder.exists()
+    written: List[Path] = []
+    with _removed_on_failure(written, folder if fresh else None):   # a full disk leaves no half case behind
+        written.append(write_image(image, folder / f"scan-{secrets.token_hex(3)}.nrrd"))
+        if mask is not None:
+            written.append(write_image(mask, _new_label_path(folder, LabelKind.MANUAL)))
+    scan_file, label_file = written[0], (written[1] if mask is not None else None)
+    with _removed_on_failure(written, folder if fresh else None), store.write():
         _check_new_id(store, case_id)   # again under the write lock: two adds cannot both take an id
         other = store.case_with_scan(digest)
         if other is not None:
@@ -121,7 +126,7 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
     mask = _read_label(store, label, scan)
     correction = _correction(store, auto, mask, seconds) if kind == LabelKind.CORRECTED and auto else None
     label_file = write_image(mask, _new_label_path(store.root / "cases" / case_id, kind))
-    with _removed_on_failure(label_file), store.write():
+    with _removed_on_failure([label_file]), store.write():
         label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
         if correction is not None:
             store.insert_correction(label_id, correction)
@@ -145,14 +150,20 @@ def _check_new_id(store: Store, case_id: str) -> None:
 
 
 @contextmanager
-def _removed_on_failure(*paths: Optional[Path]):
-    """Files written for a database change that did not commit are removed again."""
+def _removed_on_failure(paths: Sequence[Optional[Path]], folder: Optional[Path] = None):
+    """Files written for a database change that did not commit are removed again, and the case folder
+    this attempt created, once empty (another attempt's files in it stay)."""
     try:
         yield
     except BaseException:
         for p in paths:
             if p is not None:
                 p.unlink(missing_ok=True)
+        if folder is not None:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise
 
 

@@ -8,6 +8,7 @@ references them comes last; a crash in between leaves an unreferenced file, neve
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import ExtremeAugError, ProjectBusy
+from ..errors import ExtremeAugError, ProjectBusy, database_error_text
 from ..portable import on_network_share
 from . import schema
 from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split, Structure
@@ -89,12 +90,12 @@ class Store:
         if not db.is_file():
             raise ExtremeAugError(f"{root} is not an extremeaug project (no {DB_FILE}); "
                                   f"create one with: extremeaug project init {root}")
+        read_only = not (os.access(root, os.W_OK) and os.access(db, os.W_OK))   # e.g. a read-only share or mount
         try:
-            conn = _connect(db)
+            conn = _connect(db, read_only)
             version = schema.stored_version(conn)
         except sqlite3.DatabaseError as e:
-            raise ExtremeAugError(f"{db} is damaged ({e}); the scans and labels under {root / 'cases'} are "
-                                  "untouched: restore project.db from a backup") from None
+            raise ExtremeAugError(f"{db}: {database_error_text(e)}") from None
         if not 1 <= version <= schema.CURRENT:
             conn.close()
             raise ExtremeAugError(f"{db}: unknown project format {version}; this extremeaug reads formats 1 to "
@@ -369,7 +370,13 @@ class Store:
                                      for lid, m in metrics.items()])
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection; on a project that cannot be written, a read-only one that needs no -wal/-shm files
+    (`immutable`: nothing can write there, so nothing changes under the reader)."""
+    if read_only:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
     conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)  # explicit BEGIN/COMMIT only
     conn.row_factory = sqlite3.Row
     # WAL needs memory shared between the processes, which a network file system does not give
