@@ -207,3 +207,25 @@ def test_a_full_disk_during_add_is_one_line_and_leaves_no_case_behind(tmp_path, 
     with Project.open(disk / "p") as project:
         assert project.cases() == []
     assert not (disk / "p" / "cases").exists() or not any((disk / "p" / "cases").iterdir())
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m.pop("preprocessing"), "unknown plane None"),
+    (lambda m: m["preprocessing"].update(plane="oblique"), "unknown plane 'oblique'"),
+    (lambda m: m["preprocessing"].update(slice_size=10 ** 6), "slice size 1000000"),
+    (lambda m: m["preprocessing"].update(template="x"), "intensity template"),
+    (lambda m: m.update(threshold="high"), "threshold is not a number")])
+def test_a_model_with_damaged_metadata_is_refused_in_one_line(tmp_path, random_model, change, needle):
+    import onnx
+
+    from extremeaug.export import METADATA_KEY, with_metadata
+    from extremeaug.infer import Segmenter
+    proto = onnx.load(str(random_model))
+    metadata = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    change(metadata)
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(with_metadata(proto.SerializeToString(), metadata))
+    with pytest.raises(ExtremeAugError, match=f"metadata is damaged .*{needle}"):
+        Segmenter(damaged)
+    scan = write(tmp_path, "v.nii.gz", scan_array())
+    one_line_error(run_cli("segment", "--model", damaged, "--image", scan, "--out", tmp_path / "m.nii.gz"), needle)

@@ -19,8 +19,8 @@ import vtk  # noqa: E402  (installed with slicer-core)
 sys.path.insert(0, str(MODULE_DIR))
 
 from ExtremeAugSegmentLib import SceneIO  # noqa: E402
-from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, installPlan, missingModules,  # noqa: E402
-                                               modulesToInstall, outdatedModules)
+from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, Purpose, cudaSessionWorks, installPlan,  # noqa: E402
+                                               missingModules, modulesToInstall, outdatedModules)
 from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
 from ExtremeAugSegmentLib.SelfTest import runLoop, waitForTraining  # noqa: E402
 from extremeaug.errors import ExtremeAugError  # noqa: E402
@@ -272,3 +272,36 @@ def test_install_asks_first_and_installs_nothing_when_declined():
     assert asked == []                                    # nothing missing: no question
     assert missingModules(find=lambda name: None if name in ("onnxruntime", "tqdm") else object()) == [
         "onnxruntime", "tqdm"]
+
+
+def test_the_cuda_probe_runs_a_real_session_and_says_no_without_a_working_cuda():
+    """onnxruntime (CPU build here) loads the probe model and runs it on the CPU: no CUDA session."""
+    assert cudaSessionWorks() is False
+
+
+def test_onnxruntime_gpu_without_working_cuda_is_replaced_by_the_cpu_build(monkeypatch):
+    """The machine has an NVIDIA driver, so onnxruntime-gpu is installed; its CUDA session does not work
+    (the probe says so), so the CPU build replaces it. pip is the installer's seam (no network in tests)."""
+    import ExtremeAugSegmentLib.InstallLogic as install
+    from extremeaug.requirements import MINIMUM
+    pip, logged = [], []
+    monkeypatch.setattr(install, "modulesToInstall", lambda purpose=None, **_: [] if pip else ["onnxruntime"])
+    monkeypatch.setattr(install, "cudaAvailable", lambda: True)
+    logic = InstallLogic(confirm=lambda q: True, pipInstall=pip.append, log=logged.append, cudaWorks=lambda: False)
+    assert logic.ensure(Purpose.SEGMENT) is True
+    floor = MINIMUM["onnxruntime"]
+    assert pip == [f"onnxruntime-gpu>={floor}", "uninstall onnxruntime-gpu", f"onnxruntime>={floor}"]
+    assert any("cannot load its CUDA libraries" in m for m in logged)
+
+
+def test_segmenting_asks_only_for_onnxruntime_and_training_offers_the_pytorch_extension(monkeypatch):
+    import ExtremeAugSegmentLib.InstallLogic as install
+    nothing = lambda name: None   # noqa: E731  (a bare Slicer: no package installed)
+    assert modulesToInstall(nothing, purpose=Purpose.SEGMENT) == ["onnxruntime"]
+    assert modulesToInstall(nothing, purpose=Purpose.TRAIN) == ["torch", "onnxruntime", "onnx", "tqdm", "matplotlib"]
+    monkeypatch.setattr(install, "modulesToInstall", lambda purpose=None, **_: ["torch"])
+    asked, extensions, pip = [], [], []
+    logic = InstallLogic(confirm=lambda q: asked.append(q) or True, pipInstall=pip.append,
+                         installExtension=lambda name: extensions.append(name) or True)
+    assert logic.ensure(Purpose.TRAIN) is False and logic.needsRestart   # PyTorchUtils is absent here
+    assert extensions == ["PyTorch"] and pip == [] and "PyTorch extension" in asked[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -93,6 +94,22 @@ def describePlan(steps: List[Step]) -> str:
             "\n\nThis downloads from the internet and may take several minutes (torch is large). Install now?")
 
 
+# a one-node ONNX model (y = Identity(x)): enough for onnxruntime to load its CUDA provider, or fail to
+IDENTITY_ONNX = "CAg6OwoQCgF4EgF5IghJZGVudGl0eRIFcHJvYmVaDwoBeBIKCggIARIECgIIAWIPCgF5EgoKCAgBEgQKAggBQgQKABAN"
+CUDA_PROBE = (
+    "import base64, onnxruntime as ort; "
+    f"s = ort.InferenceSession(base64.b64decode('{IDENTITY_ONNX}'), "
+    "providers=['CUDAExecutionProvider', 'CPUExecutionProvider']); print(s.get_providers()[0])")
+
+
+def cudaSessionWorks(python: str = sys.executable) -> bool:
+    """Whether onnxruntime, as installed now, really runs a session on CUDA. `onnxruntime-gpu` lists the
+    CUDA provider even when its CUDA/cuDNN libraries do not load, and then silently runs on the CPU; a
+    fresh process is asked, because this one may hold an older onnxruntime."""
+    result = subprocess.run([python, "-c", CUDA_PROBE], capture_output=True, text=True, timeout=300)
+    return result.returncode == 0 and result.stdout.strip() == "CUDAExecutionProvider"
+
+
 PYTORCH_EXTENSION_QUESTION = (
     "Training needs PyTorch. The PyTorch extension installs the build that matches this computer's GPU "
     "(plain pip gives a CPU-only build on Windows). Install the PyTorch extension now? 3D Slicer then "
@@ -102,9 +119,10 @@ PYTORCH_EXTENSION_QUESTION = (
 class InstallLogic:
     def __init__(self, confirm: Confirm, pipInstall: Optional[Callable[[str], None]] = None,
                  log: Callable[[str], None] = print,
-                 installExtension: Optional[Callable[[str], bool]] = None):
+                 installExtension: Optional[Callable[[str], bool]] = None,
+                 cudaWorks: Callable[[], bool] = cudaSessionWorks):
         self.confirm, self.log = confirm, log
-        self.pipInstall, self.installExtension = pipInstall, installExtension
+        self.pipInstall, self.installExtension, self.cudaWorks = pipInstall, installExtension, cudaWorks
         self.needsRestart = False
 
     def ensure(self, purpose: Purpose = Purpose.TRAIN) -> bool:
@@ -135,6 +153,9 @@ class InstallLogic:
                                        "PyTorch module, then try again")
             else:
                 self._pip(step.requirement)
+                if step.requirement.startswith("onnxruntime-gpu") and not self.cudaWorks():
+                    self.log("onnxruntime-gpu cannot load its CUDA libraries here: installing the CPU build instead")
+                    self._pip(f"onnxruntime>={MINIMUM['onnxruntime']}", uninstall="onnxruntime-gpu")
             if step.module in sys.modules:
                 self.needsRestart = True
         importlib.invalidate_caches()
@@ -145,12 +166,16 @@ class InstallLogic:
         self.log("dependencies installed" + ("; restart 3D Slicer to use them" if self.needsRestart else ""))
         return True
 
-    def _pip(self, requirement: str) -> None:
-        if self.pipInstall is None:
-            import slicer
-            slicer.util.pip_install(requirement)
-        else:
+    def _pip(self, requirement: str, uninstall: Optional[str] = None) -> None:
+        if self.pipInstall is not None:
+            if uninstall:
+                self.pipInstall(f"uninstall {uninstall}")
             self.pipInstall(requirement)
+            return
+        import slicer
+        if uninstall:
+            slicer.util.pip_uninstall(uninstall)
+        slicer.util.pip_install(requirement)
 
     def _installExtension(self, name: str) -> bool:
         if self.installExtension is not None:

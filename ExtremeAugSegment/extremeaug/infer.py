@@ -60,7 +60,13 @@ class Segmenter:
             self.metadata = read_metadata(self.session)
         except ExtremeAugError as e:
             raise ExtremeAugError(f"{path}: {e}") from None
-        self.prep = Preprocessing.from_dict(self.metadata["preprocessing"])
+        try:
+            self.prep = Preprocessing.from_dict(self.metadata.get("preprocessing"))
+            for key in ("threshold", "min_component_mm3"):
+                if not isinstance(self.metadata.get(key, 0.0), (int, float)):
+                    raise ValueError(f"{key} is not a number")
+        except (TypeError, ValueError) as e:
+            raise ExtremeAugError(f"{path}: the model's extremeaug metadata is damaged ({e})") from None
         self.providers = self.session.get_providers()
 
     def probabilities(self, scan: sitk.Image) -> sitk.Image:

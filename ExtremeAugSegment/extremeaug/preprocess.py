@@ -34,7 +34,20 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """From a model's metadata, refused (ValueError naming the field) when it cannot be what we wrote."""
+        if not isinstance(d, dict) or d.get("plane") not in PLANE_AXIS:
+            raise ValueError(f"unknown plane {d.get('plane') if isinstance(d, dict) else d!r} (expected one of "
+                             f"{', '.join(PLANE_AXIS)})")
+        prep = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        if not (isinstance(prep.slice_size, int) and 16 <= prep.slice_size <= 4096):
+            raise ValueError(f"slice size {prep.slice_size!r} is not 16 to 4096")
+        if not (isinstance(prep.template, list) and len(prep.template) >= 2 and
+                all(isinstance(v, (int, float)) and np.isfinite(v) for v in prep.template)):
+            raise ValueError("the intensity template is missing or not a list of numbers")
+        if not (isinstance(prep.histogram_levels, int) and prep.histogram_levels >= 2 and
+                isinstance(prep.match_points, int) and prep.match_points >= 1):
+            raise ValueError("the histogram settings are not positive integers")
+        return prep
 
     @property
     def axis(self) -> int:
