@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -55,3 +56,23 @@ def test_detection_counts():
     pred = cube((20, 40, 40), (5, 5, 5), (10, 10, 10)) + cube((20, 40, 40), (12, 32, 32), (15, 36, 36))
     m = evaluate(make_image(pred), make_image(ref))
     assert (m["reference_structures"], m["found"], m["missed"], m["extra"]) == (2, 1, 1, 1)
+
+
+def test_evaluate_warns_when_a_label_value_or_the_grid_matches_nothing(tmp_path):
+    import SimpleITK as sitk
+
+    from conftest import run_cli
+    labels = np.zeros((8, 16, 16), np.uint8)
+    labels[2:5, 4:9, 4:9] = 1
+    reference = tmp_path / "ref.nii.gz"
+    sitk.WriteImage(make_image(labels), str(reference))
+    elsewhere = tmp_path / "pred.nii.gz"   # a prediction of another scan, 500 mm away
+    sitk.WriteImage(make_image((labels > 0).astype(np.uint8), origin=(500.0, 0.0, 0.0)), str(elsewhere))
+    result = run_cli("evaluate", "--prediction", elsewhere, "--reference", reference, "--label-values", "1,7",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    assert "warning: label value 7 matches no voxel of the reference" in result.stderr
+    assert "warning: the prediction does not overlap the reference's grid" in result.stderr
+    assert len(json.loads(result.stdout)["warnings"]) == 2
+    same = run_cli("evaluate", "--prediction", reference, "--reference", reference, "--json")
+    assert json.loads(same.stdout)["warnings"] == [] and same.stderr == ""

@@ -143,13 +143,18 @@ def test_numbers_that_are_not_numbers_are_refused_when_parsed(tmp_path, args, ne
     one_line_error(result, needle)
 
 
-def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+def test_a_dicom_series_with_a_missing_or_truncated_slice_is_refused(tmp_path):
     image = sitk.GetImageFromArray(scan_array(np.int16, (8, 16, 16)))
     image.SetSpacing((0.8, 0.8, 3.0))
     folder = write_dicom_series(image, tmp_path / "series")
     assert read_scan(str(folder)).GetSize() == (16, 16, 8)   # complete: read as is
     (folder / "004.dcm").unlink()
     with pytest.raises(ExtremeAugError, match=r"not evenly spaced: 6.00 mm .* 3.00 mm apart"):
+        read_scan(str(folder))
+    cut = folder / "005.dcm"   # a slice file cut short: GDCM leaves it out of the series, a gap again
+    (folder / "004.dcm").write_bytes(cut.read_bytes())
+    cut.write_bytes(cut.read_bytes()[:-200])
+    with pytest.raises(ExtremeAugError, match="not evenly spaced"):
         read_scan(str(folder))
 
 
@@ -198,6 +203,13 @@ def test_a_read_only_project_is_read_and_refuses_writes_without_calling_itself_d
     assert "damaged" not in result.stderr
 
 
+def test_a_read_only_file_system_is_named_in_one_line(tmp_path, mount):
+    scan = write(tmp_path, "v.nii.gz", scan_array())
+    folder = mount.read_only(tmp_path)   # the same folder, seen through a read-only mount
+    one_line_error(run_cli("project", "init", folder / "new"), "read-only")
+    one_line_error(run_cli("train", "--image", scan, "--label", scan, "--out", folder / "m"), "read-only")
+
+
 def test_a_full_disk_during_add_is_one_line_and_leaves_no_case_behind(tmp_path, mount):
     disk = mount.tiny_disk(256)
     assert run_cli("project", "init", disk / "p").returncode == 0
@@ -229,3 +241,26 @@ def test_a_model_with_damaged_metadata_is_refused_in_one_line(tmp_path, random_m
         Segmenter(damaged)
     scan = write(tmp_path, "v.nii.gz", scan_array())
     one_line_error(run_cli("segment", "--model", damaged, "--image", scan, "--out", tmp_path / "m.nii.gz"), needle)
+
+
+def test_temporary_files_of_killed_writers_are_swept_by_the_next_writer(tmp_path):
+    import os
+    import time
+    with Project.create(tmp_path / "p") as project:
+        case = project.add(str(write(tmp_path, "a.nii.gz", scan_array())), case_id="a")
+        folder = tmp_path / "p" / "cases" / "a"
+        stale, live = folder / ".scan-1a2b3c.x1y2z3.nrrd", folder / ".label-manual.q9w8e7.nrrd"
+        for path in (stale, live):
+            path.write_bytes(b"half a file")
+        os.utime(stale, (time.time() - 7200, time.time() - 7200))   # left by a writer killed two hours ago
+        project.accept("a", str(write(tmp_path, "m.nii.gz", (scan_array() > 500).astype(np.uint8))))
+        assert not stale.exists() and live.exists()   # a write in progress elsewhere is left alone
+        assert project.case("a").scan == case.scan and project.verify() == []
+
+
+def test_cpu_out_of_memory_is_one_line_and_writes_nothing(tmp_path, phantoms):
+    """A width of 200,000 asks torch's CPU allocator for about 1.3 TB at once: it fails at once."""
+    result = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", tmp_path / "m",
+                     "--epochs", "1", "--augment", "1", "--width", "200000", "--quiet")
+    one_line_error(result, "out of memory", "lower --width")
+    assert not (tmp_path / "m").exists()

@@ -200,3 +200,20 @@ def test_a_crash_while_publishing_leaves_no_version(tmp_path, phantoms):
         assert [v.version for v in project.versions()] == [1]
         assert len(list((tmp_path / "proj" / "models").glob(".unregistered-v1-*"))) == 1
         assert project.run("r1").status.value == "finished"
+
+
+def test_a_worker_whose_project_folder_moves_stops_and_says_so(tmp_path, phantoms):
+    """Moved while training: the worker must not keep writing at the old path (recreating it), and the
+    project at its new place must show why the run ended instead of a dead worker."""
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    ok("train", proj, "--augment", "20", "--epochs", "3", "--width", "4", "--device", "cpu")
+    wait_for(lambda: training_step(proj) > 0, "training to begin")
+    moved = tmp_path / "moved"
+    proj.rename(moved)
+    run = wait_for(lambda: (lambda r: r if r["status"] != "running" else None)(status(moved)["run"]),
+                   "the worker to notice", 60)
+    assert run["status"] == "failed" and "moved" in run["message"], run
+    time.sleep(3)   # longer than a heartbeat: nothing comes back at the old place
+    assert not proj.exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sqlite3
 import sys
 from dataclasses import fields
@@ -58,6 +59,8 @@ def cmd_evaluate(a) -> int:
     from .evaluate import evaluate_files
 
     m = evaluate_files(a.prediction, a.reference, a.label_values)
+    for warning in m["warnings"]:
+        print(f"extremeaug evaluate: warning: {warning}", file=sys.stderr)
     if a.json:
         print(json_text(m))
     else:
@@ -190,7 +193,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MemoryError:
         print(f"extremeaug {_name(args)}: error: out of memory", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as e:   # the disk or the file system said no: say what, in one line
+    except (OSError, RuntimeError) as e:   # the disk, the file system or the memory said no: say what, in one line
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):   # torch's CPU allocator
+            needed = re.search(r"allocate (\d+) bytes", str(e))
+            print(f"extremeaug {_name(args)}: error: out of memory" + (
+                f" ({int(needed.group(1)) / 2**30:.1f} GiB asked for at once)" if needed else "") +
+                "; lower --width or --batch-size", file=sys.stderr)
+            return 2
         if isinstance(e, RuntimeError) and "Symlink loop" not in str(e):
             raise
         print(f"extremeaug {_name(args)}: error: {_os_error_text(e)}", file=sys.stderr)

@@ -64,5 +64,11 @@ def evaluate(pred: sitk.Image, ref: sitk.Image) -> dict:
 
 
 def evaluate_files(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None) -> dict:
-    ref = read_binary(reference, label_values)
-    return evaluate(read_binary(prediction), ref)
+    """`evaluate` on two files, with `warnings` for what makes the numbers meaningless without failing:
+    a label value that matches no voxel of the reference, a prediction that lies outside its grid."""
+    ref, pred = read_binary(reference, label_values), read_binary(prediction)
+    warnings = [f"label value {v} matches no voxel of the reference" for v in (label_values or [])
+                if not sitk.GetArrayFromImage(read_binary(reference, [v])).any()]   # a view of a temporary dangles
+    if sitk.GetArrayViewFromImage(pred).any() and not sitk.GetArrayFromImage(on_grid(pred, ref)).any():
+        warnings.append("the prediction does not overlap the reference's grid (another scan?)")
+    return dict(evaluate(pred, ref), warnings=warnings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..io import image_sha256, read_binary, read_mask, read_scan, write_image
 from .records import Case, Correction, ImageInput, Label, LabelKind, Split
 from .store import Store
 
+LEFTOVER_AGE_S = 3600.0   # a temporary file this old belongs to a writer that died
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -82,6 +84,7 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     _check_new_id(store, case_id)
     mask = _read_label(store, label, image) if label is not None else None
     folder = store.root / "cases" / case_id
+    sweep_leftovers(folder)
     fresh = not folder.exists()
     written: List[Path] = []
     with _removed_on_failure(written, folder if fresh else None):   # a full disk leaves no half case behind
@@ -125,6 +128,7 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
     scan = read_scan(scan_path, keep_type=True)
     mask = _read_label(store, label, scan)
     correction = _correction(store, auto, mask, seconds) if kind == LabelKind.CORRECTED and auto else None
+    sweep_leftovers(store.root / "cases" / case_id)
     label_file = write_image(mask, _new_label_path(store.root / "cases" / case_id, kind))
     with _removed_on_failure([label_file]), store.write():
         label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
@@ -147,6 +151,20 @@ def _correction(store: Store, auto: Label, mask: sitk.Image, seconds: Optional[f
 def _check_new_id(store: Store, case_id: str) -> None:
     if store.has_case(case_id):
         raise ExtremeAugError(f"case {case_id!r} is already in the project; pass --id to name this one")
+
+
+def sweep_leftovers(folder: Path, older_than_s: float = LEFTOVER_AGE_S) -> None:
+    """Remove the temporary files (dot files) that writers killed mid-write left in a folder. A live
+    writer's temporary file is seconds old; only ones older than `older_than_s` go."""
+    if not folder.is_dir():
+        return
+    cutoff = time.time() - older_than_s
+    for path in folder.glob(".*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass   # another process took it, or it is in use (Windows): the next writer tries again
 
 
 @contextmanager

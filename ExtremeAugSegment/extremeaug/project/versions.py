@@ -71,7 +71,8 @@ def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
     exists only once its files are complete (a crash leaves an unregistered folder, set aside later)."""
     models = store.root / "models"
     stage = models / f".staging-{run_id}"
-    shutil.rmtree(stage, ignore_errors=True)
+    for leftover in models.glob(".staging-*"):   # this run's, or one whose worker died while publishing:
+        shutil.rmtree(leftover, ignore_errors=True)   # one run at a time, so no other publishes now
     for name in MODEL_FILES:
         write_bytes((train_dir / name).read_bytes(), stage / name)
     val_labels = store.human_labels(Split.VALIDATION)

@@ -31,6 +31,24 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True)
         self.project, self.run_id, self.phase, self.done = project, run_id, phase, threading.Event()
         self.path = project.run_folder(run_id) / "heartbeat.json"
+        self.identity = _identity(project.root)
+
+    def moved(self) -> bool:
+        """Whether the project folder was moved (or replaced) since the worker started: its database is no
+        longer the same file at the same path."""
+        return _identity(self.project.root) != self.identity
+
+    def stop_if_moved(self, own: Project) -> None:
+        """A moved project cannot be followed: every file would land at the old path (recreating it) and the
+        new place would see a dead run. Record why, through this thread's own database connection (opened
+        before the move, it follows the moved file), and exit at once: the last checkpoint moved with the
+        project, so a resume from the new place continues. (On Windows a folder with open files cannot be
+        moved at all.)"""
+        if self.moved():
+            own.end_run(self.run_id, RunStatus.FAILED, "the project folder was moved while this run trained; "
+                        "resume it from the project's new place")
+            print("the project folder was moved: stopping", file=sys.stderr, flush=True)
+            os._exit(3)
 
     def beat(self) -> None:
         write_bytes(json.dumps({"pid": os.getpid(), "time": time.time(), "phase": self.phase.value}).encode(),
@@ -40,8 +58,10 @@ class Heartbeat(threading.Thread):
         """Beat until done. A failed write (disk full for a moment, the file held open by a reader beyond the
         retries) is reported and the next beat tries again: a dead heartbeat thread would get a training
         worker marked dead."""
+        own = Project.open(self.project.root)   # SQLite connections belong to the thread that opened them
         while not self.done.wait(HEARTBEAT_S):
             try:
+                self.stop_if_moved(own)
                 self.beat()
             except Exception as e:
                 print(f"heartbeat not written ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
@@ -50,6 +70,14 @@ class Heartbeat(threading.Thread):
         self.phase = phase
         self.beat()
         self.project.set_phase(self.run_id, phase)
+
+
+def _identity(root: Path) -> Optional[tuple]:
+    try:
+        st = os.stat(root / "project.db")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def main(argv: Optional[List[str]] = None) -> int:
