@@ -170,6 +170,10 @@ def test_whole_loop_through_the_logic_with_the_real_worker(scene, tmp_path):
     try:
         out = runLoop(logic, tmp_path, log=lambda m: None)
         project = logic.project
+        # the new scan was added by the segmentation's child process, from the node's voxels, named after it
+        assert project.case("phantom_1").source == "3D Slicer volume 'phantom_1'"
+        assert out["volume"].GetAttribute(CASE_ATTRIBUTE) == "phantom_1"
+        assert not list((project.root / "jobs").glob(".scan-*")), "the handed-over scan file was left behind"
         # the result is the stored prediction, voxel for voxel, on the volume's grid
         history = project.case("phantom_1").history
         stored = sitk.ReadImage(str(project.path(history[0].path)))

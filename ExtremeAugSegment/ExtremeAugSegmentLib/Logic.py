@@ -229,9 +229,14 @@ class ExtremeAugSegmentLogic:
         if volumeNode is None:
             raise ExtremeAugError("choose the volume to segment first")
         self._refuseSecondJob()
-        caseId = self.addScan(volumeNode)
-        return self._start(self.project.start_segment([caseId], version, device), {caseId: volumeNode},
-                           showProbabilities)
+        caseId = self.caseIdOf(volumeNode)
+        if caseId is not None:
+            job = self.project.start_segment([caseId], version, device)
+        else:   # adding a new scan (checks, hash, compressed copy) takes seconds: the child does it too
+            caseId = self._newCaseId(volumeNode)
+            job = self.project.start_segment([], version, device, add=SceneIO.imageFromVolumeNode(volumeNode),
+                                             add_id=caseId, source=_sourceDescription(volumeNode))
+        return self._start(job, {caseId: volumeNode}, showProbabilities)
 
     def startSegmentUnlabeled(self, version: Optional[int] = None, device: Device = Device.AUTO) -> JobState:
         """Segment every case without a human label (what ranks them for Suggest) in a child process."""
@@ -265,10 +270,14 @@ class ExtremeAugSegmentLogic:
         if state.active:
             return JobUpdate(state)
         self._job = None
-        shown = [(job.volumes[r.case_id], *self.showResult(job.volumes[r.case_id], r.case_id, r.mask,
-                                                           r.probabilities if job.probabilities else None, r.version,
-                                                           r.label))
-                 for r in state.results if r.case_id in job.volumes]
+        shown = []
+        for r in state.results:
+            volume = job.volumes.get(r.case_id)
+            if volume is not None:
+                self._tag(volume, r.case_id)
+                shown.append((volume, *self.showResult(volume, r.case_id, r.mask,
+                                                       r.probabilities if job.probabilities else None, r.version,
+                                                       r.label)))
         if job.suggestAfter and state.status == JobStatus.FINISHED:
             suggestion, *nodes = self.suggestNext()
             if nodes[0] is not None:

@@ -9,6 +9,7 @@ them, so `status` and `run` (what a command line or a GUI timer polls) start in 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -193,16 +194,30 @@ class Project:
         return suggest.segment_cases(self._store, list(dict.fromkeys(case_ids)), version, Device.parse(device).value,
                                      progress)
 
-    def start_segment(self, case_ids: Sequence[str], version: Optional[int] = None,
-                      device: Device = Device.AUTO) -> SegmentJob:
+    def start_segment(self, case_ids: Sequence[str], version: Optional[int] = None, device: Device = Device.AUTO,
+                      add: Optional[ImageInput] = None, add_id: Optional[str] = None,
+                      source: Optional[str] = None) -> SegmentJob:
         """`segment` in a child process, for a GUI: returns at once; the job's `poll()` reports progress and
-        the results stored so far, `cancel()` stops it. Unknown cases and versions fail here, at once."""
-        from . import versions
+        the results stored so far, `cancel()` stops it. Unknown cases and versions fail here, at once.
+
+        Args:
+            add: a scan to add as case `add_id` and segment, in the child too: hashing, checking and storing
+                a large scan takes seconds a GUI must not freeze for. An image is handed over as an
+                uncompressed file (fast to write), removed when the job ends.
+            source: where `add` came from (e.g. a 3D Slicer node), for the case's record.
+        """
+        from . import cases, versions
         ids = list(dict.fromkeys(case_ids))
         for case_id in ids:
             self._store.case_row(case_id)
         model = versions.resolve(self._store, version)
-        return SegmentJob(self._store.root, ids, model.version, Device.parse(device).value)
+        handover, jobs = None, self._store.root / "jobs"
+        cases.sweep_leftovers(jobs)   # scans handed to jobs of a GUI that died
+        if add is not None and not isinstance(add, (str, os.PathLike)):
+            from ..io import write_image
+            handover = write_image(add, jobs / f".scan-{secrets.token_hex(4)}.nrrd", compress=False)
+        return SegmentJob(self._store.root, ids, model.version, Device.parse(device).value,
+                          handover or add, add_id, source, handover)
 
     def suggest(self) -> Suggestion:
         from . import suggest

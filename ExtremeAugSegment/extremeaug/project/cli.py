@@ -153,8 +153,10 @@ def cmd_cancel(a) -> int:
 def cmd_segment(a) -> int:
     with Project.open(a.dir) as project:
         ids = list(a.case) + (project.unlabeled() if a.unlabeled else [])
+        if a.add:
+            ids.append(project.add(a.add, case_id=a.id, source=a.source).id)
         if not ids:
-            raise ExtremeAugError("name the cases to segment, or pass --unlabeled")
+            raise ExtremeAugError("name the cases to segment, or pass --unlabeled or --add")
         project.segment(ids, a.version, a.device, progress=lambda r: print(
             json_text(r, indent=None) if a.json else
             f"{r.case_id}: {r.voxels} voxels, uncertainty {r.uncertainty:.3f} (model v{r.version}); {r.state.value}",
@@ -258,6 +260,9 @@ def add_parser(sub) -> None:
     c.add_argument("--version", "--model", dest="version", type=int, metavar="VERSION",
                    help="model version (default: the active one; --model is its old name)")
     c.add_argument("--json", action="store_true", help="one JSON line per case, printed when it is stored")
+    c.add_argument("--add", metavar="SCAN", help="add this scan to the project first (as `add` does), then segment it")
+    c.add_argument("--id", help="with --add: its case id (default: the file name)")
+    c.add_argument("--source", help="with --add: where the scan came from, for the case's record")
     add_arguments(c, RunOptions, ["device"])
     c = cmd("suggest", cmd_suggest, "the case to correct next, and why")
     c.add_argument("--json", action="store_true")

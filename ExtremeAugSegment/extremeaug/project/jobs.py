@@ -40,8 +40,12 @@ def spawn(module_args: Sequence[str], stdout: IO, stderr: Optional[IO] = None) -
 class SegmentJob:
     """Segment cases with a model version in a child process; `poll()` never blocks."""
 
-    def __init__(self, root: Path, case_ids: Sequence[str], version: Optional[int], device: str):
+    def __init__(self, root: Path, case_ids: Sequence[str], version: Optional[int], device: str,
+                 add: Optional[Path] = None, add_id: Optional[str] = None, source: Optional[str] = None,
+                 handover: Optional[Path] = None):
         self.case_ids = list(dict.fromkeys(case_ids))
+        self.total = len(self.case_ids) + (add is not None)
+        self.handover = handover   # a temporary scan file of the caller's, removed when the job ends
         folder = root / "jobs"
         folder.mkdir(exist_ok=True)
         stem = folder / f"segment-{secrets.token_hex(4)}"
@@ -49,6 +53,9 @@ class SegmentJob:
         args = ["extremeaug", "project", "segment", str(root.resolve()), *self.case_ids, "--json", "--device", device]
         if version is not None:
             args += ["--version", str(version)]
+        if add is not None:
+            args += ["--add", str(add)] + (["--id", add_id] if add_id else [])
+            args += ["--source", source] if source else []
         with open(self.output, "wb") as out, open(self.log, "wb") as err:
             self._process = spawn(args, out, err)
         self._cancelled = False
@@ -60,17 +67,19 @@ class SegmentJob:
         code = self._process.poll()
         results = self._results()
         if code is None:
-            return JobState(JobStatus.RUNNING, len(results), len(self.case_ids), results)
+            return JobState(JobStatus.RUNNING, len(results), self.total, results)
         if self._cancelled:
-            state = JobState(JobStatus.CANCELLED, len(results), len(self.case_ids), results,
-                             f"cancelled after {len(results)} of {len(self.case_ids)} case(s)")
+            state = JobState(JobStatus.CANCELLED, len(results), self.total, results,
+                             f"cancelled after {len(results)} of {self.total} case(s)")
         elif code == 0:
-            state = JobState(JobStatus.FINISHED, len(results), len(self.case_ids), results)
+            state = JobState(JobStatus.FINISHED, len(results), self.total, results)
         else:
-            state = JobState(JobStatus.FAILED, len(results), len(self.case_ids), results, self._error(code))
+            state = JobState(JobStatus.FAILED, len(results), self.total, results, self._error(code))
         self._final = state
         self._process.wait()
         self.output.unlink(missing_ok=True)
+        if self.handover is not None:
+            self.handover.unlink(missing_ok=True)
         if state.status != JobStatus.FAILED:
             self.log.unlink(missing_ok=True)
         return state
