@@ -78,7 +78,8 @@ def test_bad_scans(tmp_path, case):
     elif case == "2d":
         sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(20, 20).astype(np.float32)), str(path))
     elif case == "4d":
-        sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(3, 4, 5, 6).astype(np.float32), isVector=False), str(path))
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(3, 4, 5, 6).astype(np.float32), isVector=False),
+                        str(path))
     elif case == "nan":
         path = tmp_path / "scan.mha"   # (SimpleITK's NIfTI writer does not keep NaN)
         a = np.random.rand(4, 5, 6).astype(np.float32)

@@ -308,8 +308,9 @@ class Trainer:
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
         _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
-        write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve, "val_curve": self.val_curve,
-                           "onnx_max_abs_diff": diff}, indent=1).encode(), self.out / HISTORY)
+        write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
+                                "val_curve": self.val_curve, "onnx_max_abs_diff": diff}, indent=1).encode(),
+                    self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
                            self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
 
