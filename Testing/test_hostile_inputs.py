@@ -264,3 +264,15 @@ def test_cpu_out_of_memory_is_one_line_and_writes_nothing(tmp_path, phantoms):
                      "--epochs", "1", "--augment", "1", "--width", "200000", "--quiet")
     one_line_error(result, "out of memory", "lower --width")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_file_as_model_folder_and_a_symlink_loop_as_project_are_one_line(tmp_path, phantoms):
+    taken = tmp_path / "model"
+    taken.write_text("not a folder")
+    one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", taken,
+                           "--epochs", "1", "--augment", "1", "--quiet"), "is a file")
+    assert taken.read_text() == "not a folder"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for command in ("status", "init"):
+        one_line_error(run_cli("project", command, tmp_path / "a"), "Symlink loop")
