@@ -251,11 +251,15 @@ class Widget(qt.QWidget):
         """Training and segmentation progress. A notification comes last, from a state already recorded, so
         the timer firing again inside its dialog's event loop does not announce the same thing twice."""
         try:
-            state, update = self.logic.poll(), self.logic.pollJob()
+            state = self.logic.poll()
         except Exception as e:   # e.g. the project folder vanished: report once, stop polling
             self.timer.stop()
             slicer.util.errorDisplay(f"stopped following the project: {e}", windowTitle=MODULE_NAME)
             return
+        try:
+            update, jobError = self.logic.pollJob(), None
+        except Exception as e:   # showing an ended job's result failed: the job is gone, training is still followed
+            update, jobError = None, e
         if not state.skipped:
             self.ui.trainingProgressBar.value = int(round(100 * state.fraction))
             self.ui.trainingStatusLabel.text = state.text
@@ -268,6 +272,8 @@ class Widget(qt.QWidget):
             self.safeRefresh()
         if update is not None and not update.state.active:
             self._jobEnded(update)
+        if jobError is not None:
+            slicer.util.errorDisplay(f"The segmentation could not be shown: {jobError}", windowTitle=MODULE_NAME)
         if state.ended and state.status in ("failed", "died"):
             slicer.util.errorDisplay(f"Training {state.status}: {state.message}", windowTitle=MODULE_NAME)
 
