@@ -139,10 +139,12 @@ def schema_1_project(root: Path) -> None:
     conn.close()
 
 
-def test_a_schema_1_project_is_migrated_in_place(tmp_path):
+def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
     root = tmp_path / "old"
     root.mkdir()
     schema_1_project(root)
+    (root / "models" / "v1").mkdir(parents=True)   # a first-release model: published without a checksum
+    (root / "models" / "v1" / "model.onnx").write_bytes(random_model.read_bytes())
     with Project.open(root) as project:
         status = project.status()
         assert status.cases == 3 and status.states["manual"] == 2 and status.states["auto"] == 1
@@ -150,7 +152,7 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path):
         c1 = project.case("c1")
         assert c1.scan == "cases/c1/scan.nrrd" and c1.source == "/data/c1.nii.gz"
         assert c1.scan_sha256 == image_sha256(sitk.ReadImage(str(root / "cases/c1/scan.nrrd")))
-        assert project.verify() == []
+        assert project.verify() == []   # the model is loaded; no checksum to compare with
         v1, = project.versions(rescore=False)
         assert v1.val_then.dice.value == 0.75 and v1.val_then.hd95_mm.value == 2.5 and v1.corrections.corrections == 0
         assert project.add(str(root / "cases/c2/scan.nrrd")).existing   # the old scans are known by content
