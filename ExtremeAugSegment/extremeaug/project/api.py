@@ -176,6 +176,8 @@ class Project:
             runs.reap(self._store)
             return runs.run_state(self._store, self._store.run(run_id))
         except sqlite3.OperationalError as e:   # a reader blocked by a writer (rollback-journal mode)
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
             raise ProjectBusy(f"{self.root} is busy ({e}); try again") from None
 
     def events(self, run_id: str) -> EventReader:
