@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from .errors import ExtremeAugError
 
 MAX_VOXELS = int(float(os.environ.get("EXTREMEAUG_MAX_VOXELS", 1e9)))   # 1 G voxels: beyond any CT or MR volume
-NIFTI_FLOATS = {16: "f4", 64: "f8", 1536: "f16"}   # NIfTI datatype codes of float voxels
+NIFTI_FLOATS = {16: "f4", 64: "f8"}   # NIfTI datatype codes of float voxels ITK reads (float128 it refuses)
 CHUNK = 1 << 24
 
 
