@@ -3,6 +3,7 @@ a real (tiny) grid through the command line, and resuming it."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 from conftest import make_image, one_line_error, run_cli
 from extremeaug.experiment import SPIDER_DISC_LABELS, discover, grid, training_sets
 from extremeaug.io import read_binary
+from extremeaug.phantom import write_phantoms
 
 
 def test_discover_spider_layout_takes_discs_only(tmp_path):
@@ -96,3 +98,15 @@ def test_table_one_uses_the_last_full_epoch_or_the_end_of_a_budgeted_run():
     assert final_train_dice(full) == (0.7, "last epoch")
     budgeted = {"curve": [{"epochs_done": 0.31, "train_dice": 0.45}], "window_curve": windows, "steps": 100}
     assert final_train_dice(budgeted) == (pytest.approx(0.85), "last 20% of steps")
+
+
+def test_experiment_labels_reports_dice_per_structure(tmp_path):
+    write_phantoms(tmp_path / "data", 2, structures=True)
+    out = tmp_path / "exp"
+    r = run_cli("experiment", "--data", tmp_path / "data", "--out", out, "--scans", "1", "--augment", "1",
+                "--epochs", "1", "--val", "phantom_1", "--folds", "1", "--labels", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = (out / "results.md").read_text(encoding="utf-8")
+    assert "Validation Dice per structure" in report and "| label 1 | label 2 | label 3 | mean |" in report
+    row = json.loads(next(out.glob("cells/*/result.json")).read_text())
+    assert sorted(row["val_structures"]) == ["label 1", "label 2", "label 3"]

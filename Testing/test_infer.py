@@ -5,7 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, oblique_direction
-from extremeaug.infer import Segmenter, remove_small_components, segment_file
+from extremeaug.infer import Segmenter, clean_structures, segment_file
+from extremeaug.structures import default_structure
 from extremeaug.io import write_image
 
 
@@ -68,10 +69,11 @@ def test_small_components_removed_by_physical_size():
     a[2:12, 5:25, 5:25] = 1        # 4000 voxels
     a[15:17, 30:32, 30:32] = 1     # 8 voxels
     image = make_image(a, (2.0, 2.0, 2.0))   # 8 mm3 per voxel: the speck is 64 mm3
-    kept = sitk.GetArrayFromImage(remove_small_components(image, 100.0))
+    one = [default_structure()]
+    kept = sitk.GetArrayFromImage(clean_structures(image, one, 100.0))
     assert kept.sum() == 4000
-    assert sitk.GetArrayFromImage(remove_small_components(image, 50.0)).sum() == 4008
-    assert sitk.GetArrayFromImage(remove_small_components(image, 0)).sum() == 4008
+    assert sitk.GetArrayFromImage(clean_structures(image, one, 50.0)).sum() == 4008
+    assert sitk.GetArrayFromImage(clean_structures(image, one, 0)).sum() == 4008
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 from conftest import MODULE_DIR, make_image, one_line_error, run_cli
 from extremeaug.errors import ExtremeAugError
 from extremeaug.io import image_sha256
-from extremeaug.project import CaseState, LabelKind, Project, Split
+from extremeaug.project import DEFAULT_STRUCTURE, CaseState, LabelKind, Project, Split
+from extremeaug.project import schema
 from extremeaug.project.store import Store
 
 
@@ -158,9 +159,11 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
         assert project.add(str(root / "cases/c2/scan.nrrd")).existing   # the old scans are known by content
         fixed = project.accept("c3", scan_and_mask(2)[1])                  # over v1's old prediction: a correction
         assert fixed.state == CaseState.CORRECTED and fixed.history[-1].correction.model_version == 1
+        # it learned one structure: that stays its label table, and new masks are merged into it
+        assert project.structures() == [DEFAULT_STRUCTURE] and project.status().settings.merge_labels
     conn = sqlite3.connect(str(root / "project.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 3
+    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 3
     conn.close()
     Project.open(root).close()   # opening again migrates nothing
 

@@ -66,7 +66,7 @@ def test_an_edited_result_is_never_replaced_by_a_new_one(scene, logic):
     assert np.array_equal(voxels(new, volume), sitk.GetArrayFromImage(mask))
     case = logic.acceptCorrection(shown)   # stored: now the node equals a stored label, so it may be reused
     assert case.state == CaseState.MANUAL   # (this prediction file was not registered as an auto label)
-    assert not Results.isEdited(shown, volume, logic._labelImage)
+    assert not Results.isEdited(shown, volume, logic._labelImage, logic.project.structures())
 
 
 def test_accept_takes_the_chosen_segment_and_asks_when_it_cannot_tell(scene, logic):
@@ -212,3 +212,47 @@ def test_a_cancelled_run_resumes_from_the_panel_after_the_project_moved(scene, t
         assert done.status == "finished" and done.version == 1, done.message
     finally:
         logic.closeProject()
+
+
+def test_two_segments_come_back_as_two_named_segments_and_accept_maps_them_by_name(scene, logic):
+    image, mask = oblique_scan()
+    two = sitk.GetArrayFromImage(mask)
+    two[3:6, 6:18, 15:25] *= 2   # the block's right half is a second structure
+    labelmap = sitk.GetImageFromArray(two)
+    labelmap.CopyInformation(image)
+    volume = SceneIO.addVolumeNode(scene, image, "scan")
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    SceneIO.setSegmentFromImage(drawn, labelmap == 1, volume, "nucleus", (1.0, 0.0, 0.0))
+    SceneIO.setSegmentFromImage(drawn, labelmap == 2, volume, "annulus", (0.0, 0.0, 1.0))
+    case = logic.addLabeledScan(volume, drawn)   # every segment: one structure each
+    assert [(s.name, s.value) for s in logic.project.structures()] == [("nucleus", 1), ("annulus", 2)]
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(logic.project.path(case.label)))), two)
+    # a prediction with both structures is shown as two named, coloured segments
+    other, _ = oblique_scan(seed=1)
+    target = SceneIO.addVolumeNode(scene, other, "next")
+    case_id, path = stored_prediction(logic, target, labelmap)
+    shown, _ = logic.showResult(target, case_id, path, None, 1)
+    segmentation = shown.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [(s.GetName(), tuple(s.GetColor())) for s in segments] == [("nucleus", (1.0, 0.0, 0.0)),
+                                                                      ("annulus", (0.0, 0.0, 1.0))]
+    # the clinician moves a voxel from one structure to the other and re-orders the segments
+    nucleus, annulus = (SceneIO.segmentToImage(shown, segmentation.GetNthSegmentID(i), target) for i in (0, 1))
+    moved = sitk.GetArrayFromImage(annulus)
+    moved[3, 6, 15] = 0
+    fixed = sitk.GetImageFromArray(moved)
+    fixed.CopyInformation(other)
+    SceneIO.setSegmentFromImage(shown, fixed, target, "annulus", (0.0, 0.0, 1.0), segmentation.GetNthSegmentID(1))
+    SceneIO.setSegmentFromImage(shown, nucleus, target, "nucleus", (1.0, 0.0, 0.0),
+                                segmentation.GetNthSegmentID(0))   # now second in the node
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == ["annulus", "nucleus"]
+    accepted = logic.acceptCorrection(shown)
+    expected = two.copy()
+    expected[3, 6, 15] = 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(logic.project.path(accepted.label)))), expected)
+    # a segment that is no structure of the project is refused, and nothing is stored
+    SceneIO.setSegmentFromImage(shown, labelmap == 1, target, "vertebra", (0.0, 1.0, 0.0))
+    labels_before = len(logic.project.case(case_id).history)
+    with pytest.raises(ExtremeAugError, match="segment vertebra is not one of the structures"):
+        logic.acceptCorrection(shown)
+    assert len(logic.project.case(case_id).history) == labels_before

@@ -137,30 +137,38 @@ class ExtremeAugSegmentLogic:
         self._tag(volumeNode, case.id)
         return case.id
 
-    def addLabeledScan(self, volumeNode, segmentationNode, segmentId: str, caseId: Optional[str] = None,
+    def addLabeledScan(self, volumeNode, segmentationNode, segmentIds=None, caseId: Optional[str] = None,
                        split: Split = Split.AUTO) -> Case:
-        """The volume with a segment delineated on it becomes a manually labeled case (training data)."""
-        if volumeNode is None or segmentationNode is None or not segmentId:
-            raise ExtremeAugError("choose a volume, the segmentation drawn on it and its segment first")
-        mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
-        structure = Results.structureOf(segmentationNode, segmentId)
+        """The volume with segments delineated on it becomes a manually labeled case (training data): every
+        segment (`segmentIds` None), or the chosen one(s), each its own structure, matched to the project's
+        structures by name (in a one-structure project, one segment is that structure whatever its name)."""
+        if volumeNode is None or segmentationNode is None:
+            raise ExtremeAugError("choose a volume and the segmentation drawn on it first")
+        ids = Results.chosenSegments(segmentationNode, segmentIds)
+        table = self.project.structures()
+        structures = [table[0]] if table and len(table) == 1 and len(ids) == 1 else Results.structuresOf(
+            segmentationNode, ids)
+        label = Results.labelImage(segmentationNode, ids, volumeNode, structures)
         known = self.caseIdOf(volumeNode)
-        source = f"{_sourceDescription(volumeNode)}, segment {structure.name!r}"
+        names = ", ".join(repr(Results.segmentName(segmentationNode, i)) for i in ids)
+        source = f"{_sourceDescription(volumeNode)}, segment{'s' if len(ids) > 1 else ''} {names}"
         if known is not None:
-            case = self.project.accept(known, mask, split, kind=LabelKind.MANUAL, source=source)
+            case = self.project.accept(known, label, split, kind=LabelKind.MANUAL, source=source)
         else:
-            case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), mask,
+            case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), label,
                                     caseId or self._newCaseId(volumeNode), split, source=source)
-        self.project.name_structure(structure)
+        if len(ids) == 1 and len(self.project.structures() or []) == 1:
+            self.project.name_structure(Results.structureOf(segmentationNode, ids[0]))
         self._tag(volumeNode, case.id)
         segmentationNode.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
         return case
 
     def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: Split = Split.AUTO) -> Case:
-        """Store a segment of a result as the case's label (earlier labels are kept): `segmentId`, or the
-        result's only segment, or the one named as the trained structure; with several candidates the
-        clinician must choose. The project decides the label's kind (corrected over a prediction) and
-        records what the correction changed and how long after the prediction was shown it was accepted."""
+        """Store a result as the case's label (earlier labels are kept). With several structures, every segment
+        goes back to its structure by name (a structure without a segment is recorded as missing, a segment
+        of no structure is refused). With one: `segmentId`, or the result's only segment, or the one named as
+        the structure; with several candidates the clinician must choose. The project decides the label's
+        kind (corrected over a prediction) and records what changed and how long after it was shown."""
         if segmentationNode is None:
             raise ExtremeAugError("choose the result segmentation to accept first")
         volumeNode = segmentationNode.GetNodeReference(VOLUME_ROLE)
@@ -171,16 +179,23 @@ class ExtremeAugSegmentLogic:
         if caseId is None or caseId != segmentationNode.GetAttribute(CASE_ATTRIBUTE):
             raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} belongs to case "
                                   f"{segmentationNode.GetAttribute(CASE_ATTRIBUTE)!r}, which is not in this project")
-        segmentId = segmentId or self._segmentToAccept(segmentationNode)
-        mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
+        table = self.project.structures() or [DEFAULT_STRUCTURE]
+        if len(table) > 1:
+            ids = Results.chosenSegments(segmentationNode, None)
+            structures = Results.structuresOf(segmentationNode, ids)
+        else:
+            ids = [segmentId or self._segmentToAccept(segmentationNode)]
+            structures = table
+        label = Results.labelImage(segmentationNode, ids, volumeNode, structures)
         prediction, shownAt = segmentationNode.GetAttribute(PREDICTION_ATTRIBUTE), segmentationNode.GetAttribute(
             SHOWN_ATTRIBUTE)
-        case = self.project.accept(caseId, mask, split, source=f"3D Slicer segmentation {segmentationNode.GetName()!r}"
-                                   f", segment {_segmentName(segmentationNode, segmentId)!r}",
+        names = ", ".join(repr(Results.segmentName(segmentationNode, i)) for i in ids)
+        case = self.project.accept(caseId, label, split, source=f"3D Slicer segmentation "
+                                   f"{segmentationNode.GetName()!r}, segment{'s' if len(ids) > 1 else ''} {names}",
                                    corrects=int(prediction) if prediction else None,
                                    seconds=time.time() - float(shownAt) if shownAt else None)
-        segmentation = segmentationNode.GetSegmentation()
-        segmentationNode.SetAttribute(STORED_ATTRIBUTE, case.label if segmentation.GetNumberOfSegments() == 1 else "")
+        whole = len(ids) == segmentationNode.GetSegmentation().GetNumberOfSegments()
+        segmentationNode.SetAttribute(STORED_ATTRIBUTE, case.label if whole and len(ids) == len(table) else "")
         return case
 
     def _segmentToAccept(self, segmentationNode) -> str:
@@ -191,7 +206,7 @@ class ExtremeAugSegmentLogic:
         if not ids:
             raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has no segment")
         name = (self.project.structure() or DEFAULT_STRUCTURE).name
-        named = [i for i in ids if _segmentName(segmentationNode, i) == name]
+        named = [i for i in ids if Results.segmentName(segmentationNode, i) == name]
         if len(named) == 1:
             return named[0]
         raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has {len(ids)} segments"
@@ -298,12 +313,11 @@ class ExtremeAugSegmentLogic:
         """Load a stored result into nodes aligned voxel for voxel with the volume, under its transform and in
         its study. The volume's result node is reused unless the clinician edited it: then the result goes
         into a new node and the edits stay."""
-        name = volumeNode.GetName()
+        name, structures = volumeNode.GetName(), self.project.structures() or [DEFAULT_STRUCTURE]
         segmentationNode = Results.resultSegmentation(
             self.scene, volumeNode, f"{name} segmentation",
-            lambda node: Results.isEdited(node, volumeNode, self._labelImage))
-        Results.fillResult(segmentationNode, volumeNode, sitk.ReadImage(str(self.project.path(maskPath))),
-                           self.project.structure() or DEFAULT_STRUCTURE)
+            lambda node: Results.isEdited(node, volumeNode, self._labelImage, structures))
+        Results.fillResult(segmentationNode, volumeNode, sitk.ReadImage(str(self.project.path(maskPath))), structures)
         for attribute, value in ((CASE_ATTRIBUTE, caseId), (VERSION_ATTRIBUTE, str(version)),
                                  (PREDICTION_ATTRIBUTE, str(labelId) if labelId is not None else ""),
                                  (STORED_ATTRIBUTE, maskPath),
@@ -381,8 +395,3 @@ def _fileOf(volumeNode) -> Optional[str]:
 def _sourceDescription(volumeNode) -> str:
     fileName = _fileOf(volumeNode)
     return f"3D Slicer volume {volumeNode.GetName()!r}" + (f" ({fileName})" if fileName else "")
-
-
-def _segmentName(segmentationNode, segmentId: str) -> str:
-    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-    return segment.GetName() if segment is not None else segmentId

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from extremeaug.phantom import STRUCTURES as PHANTOM_STRUCTURES
 from extremeaug.phantom import write_phantoms
 from extremeaug.project import Structure
 
@@ -14,17 +15,21 @@ from . import SceneIO
 from .Results import VOLUME_ROLE
 
 SAMPLE_NAME = "ExtremeAugSegment phantom"
-STRUCTURE = Structure("intervertebral disc", (0.90, 0.62, 0.25))
+COLORS = {1: (0.90, 0.62, 0.25), 2: (0.95, 0.90, 0.75), 3: (0.40, 0.60, 0.95)}
+STRUCTURES = [Structure(name, COLORS[value], value=value) for value, name in PHANTOM_STRUCTURES.items()]
 
 
 def loadPhantomSample(scene, folder: str | Path):
-    """Two phantoms into the scene, the first with its discs delineated -> (labeled volume, its
-    segmentation, unlabeled volume)."""
-    (scan0, mask0), (scan1, _) = write_phantoms(Path(folder), 2)
+    """Two phantoms into the scene, the first with its discs, vertebral bodies and spinal canal delineated
+    as three segments -> (labeled volume, its segmentation, unlabeled volume)."""
+    (scan0, mask0), (scan1, _) = write_phantoms(Path(folder), 2, structures=True)
     labeled = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scan0)), "phantom_0")
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "phantom_0 discs")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "phantom_0 delineation")
     segmentation.CreateDefaultDisplayNodes()
-    SceneIO.setSegmentFromImage(segmentation, sitk.ReadImage(str(mask0)), labeled, STRUCTURE.name, STRUCTURE.color)
+    labelmap = sitk.ReadImage(str(mask0))
+    for structure in STRUCTURES:
+        SceneIO.setSegmentFromImage(segmentation, labelmap == structure.value, labeled, structure.name,
+                                    structure.color)
     segmentation.SetNodeReferenceID(VOLUME_ROLE, labeled.GetID())
     unlabeled = SceneIO.addVolumeNode(scene, sitk.ReadImage(str(scan1)), "phantom_1")
     return labeled, segmentation, unlabeled

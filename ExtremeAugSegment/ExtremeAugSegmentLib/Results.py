@@ -9,14 +9,16 @@ views' foreground back as it found it.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
 
-from extremeaug.project import Structure
+from extremeaug.errors import ExtremeAugError
+from extremeaug.project import Project, Structure
 
 from . import SceneIO
 
@@ -43,31 +45,55 @@ def resultSegmentation(scene, volumeNode, name: str, isEdited: Callable[[object]
     return node
 
 
-def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image]) -> bool:
-    """Whether a result differs from the stored label file it showed (a segment added, removed or painted)."""
+def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image], structures: Sequence[Structure]) -> bool:
+    """Whether a result differs from the stored label map it showed: a segment added, removed, renamed or
+    painted (each segment is compared with its structure's voxels in the stored file)."""
     labelPath = segmentationNode.GetAttribute(STORED_ATTRIBUTE)
     segmentation = segmentationNode.GetSegmentation()
-    if not labelPath:   # it holds nothing stored (several segments were accepted): edited if anything is drawn
-        return any(_segmentVoxels(segmentationNode, segmentation.GetNthSegmentID(i), volumeNode)
-                   for i in range(segmentation.GetNumberOfSegments()))
-    if segmentation.GetNumberOfSegments() != 1:
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if not labelPath:   # it holds nothing stored (a partial accept): edited if anything is drawn
+        return any(_segmentVoxels(segmentationNode, i, volumeNode) for i in ids)
+    values = {s.name: s.value for s in structures}
+    names = [segmentation.GetSegment(i).GetName() for i in ids]
+    if len(structures) == 1 and len(ids) == 1:   # one structure: a renamed segment is still that structure
+        names = [structures[0].name]
+    if sorted(names) != sorted(values):
         return True
-    shown = SceneIO.segmentToImage(segmentationNode, segmentation.GetNthSegmentID(0), volumeNode)
-    return not np.array_equal(sitk.GetArrayViewFromImage(shown), sitk.GetArrayFromImage(stored(labelPath)) > 0)
+    label = sitk.GetArrayFromImage(stored(labelPath))
+    return any(not np.array_equal(sitk.GetArrayFromImage(SceneIO.segmentToImage(segmentationNode, i, volumeNode))
+                                  > 0, label == values[name]) for i, name in zip(ids, names))   # not a view: a temporary
 
 
-def fillResult(segmentationNode, volumeNode, mask: sitk.Image, structure: Structure) -> str:
-    """The mask as the node's one segment, named and coloured as the trained structure."""
+def fillResult(segmentationNode, volumeNode, labelmap: sitk.Image, structures: Sequence[Structure]) -> List[str]:
+    """The label map as one segment per structure (an empty one too, to draw in), named and coloured as
+    trained; returns the segment IDs in the structures' order."""
     segmentation = segmentationNode.GetSegmentation()
-    while segmentation.GetNumberOfSegments() > 1:
-        segmentation.RemoveSegment(segmentation.GetNthSegmentID(1))
-    current = segmentation.GetNthSegmentID(0) if segmentation.GetNumberOfSegments() else None
-    segmentId = SceneIO.setSegmentFromImage(segmentationNode, mask, volumeNode, structure.name, structure.color,
-                                            current)
-    if structure.terminology:
-        segment = segmentation.GetSegment(segmentId)
-        segment.SetTag(segment.GetTerminologyEntryTagName(), structure.terminology)
-    return segmentId
+    byName = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegmentID(i)
+              for i in range(segmentation.GetNumberOfSegments())}
+    for name, segmentId in byName.items():
+        if name not in {s.name for s in structures}:
+            segmentation.RemoveSegment(segmentId)
+    ids = []
+    for structure in structures:
+        mask = sitk.Cast(labelmap == structure.value, sitk.sitkUInt8)
+        segmentId = SceneIO.setSegmentFromImage(segmentationNode, mask, volumeNode, structure.name, structure.color,
+                                                byName.get(structure.name))
+        if structure.terminology:
+            segment = segmentation.GetSegment(segmentId)
+            segment.SetTag(segment.GetTerminologyEntryTagName(), structure.terminology)
+        ids.append(segmentId)
+    return ids
+
+
+def labelImage(segmentationNode, segmentIds: Sequence[str], volumeNode, structures: Sequence[Structure]):
+    """Segments (one per structure, in order) as the labeled image a project takes, on the volume's grid."""
+    masks = [SceneIO.segmentToImage(segmentationNode, i, volumeNode) for i in segmentIds]
+    return Project.segmentation_image(masks, structures)
+
+
+def structuresOf(segmentationNode, segmentIds: Sequence[str]) -> List[Structure]:
+    """The segments as structures numbered 1, 2, ... in their order."""
+    return [replace(structureOf(segmentationNode, i), value=n) for n, i in enumerate(segmentIds, start=1)]
 
 
 def structureOf(segmentationNode, segmentId: str) -> Structure:
@@ -177,3 +203,20 @@ def _referencing(scene, className: str, volumeNode, name: str):
 def _segmentVoxels(segmentationNode, segmentId: str, volumeNode) -> int:
     mask = SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)
     return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+
+
+def chosenSegments(segmentationNode, segmentIds) -> List[str]:
+    """A segment ID, a list of them, or None for every segment of the node."""
+    segmentation = segmentationNode.GetSegmentation()
+    if segmentIds is None or segmentIds == "":
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    else:
+        ids = [segmentIds] if isinstance(segmentIds, str) else list(segmentIds)
+    if not ids:
+        raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has no segment")
+    return ids
+
+
+def segmentName(segmentationNode, segmentId: str) -> str:
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    return segment.GetName() if segment is not None else segmentId

@@ -17,7 +17,7 @@ from extremeaug.project import CaseState, JobStatus, RunSpec, Split, TrainConfig
 
 from . import SceneIO
 from .Logic import ExtremeAugSegmentLogic, JobUpdate
-from .PhantomSample import STRUCTURE, loadPhantomSample
+from .PhantomSample import STRUCTURES, loadPhantomSample
 from .TrainingMonitor import TrainingState
 
 TINY_TRAINING = RunSpec(TrainConfig(augment=3, epochs=1, width=4), device="cpu")
@@ -59,10 +59,11 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     workdir = Path(workdir)
     scene = logic.scene
     labeled, delineation, unseen = loadPhantomSample(scene, workdir / "phantoms")   # what Sample Data loads
-    segmentId = delineation.GetSegmentation().GetNthSegmentID(0)
     logic.openProject(str(workdir / "project"), create=True)
-    case = logic.addLabeledScan(labeled, delineation, segmentId)
+    case = logic.addLabeledScan(labeled, delineation)   # all three segments, each its own structure
     _check(case.state == CaseState.MANUAL and case.split == Split.TRAIN, f"labeled scan added as {case}")
+    _check([s.name for s in logic.project.structures()] == [s.name for s in STRUCTURES],
+           f"the project's structures are {logic.project.structures()}")
     log(f"added labeled scan {case.id}; training {training}")
 
     logic.startTraining(training)
@@ -80,11 +81,13 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     _, segmentationNode, probabilityNode = update.shown[0]
     result = update.state.results[0]
     _check(segmentationNode.GetName() == "phantom_1 segmentation", segmentationNode.GetName())
-    segment = segmentationNode.GetSegmentation().GetNthSegment(0)
-    _check(segment.GetName() == STRUCTURE.name and np.allclose(segment.GetColor(), STRUCTURE.color),
-           f"the result segment is {segment.GetName()!r} {segment.GetColor()}, not named and coloured as trained")
-    prediction = SceneIO.segmentToImage(segmentationNode, segmentationNode.GetSegmentation().GetNthSegmentID(0),
-                                        unseen)
+    segmentation = segmentationNode.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    _check([(s.GetName(), tuple(np.round(s.GetColor(), 3))) for s in segments] ==
+           [(s.name, tuple(np.round(s.color, 3))) for s in STRUCTURES],
+           f"the result's segments are {[(s.GetName(), s.GetColor()) for s in segments]}, not named and coloured "
+           "as trained")
+    prediction = _labelMap(segmentationNode, unseen)
     log(f"segmented {result.case_id} with v{result.version}: {result.voxels} voxels, "
         f"uncertainty {result.uncertainty:.3f}")
 
@@ -93,21 +96,34 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     _check(suggestion.case == result.case_id and suggestedVolume is unseen and
            suggestedSegmentation is segmentationNode, f"suggested {suggestion}")   # loaded nodes are reused
 
-    # the "correction": what the clinician draws in the editor
+    # the "correction": what the clinician draws in the editor, each structure in its own segment
     truth = sitk.ReadImage(str(workdir / "phantoms" / "phantom_1_mask.nii.gz"))
-    SceneIO.setSegmentFromImage(segmentationNode, truth, unseen, STRUCTURE.name, STRUCTURE.color,
-                                segmentationNode.GetSegmentation().GetNthSegmentID(0))
+    for i, structure in enumerate(STRUCTURES):
+        SceneIO.setSegmentFromImage(segmentationNode, truth == structure.value, unseen, structure.name,
+                                    structure.color, segmentation.GetNthSegmentID(0))   # the others shift down
     accepted = logic.acceptCorrection(segmentationNode)
     _check(accepted.state == CaseState.CORRECTED, f"accepted as {accepted.state}")
     _check(accepted.history[-1].correction is not None and accepted.history[-1].correction.auto_label == result.label,
            "the correction was not recorded against the prediction shown")
     stored = sitk.ReadImage(str(logic.project.path(accepted.label)))
-    _check(np.array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(truth) > 0),
-           "the accepted label differs from the edited segment")
+    _check(np.array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(truth)),
+           "the accepted label differs from the edited segments")
     log(f"accepted the correction of {accepted.id}")
     return {"case": case, "state": state, "chart": chart, "segmentation": segmentationNode,
             "probability": probabilityNode, "prediction": prediction, "result": result, "accepted": accepted,
             "polls": polls, "volume": unseen}
+
+
+def _labelMap(segmentationNode, volumeNode) -> sitk.Image:
+    """The result's segments as one label map with the structures' values."""
+    segmentation = segmentationNode.GetSegmentation()
+    values = {s.name: s.value for s in STRUCTURES}
+    out = None
+    for i in range(segmentation.GetNumberOfSegments()):
+        mask = SceneIO.segmentToImage(segmentationNode, segmentation.GetNthSegmentID(i), volumeNode)
+        layer = sitk.Cast(mask, sitk.sitkUInt8) * values[segmentation.GetNthSegment(i).GetName()]
+        out = layer if out is None else sitk.Maximum(out, layer)
+    return out
 
 
 def _check(condition: bool, message: str) -> None:

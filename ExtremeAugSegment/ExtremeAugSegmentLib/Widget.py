@@ -303,6 +303,8 @@ class Widget(qt.QWidget):
         combo.clear()
         if node is not None:
             segmentation = node.GetSegmentation()
+            if segmentation.GetNumberOfSegments() > 1:
+                combo.addItem("All segments (one structure each)", "")
             for i in range(segmentation.GetNumberOfSegments()):
                 combo.addItem(segmentation.GetNthSegment(i).GetName(), segmentation.GetNthSegmentID(i))
         combo.setCurrentIndex(max(0, combo.findData(current)))

@@ -88,20 +88,25 @@ def patch_theta(corners: torch.Tensor, params: AffineParams, slice_size: int, pa
 
 def augmented_batch(images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, params: AffineParams,
                     patch: int = PATCH) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cut augmented patches for `rows` ([B, 3]: slice, y0, x0) from slices [n, S, S] on their device.
+    """Cut augmented patches for `rows` ([B, 3]: slice, y0, x0) from slices on their device.
 
-    The image is sampled bilinearly; the mask bilinearly then thresholded at 0.5, so both see the very
-    same transform.
+    Args:
+        images: slices [n, S, S].
+        masks: one channel per structure, [n, K, S, S] (or [n, S, S] for one), any numeric type.
+
+    Returns image patches [B, 1, P, P] and masks [B, K, P, P] in {0, 1}. Image and mask channels are stacked
+    and sampled by one bilinear `grid_sample`, so all see the very same transform; each mask channel is then
+    thresholded at 0.5 on its own (structures may overlap, and a label map's values must not be blended).
     """
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
     slice_size = images.shape[-1]
     idx = rows[:, 0]
     theta = patch_theta(rows[:, 1:], params, slice_size, patch)
-    grid = F.affine_grid(theta, [len(rows), 1, patch, patch], align_corners=False)
-    img = F.grid_sample(images[idx].unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    msk = F.grid_sample(masks[idx].unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    return img, (msk > 0.5).to(img.dtype)
+    stacked = torch.cat([images[idx].unsqueeze(1), masks[idx].to(images.dtype)], dim=1)
+    grid = F.affine_grid(theta, [len(rows), stacked.shape[1], patch, patch], align_corners=False)
+    out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, :1], (out[:, 1:] > 0.5).to(images.dtype)
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

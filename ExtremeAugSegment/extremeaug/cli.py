@@ -49,9 +49,12 @@ def cmd_train(a) -> int:
 def cmd_segment(a) -> int:
     from .infer import segment_file
 
-    info = segment_file(a.model, a.image, a.out, a.probabilities, a.device, a.threshold, a.min_component_mm3)
+    info = segment_file(a.model, a.image, a.out, a.probabilities, a.device, a.threshold, a.min_component_mm3,
+                        a.keep_largest, a.seg_nrrd)
     print(f"wrote {info['mask']}: {info['foreground_voxels']} voxels ({info['foreground_mm3']} mm3) "
           f"with {info['providers'][0]}")
+    if len(info["structures"]) > 1:
+        print("; ".join(f"{s['value']} {s['name']}: {s['voxels']} voxels" for s in info["structures"]))
     return 0
 
 
@@ -66,6 +69,13 @@ def cmd_evaluate(a) -> int:
     else:
         print(f"Dice {m['dice']:.4f}  HD95 {m['hd95_mm']:.2f} mm  ASSD {m['assd_mm']:.2f} mm  "
               f"structures found {m['found']}/{m['reference_structures']}, missed {m['missed']}, extra {m['extra']}")
+        for r in m.get("structures", []):
+            others = {k: v for k, v in r["predicted_as"].items() if k != r["name"]}
+            print(f"  {r['value']} {r['name']}: Dice {r['dice']:.4f}  HD95 {r['hd95_mm']:.2f} mm  ASSD "
+                  f"{r['assd_mm']:.2f} mm  found {r['found']}/{r['reference_structures']}"
+                  + (f"  predicted as another structure: {others}" if others else ""))
+        if "mean_dice" in m:
+            print(f"  mean Dice over structures {m['mean_dice']:.4f}")
     return 0
 
 
@@ -92,7 +102,7 @@ def cmd_experiment(a) -> int:
         raise ExtremeAugError(f"--augment-mode: choose fresh, pool or both (fresh,pool), got {a.augment_mode!r}")
     if a.match_steps and a.time_budget_min:
         raise ExtremeAugError("--match-steps sets epochs per level; it cannot be combined with --time-budget")
-    base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS)
+    base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS, merge_labels=not a.labels)
     opts = from_arguments(RunOptions, a, ("device", "time_budget_min"), show_progress=False)
     rows = run_experiment(a.data, a.out, a.scans, a.augment, modes, base, opts,
                           [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet)
@@ -132,10 +142,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment a scan with an exported model")
     s.add_argument("--model", required=True, metavar="MODEL.onnx", help="model.onnx written by train")
     s.add_argument("--image", required=True)
-    s.add_argument("--out", required=True, help="output mask (same grid as the scan)")
-    s.add_argument("--probabilities", help="also write the probability map here")
+    s.add_argument("--out", required=True, help="output label map (same grid as the scan; the model's label values)")
+    s.add_argument("--probabilities", help="also write, per voxel, the highest structure probability here")
+    s.add_argument("--seg-nrrd", metavar="OUT.seg.nrrd", help="also write a 3D Slicer segmentation: one named, "
+                   "coloured segment per structure")
     s.add_argument("--threshold", type=probability, help="default: the model's")
     s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
+    s.add_argument("--keep-largest", action="store_true", default=None,
+                   help="keep only the largest component of each structure (default: as trained)")
     add_arguments(s, RunOptions, ["device"])
     s.set_defaults(func=cmd_segment)
 
@@ -164,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
                    help="give every level the optimiser steps of the highest (epochs x max(N) / N)")
     x.add_argument("--val", help="fixed validation scan ids (default: the scans not used for training)")
     x.add_argument("--folds", type=int, help="training sets per size when scans take turns (default: all)")
+    x.add_argument("--labels", action="store_true", help="learn each label value as its own structure and report "
+                   "validation Dice per structure (default: their union as one, the paper's set-up)")
     add_arguments(x, RunOptions, ["device"])
     add_arguments(x, TrainConfig, EXPERIMENT_TRAIN_FLAGS)
     x.add_argument("--quiet", action="store_true")

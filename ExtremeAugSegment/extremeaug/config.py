@@ -130,7 +130,11 @@ class TrainConfig:
     plane: Plane = _setting(Plane.AUTO, "slicing plane (auto: the acquisition plane)", Plane)
     seed: int = _setting(0, "random seed (initialisation, transforms, patch order)", int)
     label_values: Optional[List[int]] = _setting(
-        None, "mask labels that are foreground, e.g. 1,2 (default: all > 0)", int_list)
+        None, "mask label values to learn, e.g. 1,2 (default: every value > 0, each its own structure)", int_list)
+    merge_labels: bool = _setting(False, "learn the labels' union as one structure (the paper's binary set-up)", bool)
+    label_names: Optional[str] = _setting(
+        None, "name the structures, NAME=VALUE,... (e.g. L5-S1=1,L4-L5=2); a mask value not listed is an error "
+        "(default: the mask's names, or 'label N')", str, metavar="NAME=VALUE,...")
     augmentation: bool = _setting(True, "present patches untransformed (a baseline)", bool, "--no-augmentation")
     augment_mode: AugmentMode = _setting(
         AugmentMode.FRESH, "fresh: a new random transform at every presentation; pool: the paper's N fixed "
@@ -138,6 +142,8 @@ class TrainConfig:
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     min_component_mm3: float = _setting(
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
+    keep_largest: bool = _setting(False, "keep only the largest connected component of each structure at "
+                                  "segmentation (anatomy with one instance per label)", bool)
 
     def __post_init__(self):
         self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
@@ -154,6 +160,12 @@ class TrainConfig:
             raise ExtremeAugError("--lr must be a positive number")
         if not 0.0 < self.threshold < 1.0 or not self.min_component_mm3 >= 0:   # `not >=` also catches NaN
             raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
+        self.table()
+
+    def table(self):
+        """The structures named by --label-names, or None (the first mask names them)."""
+        from .structures import parse_table
+        return parse_table(self.label_names, "--label-names") if self.label_names else None
 
     def to_dict(self) -> dict:
         """Plain values only (what JSON and a weights_only checkpoint hold)."""

@@ -12,7 +12,8 @@ import torch
 
 from .augment import patch_table
 from .errors import ExtremeAugError
-from .io import read_mask, read_scan
+from .io import read_scan, read_structures
+from .structures import Structure
 from .preprocess import Preprocessing, make_template, mask_to_slices, resolve_plane, scan_to_slices
 
 
@@ -31,16 +32,25 @@ class Case:
 class PreparedCase:
     case: Case
     images: np.ndarray   # [n, S, S] float32 in [0, 1]
-    masks: np.ndarray    # [n, S, S] float32 in {0, 1}
+    masks: np.ndarray    # [n, K, S, S] uint8 in {0, 1}: one channel per structure of `labels`
+    labels: List[Structure]
 
 
-def load_case(case: Case, prep: Preprocessing, label_values: Optional[Sequence[int]] = None,
+def load_case(case: Case, prep: Preprocessing, table: Optional[Sequence[Structure]] = None,
+              label_values: Optional[Sequence[int]] = None, merge: bool = False,
               scan: Optional[sitk.Image] = None) -> PreparedCase:
-    """Slices and mask slices of a case; `scan` saves reading the image again when the caller has it."""
+    """Slices and per-structure mask slices of a case.
+
+    Args:
+        table: the structures to learn, in channel order; None takes them from this case's mask.
+        label_values, merge: which label values to learn, and whether as one structure.
+        scan: the case's scan when the caller has read it already.
+    """
     scan = read_scan(case.image) if scan is None else scan
-    mask = read_mask(case.label, scan, label_values)
+    structures, labels = read_structures(case.label, scan, table, label_values, merge)
     images, grid = scan_to_slices(scan, prep)
-    return PreparedCase(case, images, mask_to_slices(mask, grid, prep.axis))
+    masks = np.stack([mask_to_slices(m, grid, prep.axis) for m in structures], axis=1).astype(np.uint8)
+    return PreparedCase(case, images, masks, labels)
 
 
 def check_cases(cases: Sequence[Case]) -> None:
@@ -60,6 +70,7 @@ class SliceSet:
 
     def __init__(self, prepared: List[PreparedCase], device: torch.device):
         self.cases = [p.case for p in prepared]
+        self.labels = prepared[0].labels
         self.counts = [len(p.images) for p in prepared]
         images = np.concatenate([p.images for p in prepared])
         masks = np.concatenate([p.masks for p in prepared])
@@ -78,4 +89,4 @@ class SliceSet:
 
     @property
     def nbytes(self) -> int:
-        return self.images.element_size() * self.images.nelement() * 2
+        return self.images.element_size() * self.images.nelement() + self.masks.nelement()

@@ -7,7 +7,8 @@ from typing import Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .io import on_grid, read_binary
+from .io import image_like, on_grid, read_binary, read_label_arrays
+from .labels import select
 
 DETECTION_MIN_COVERAGE = 0.1  # a reference structure counts as found when >= 10 % of it is predicted
 
@@ -71,4 +72,39 @@ def evaluate_files(prediction: str, reference: str, label_values: Optional[Itera
                 if not sitk.GetArrayFromImage(read_binary(reference, [v])).any()]   # a view of a temporary dangles
     if sitk.GetArrayViewFromImage(pred).any() and not sitk.GetArrayFromImage(on_grid(pred, ref)).any():
         warnings.append("the prediction does not overlap the reference's grid (another scan?)")
-    return dict(evaluate(pred, ref), warnings=warnings)
+    result = dict(evaluate(pred, ref), warnings=warnings)
+    per_structure = evaluate_structures(prediction, reference, label_values)
+    if per_structure:
+        result.update(per_structure)
+    return result
+
+
+def evaluate_structures(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None
+                        ) -> Optional[dict]:
+    """Per structure of a multi-label reference: `evaluate` on that structure alone, and what the prediction
+    called its voxels (`predicted_as`: voxels per predicted structure, so a disc given the wrong level shows).
+    Structures are matched by name when both files carry names (.seg.nrrd), else by label value. None when
+    both files hold a single structure."""
+    p_arrays, p_labels, p_named, p_geometry = read_label_arrays(prediction)
+    r_arrays, r_labels, r_named, r_geometry = read_label_arrays(reference)
+    r_arrays, r_labels = select(r_arrays, r_labels, label_values)
+    if len(r_labels) < 2 and len(p_labels) < 2:
+        return None
+    by_name = p_named and r_named
+    key = (lambda lab: lab.name.casefold()) if by_name else (lambda lab: lab.value)
+    p_index = {key(lab): i for i, lab in enumerate(p_labels)}
+    called = np.zeros(r_arrays[0].shape, np.int16)   # 1 + index of the predicted structure, on the ref grid
+    for i, a in enumerate(p_arrays):
+        called = np.maximum(called, sitk.GetArrayFromImage(on_grid(image_like(a, p_geometry), image_like(
+            r_arrays[0], r_geometry))).astype(np.int16) * (i + 1))
+    rows = []
+    for a, lab in zip(r_arrays, r_labels):
+        i = p_index.get(key(lab))
+        pred = (called == i + 1) if i is not None else np.zeros_like(a)
+        name = lab.name if r_named or not p_named or i is None else p_labels[i].name
+        counts = np.bincount(called[a], minlength=len(p_labels) + 1)
+        predicted_as = {p_labels[j - 1].name: int(counts[j]) for j in range(1, len(counts)) if counts[j]}
+        rows.append(dict(value=lab.value, name=name, **evaluate(image_like(pred, r_geometry), image_like(a, r_geometry)),
+                         predicted_as=predicted_as, wrong_structure_voxels=int(counts[1:].sum() - (
+                             counts[i + 1] if i is not None else 0))))
+    return {"structures": rows, "mean_dice": float(np.mean([r["dice"] for r in rows]))}

@@ -97,7 +97,7 @@ def grid(sets, augments: Sequence[int], modes: Sequence[str], epochs: int, match
 
 def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, opts: RunOptions) -> dict:
     from .dataset import Case
-    from .evaluate import evaluate
+    from .evaluate import evaluate, evaluate_files
     from .stats import mean
     from .infer import Segmenter
     from .io import read_binary, read_scan
@@ -115,14 +115,20 @@ def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, o
     val = {}
     for i in cell.val:
         pred, _ = segmenter.segment(read_scan(scans[i].image))
-        val[i] = evaluate(pred, read_binary(scans[i].label, base.label_values))
+        if base.merge_labels:
+            val[i] = evaluate(pred, read_binary(scans[i].label, base.label_values))
+        else:   # each structure too, by label value
+            val[i] = evaluate_files(pred, scans[i].label, base.label_values)
     history = json.loads((folder / "model" / "history.json").read_text())
     means = {k: mean([m[k] for m in val.values()]) for k in ("dice", "hd95_mm", "assd_mm")}
+    rows = [r for m in val.values() for r in m.get("structures", []) if r["reference_voxels"]]
+    structures = {name: mean([r["dice"] for r in rows if r["name"] == name]).value
+                  for name in dict.fromkeys(r["name"] for r in rows)}
     row = {**asdict(cell), "name": cell.name, "n_train": len(cell.train), "status": result.status,
            "epochs_done": round(result.epochs_done, 4), "steps": history["history"][-1]["step"],
            "seconds": history["metadata"]["training_seconds"], "device": history["metadata"]["device"],
            "width": history["metadata"]["width"], "train_dice": history["history"][-1]["train_dice"],
-           "val": val, **{f"val_{k}": m.value for k, m in means.items()},
+           "val": val, **{f"val_{k}": m.value for k, m in means.items()}, "val_structures": structures,
            **{f"val_{k}_undefined": m.undefined for k, m in means.items()},
            "curve": [{"epochs_done": h["epochs_done"], "step": h["step"], "train_dice": h["train_dice"]}
                      for h in history["history"]],

@@ -100,8 +100,24 @@ def write_report(rows: List[dict], out: Path) -> None:
     md += _table(rows, "val_dice", PAPER_VAL, "Table II: mean validation Dice")
     md += _table(rows, "val_hd95_mm", None, "Mean validation HD95 (mm)")
     md += _table(rows, "val_assd_mm", None, "Mean validation ASSD (mm)")
+    md += _structure_table(rows)
     write_bytes("\n".join(md).encode(), out / "results.md")
     figures(rows, out)
+
+
+def _structure_table(rows: List[dict]) -> List[str]:
+    """Validation Dice per structure and model (`experiment --labels`); nothing for merged runs."""
+    names = list(dict.fromkeys(n for r in rows for n in r.get("val_structures") or {}))
+    if not names:
+        return []
+    md = ["### Validation Dice per structure", "", "| model | " + " | ".join(names) + " | mean |",
+          "|---" * (len(names) + 2) + "|"]
+    for r in rows:
+        dice = [r["val_structures"].get(n) for n in names]
+        known = [d for d in dice if d is not None]
+        mean_text = f"{sum(known) / len(known):.3f}" if known else "-"
+        md.append(f"| {r['name']} | " + " | ".join("-" if d is None else f"{d:.3f}" for d in dice) + f" | {mean_text} |")
+    return md + [""]
 
 
 def _curve(row: dict) -> tuple:

@@ -7,13 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import ExtremeAugError
 from .guard import check_image_file
+from .labels import match_table, select, split_structures
+from .structures import Structure
 from .portable import fsync_file, replace
 
 GEOMETRY_TOLERANCE = 1e-3  # mm, and direction cosine units
@@ -171,20 +173,60 @@ def on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def read_mask(path: ImageSource, scan: sitk.Image, label_values: Iterable[int] | None = None) -> sitk.Image:
-    """Read a training mask as binary uint8 on the scan's grid; refuse empty or non-overlapping masks.
+def _mask_geometry(raw: sitk.Image, path: ImageSource) -> sitk.Image:
+    """A 3D image on the mask's grid (a layered .seg.nrrd is 4D: its first three axes)."""
+    if raw.GetDimension() == 4 and raw.GetSize()[3] > 1:
+        size = list(raw.GetSize()[:3]) + [0]
+        raw = sitk.Extract(raw, size, [0, 0, 0, 0])
+    return _as_3d(raw, path, "the mask")
 
-    Multi-label masks become foreground > 0 unless label_values picks labels.
+
+def read_label_arrays(path: ImageSource) -> Tuple[List[np.ndarray], List[Structure], bool, sitk.Image]:
+    """Every structure of a mask file as a boolean array, its labels, whether they carry names (a .seg.nrrd),
+    and an image on the mask's grid."""
+    raw = _read_any(path)
+    geometry = _mask_geometry(raw, path)
+    try:
+        arrays, labels, named = split_structures(raw)
+    except ExtremeAugError as e:
+        raise ExtremeAugError(f"{_name(path)}: {e}") from None
+    return arrays, labels, named, geometry
+
+
+def image_like(array: np.ndarray, geometry: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.uint8) if array.dtype == bool else array)
+    _copy_geometry(geometry, image)
+    return image
+
+
+def read_structures(path: ImageSource, scan: sitk.Image, table: Optional[Sequence[Structure]] = None,
+                    label_values: Iterable[int] | None = None, merge: bool = False
+                    ) -> Tuple[List[sitk.Image], List[Structure]]:
+    """A training mask as one binary uint8 image per structure on the scan's grid, and their labels.
+
+    Args:
+        table: the structures expected, in order (a model's or a project's); the mask's structures are matched
+            to it (segments by name, label values by value), a missing one is empty, an unknown one an error.
+        label_values: keep only these values of a label map.
+        merge: unite the structures into one (binary training).
     """
-    mask = read_binary(path, label_values)
-    path = _name(path)
-    if not sitk.GetArrayViewFromImage(mask).any():
+    arrays, labels, named, geometry = read_label_arrays(path)
+    name = _name(path)
+    arrays, labels = select(arrays, labels, label_values, merge)
+    if table is not None:
+        arrays, labels = match_table(arrays, labels, named and not merge, table, name), list(table)
+    if not any(a.any() for a in arrays):
         picked = f" with label values {sorted(label_values)}" if label_values else ""
-        raise ExtremeAugError(f"{path}: mask is empty (no voxel{picked}); nothing to learn from")
-    resampled = on_grid(mask, scan)
-    if not sitk.GetArrayViewFromImage(resampled).any():
-        raise ExtremeAugError(f"{path}: mask does not overlap the scan (different grid, no common foreground)")
-    return resampled
+        raise ExtremeAugError(f"{name}: mask is empty (no voxel{picked}); nothing to learn from")
+    images = [on_grid(image_like(a, geometry), scan) for a in arrays]
+    if not any(sitk.GetArrayViewFromImage(i).any() for i in images):
+        raise ExtremeAugError(f"{name}: mask does not overlap the scan (different grid, no common foreground)")
+    return images, labels
+
+
+def read_mask(path: ImageSource, scan: sitk.Image, label_values: Iterable[int] | None = None) -> sitk.Image:
+    """A training mask as binary uint8 on the scan's grid (all its structures as one, or those picked)."""
+    return read_structures(path, scan, label_values=label_values, merge=True)[0][0]
 
 
 def _copy_geometry(source: sitk.Image, target: sitk.Image) -> None:

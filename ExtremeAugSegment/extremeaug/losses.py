@@ -1,4 +1,5 @@
-"""Soft Dice over the whole batch (empty patches cannot dominate), optionally plus BCE."""
+"""Soft Dice over the whole batch (empty patches cannot dominate), per structure channel and averaged over
+them (a small structure weighs as much as a large one), optionally plus BCE."""
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,10 @@ from .config import Loss
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    inter = (prob * target).sum()
-    return (2 * inter + eps) / (prob.sum() + target.sum() + eps)
+    """Mean over channels of the batch soft Dice; tensors [B, K, H, W]."""
+    dims = [0] + list(range(2, prob.dim()))
+    inter = (prob * target).sum(dims)
+    return ((2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: Loss = Loss.DICE) -> torch.Tensor:
@@ -18,10 +21,3 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: Loss = L
     if Loss.parse(kind) == Loss.DICE_BCE:
         loss = loss + F.binary_cross_entropy_with_logits(logits, target)
     return loss
-
-
-@torch.no_grad()
-def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
-    pred = (logits > 0).float()
-    denom = float(pred.sum() + target.sum())
-    return 1.0 if denom == 0 else float(2 * (pred * target).sum()) / denom

@@ -2,7 +2,8 @@
 
 Five residual down stages with filters doubling (width, 2w, ... 16w), a central residual stage (32w),
 five residual up stages joined to the down stages by skip connections, 3x3 convolutions with ReLU and
-batch normalisation, and a 1x1 head. `forward` returns logits (a numerically stable loss needs them);
+batch normalisation, and a 1x1 head with one channel per structure (each its own sigmoid, so structures may
+overlap and one structure is the binary model of the paper). `forward` returns logits (a numerically stable loss needs them);
 `probabilities` and the exported ONNX graph apply the sigmoid. Fully convolutional: any input whose
 height and width are multiples of 32 works, whole 256x256 slices included.
 """
@@ -31,9 +32,9 @@ class ResidualBlock(nn.Module):
 
 
 class ResUNet(nn.Module):
-    def __init__(self, width: int = 16, in_channels: int = 1, depth: int = DEPTH):
+    def __init__(self, width: int = 16, in_channels: int = 1, depth: int = DEPTH, classes: int = 1):
         super().__init__()
-        self.width, self.depth = width, depth
+        self.width, self.depth, self.classes = width, depth, classes
         chans = [width * 2 ** i for i in range(depth)]
         self.down = nn.ModuleList()
         cin = in_channels
@@ -48,7 +49,7 @@ class ResUNet(nn.Module):
             self.upsample.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
             self.up.append(ResidualBlock(2 * c, c))
             cin = c
-        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.head = nn.Conv2d(chans[0], classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -66,7 +67,7 @@ class ResUNet(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """The exported graph: image [B, 1, H, W] in [0, 1] -> foreground probability [B, 1, H, W]."""
+    """The exported graph: image [B, 1, H, W] in [0, 1] -> probability per structure [B, K, H, W]."""
 
     def __init__(self, net: ResUNet):
         super().__init__()

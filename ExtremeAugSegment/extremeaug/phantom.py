@@ -2,8 +2,10 @@
 
 Vertebral bodies, discs (bright nucleus, darker annulus), the CSF-filled canal with the cord,
 posterior elements, subcutaneous fat, noise and a smooth bias field, with random pose (tilt, shift,
-lordosis), anatomy (disc heights, vertebral size) and contrast. Discs are labelled 1, 2, ... from
-inferior to superior like the real data set. The geometry is a thick-slice sagittal acquisition.
+lordosis), anatomy (disc heights, vertebral size) and contrast. The mask labels the discs 1 (how many show
+varies with the pose, so a level number would not name the same disc in two phantoms); with `structures`
+it labels three structures (STRUCTURES: discs 1, vertebral bodies 2, the spinal canal 3). The geometry is a
+thick-slice sagittal acquisition.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .io import write_image
 
 SIZE = (24, 128, 160)        # voxels: left-right, anterior-posterior, inferior-superior
 SPACING = (3.0, 1.5, 1.5)    # mm
+STRUCTURES = {1: "intervertebral disc", 2: "vertebral body", 3: "spinal canal"}
 
 
 @dataclass
@@ -32,7 +35,7 @@ def _superellipse(a: np.ndarray, b: np.ndarray, c: np.ndarray, p: float) -> np.n
 
 
 def make_phantom(seed: int, size: Tuple[int, int, int] = SIZE,
-                 spacing: Tuple[float, float, float] = SPACING) -> Phantom:
+                 spacing: Tuple[float, float, float] = SPACING, structures: bool = False) -> Phantom:
     rng = np.random.default_rng(seed)
     nx, ny, nz = size
     z, y, x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip((nz, ny, nx), spacing[::-1])],
@@ -61,13 +64,14 @@ def make_phantom(seed: int, size: Tuple[int, int, int] = SIZE,
     img[cord] = 0.45
     mask = np.zeros(z.shape, np.uint8)
     r_lr, r_ap = lr / half_w, v / half_d
-    label = 0
+    bodies = np.zeros(z.shape, bool)
     for k in range(-4, 5):
         uc = phase + k * period - period / 2
         body_u = (u - uc - period / 2) / ((period - disc_h) / 2 - 0.5)
         body = _superellipse(r_lr, r_ap, body_u, 8) < 1
         texture = 0.45 + 0.05 * rng.standard_normal(z.shape).astype(np.float32)
         img[body] = texture[body]
+        bodies |= body
         disc_u = (u - uc) / (disc_h / 2)
         disc = _superellipse(r_lr * 1.03, r_ap * 1.03, disc_u, 4) < 1
         if not disc.any() or abs(uc) > 0.5 * nz * spacing[2]:
@@ -76,8 +80,10 @@ def make_phantom(seed: int, size: Tuple[int, int, int] = SIZE,
         brightness = rng.uniform(0.7, 1.0)
         img[disc] = 0.5
         img[disc & nucleus] = brightness
-        label += 1
-        mask[disc] = label
+        mask[disc] = 1
+    if structures:
+        mask[bodies & (mask == 0)] = 2
+        mask[canal] = 3
     # acquisition: contrast, bias field, noise, scanner scaling
     img = np.clip(img, 0, None) ** rng.uniform(0.8, 1.25)
     coeffs = rng.uniform(-0.25, 0.25, 3)
@@ -92,12 +98,13 @@ def make_phantom(seed: int, size: Tuple[int, int, int] = SIZE,
     return Phantom(image, mask_image)
 
 
-def write_phantoms(folder: str | Path, count: int, first_seed: int = 0) -> List[Tuple[Path, Path]]:
+def write_phantoms(folder: str | Path, count: int, first_seed: int = 0,
+                   structures: bool = False) -> List[Tuple[Path, Path]]:
     """Write phantom_<i>_image.nii.gz / phantom_<i>_mask.nii.gz; returns the (image, mask) paths."""
     folder = Path(folder)
     pairs = []
     for i in range(count):
-        p = make_phantom(first_seed + i)
+        p = make_phantom(first_seed + i, structures=structures)
         image, mask = folder / f"phantom_{i}_image.nii.gz", folder / f"phantom_{i}_mask.nii.gz"
         write_image(p.image, image)
         write_image(p.mask, mask)

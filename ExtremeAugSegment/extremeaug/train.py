@@ -24,6 +24,7 @@ from .losses import segmentation_loss
 from .model import ResUNet
 from .preprocess import Preprocessing
 from .progress import EpochStats, ProgressReporter
+from .structures import Structure
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
@@ -66,13 +67,14 @@ def _load(path: Path) -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
-                 opts: RunOptions):
+                 opts: RunOptions, structures: Optional[Sequence[Structure]] = None):
         opts.check()
         self.out, self.opts = Path(out_dir), opts
         self.device = select_device(opts.device)
         state = self._resume_state(train_cases)
         if state:
             cfg = TrainConfig(**state["config"])
+            cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
             train_cases = [self._located(c, state) for c in state["train_cases"]]
             val_cases = [self._located(c, state) for c in state["val_cases"]]
         cfg.check()
@@ -83,13 +85,17 @@ class Trainer:
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
             first_scan, cfg.plane)
-        self.train_set = SliceSet([load_case(c, self.prep, cfg.label_values, first_scan if i == 0 else None)
-                                   for i, c in enumerate(self.train_cases)], self.device)
-        self.val_set = SliceSet([load_case(c, self.prep, cfg.label_values) for c in val_cases],
-                                self.device) if val_cases else None
+        table = [Structure.from_dict(d) for d in state["labels"]] if state and state.get("labels") else (
+            list(structures) if structures else cfg.table())
+        first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
+        self.labels = first.labels   # the first mask fixes the structures; the others are matched to them
+        self.train_set = SliceSet([first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                                             for c in self.train_cases[1:]], self.device)
+        self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                                 for c in val_cases], self.device) if val_cases else None
         torch.manual_seed(cfg.seed)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"   # fixed 128x128 shapes: autotune once
-        self.net = ResUNet(cfg.width).to(self.device, memory_format=torch.channels_last)
+        self.net = ResUNet(cfg.width, classes=len(self.labels)).to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
@@ -169,15 +175,16 @@ class Trainer:
         self.net.eval()
         scores = []
         for _, sl in self.val_set.per_case():
-            inter = total = 0.0
+            inter = total = torch.zeros(len(self.labels), device=self.device)
             for s in range(sl.start, sl.stop, 8):
                 x = self.val_set.images[s:min(s + 8, sl.stop)].unsqueeze(1)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                     pred = (self.net(x.contiguous(memory_format=torch.channels_last)) > 0).float()
-                y = self.val_set.masks[s:min(s + 8, sl.stop)].unsqueeze(1)
-                inter += float((pred * y).sum())
-                total += float(pred.sum() + y.sum())
-            scores.append(2 * inter / total if total else 1.0)
+                y = self.val_set.masks[s:min(s + 8, sl.stop)].float()
+                inter = inter + (pred * y).sum((0, 2, 3))
+                total = total + (pred + y).sum((0, 2, 3))
+            per_structure = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+            scores.append(float(per_structure.mean()))   # a structure absent from both counts as right
         self.net.train()
         return sum(scores) / len(scores)
 
@@ -201,6 +208,7 @@ class Trainer:
         _save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
                "train_cases": [self._portable(c) for c in self.train_cases],
                "val_cases": [self._portable(c) for c in self.val_cases], "case_paths": "relative",
+               "labels": [lab.to_dict() for lab in self.labels],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
                "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
@@ -298,6 +306,8 @@ class Trainer:
         done = self.step / self.steps_per_epoch
         meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
                 "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
+                "keep_largest": self.cfg.keep_largest, "labels": [lab.to_dict() for lab in self.labels],
+                "merge_labels": self.cfg.merge_labels,
                 "training_cases": [c.name for c in self.train_cases],
                 "validation_cases": [c.name for c in self.val_cases],
                 "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,
@@ -316,13 +326,18 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
-          opts: Optional[RunOptions] = None) -> TrainResult:
-    return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions()).run()
+          opts: Optional[RunOptions] = None, structures: Optional[Sequence[Structure]] = None) -> TrainResult:
+    """Train and export a model.
+
+    Args:
+        structures: the label table to learn (a project's); default: --label-names, else the first mask's.
+    """
+    return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions(), structures).run()
 
 
 def load_weights(path: str | Path) -> ResUNet:
     """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
     blob = _load(Path(path))
-    net = ResUNet(int(blob["width"]))
+    net = ResUNet(int(blob["width"]), classes=int(blob["state_dict"]["head.weight"].shape[0]))
     net.load_state_dict(blob["state_dict"])
     return net.eval()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from ..config import Device, Plane
 from ..errors import ExtremeAugError, ProjectBusy
 from ..events import EventReader, append_event
+from ..structures import DEFAULT_NAME, check_table, describe
 from . import runs
 from .jobs import SegmentJob
 from .records import (Case, CaseInfo, ImageInput, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
@@ -33,18 +34,28 @@ class Project:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, plane: Plane = Plane.AUTO, val_fraction: float = 0.25,
-               label_values: Optional[Sequence[int]] = None) -> "Project":
+               label_values: Optional[Sequence[int]] = None, structures: Optional[Sequence[Structure]] = None,
+               merge_labels: bool = False) -> "Project":
         """A new project in a new or empty folder.
 
         Args:
             plane: the slicing plane every model of the project uses.
             val_fraction: the share of labeled cases kept for validation (the fixed split).
-            label_values: mask labels that are foreground (default: every label > 0).
+            label_values: mask label values to learn (default: every value > 0).
+            structures: the label table (names, colours, values); default: the first human label's structures.
+            merge_labels: learn every mask's structures as one (their union).
         """
         if not 0 <= val_fraction < 1:
             raise ExtremeAugError("--val-fraction must be in [0, 1)")
+        if structures is not None:
+            check_table(structures)
+            if merge_labels and len(structures) > 1:
+                raise ExtremeAugError("--merge-labels learns one structure; --labels names "
+                                      f"{len(structures)}")
         return cls(Store.create(folder, plane=Plane.parse(plane).value, val_fraction=val_fraction,
-                                label_values=list(label_values) if label_values else None))
+                                label_values=list(label_values) if label_values else None,
+                                labels=[s.to_dict() for s in structures] if structures else None,
+                                merge_labels=bool(merge_labels)))
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "Project":
@@ -101,19 +112,35 @@ class Project:
         from . import cases
         return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds)
 
+    def structures(self) -> Optional[List[Structure]]:
+        """The label table: each structure's name, colour, terminology and label value (None until `init
+        --labels` or the first human label fixed it)."""
+        return self._store.settings().structures
+
+    @staticmethod
+    def segmentation_image(masks: Sequence[ImageInput], structures: Sequence[Structure]) -> ImageInput:
+        """A front end's binary masks (one per structure, one grid) as one image that `add` and `accept` match to
+        the project's structures by name."""
+        from .cases import segmentation_image
+        return segmentation_image(masks, structures)
+
     def structure(self) -> Optional[Structure]:
-        """The name, colour and terminology results get (None until a label came with a name)."""
+        """A one-structure project's structure (None before it is fixed, and with several)."""
         return self._store.settings().structure
 
     def name_structure(self, structure: Structure, rename: bool = False) -> Structure:
-        """Record what the labels delineate. The first name stays (later labels with another segment name
-        are the same structure drawn by someone else) unless `rename`; returns the project's structure."""
+        """Name a one-structure project's structure (a segment's name, colour, terminology). The first name
+        stays (a later label with another segment name is the same structure drawn by someone else) unless
+        `rename`; returns the project's structure. A project of several structures is named by its table."""
         with self._store.write():
-            current = self._store.settings().structure
-            if current is None or rename:
-                self._store.set_setting("structure", asdict(structure))
-                current = structure
-        return current
+            table = self._store.settings().structures
+            if table is not None and len(table) > 1:
+                raise ExtremeAugError(f"the project has {len(table)} structures ({describe(table)}); their names "
+                                      "are fixed")
+            if table is None or rename or table[0].name == DEFAULT_NAME:
+                table = [replace(structure, value=table[0].value if table else 1)]
+                self._store.set_setting("labels", [s.to_dict() for s in table])
+        return table[0]
 
     def cases(self) -> List[CaseInfo]:
         return self._store.case_infos()

@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -19,7 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import ExtremeAugError
-from ..io import image_sha256, read_binary, read_mask, read_scan, write_image
+from ..io import image_sha256, read_scan, read_structures, write_image
+from ..labels import label_map, with_segment_fields
+from ..structures import Structure, describe
 from .records import Case, Correction, ImageInput, Label, LabelKind, Split
 from .store import Store
 
@@ -90,7 +92,7 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     with _removed_on_failure(written, folder if fresh else None):   # a full disk leaves no half case behind
         written.append(write_image(image, folder / f"scan-{secrets.token_hex(3)}.nrrd"))
         if mask is not None:
-            written.append(write_image(mask, _new_label_path(folder, LabelKind.MANUAL)))
+            written.append(write_image(mask.mask, _new_label_path(folder, LabelKind.MANUAL)))
     scan_file, label_file = written[0], (written[1] if mask is not None else None)
     with _removed_on_failure(written, folder if fresh else None), store.write():
         _check_new_id(store, case_id)   # again under the write lock: two adds cannot both take an id
@@ -127,9 +129,9 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
         raise ExtremeAugError(f"case {case_id!r} has no scan ({case['scan']} is missing); nothing accepted")
     scan = read_scan(scan_path, keep_type=True)
     mask = _read_label(store, label, scan)
-    correction = _correction(store, auto, mask, seconds) if kind == LabelKind.CORRECTED and auto else None
+    correction = _correction(store, auto, mask.mask, seconds) if kind == LabelKind.CORRECTED and auto else None
     sweep_leftovers(store.root / "cases" / case_id)
-    label_file = write_image(mask, _new_label_path(store.root / "cases" / case_id, kind))
+    label_file = write_image(mask.mask, _new_label_path(store.root / "cases" / case_id, kind))
     with _removed_on_failure([label_file]), store.write():
         label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
         if correction is not None:
@@ -138,13 +140,15 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
 
 
 def _correction(store: Store, auto: Label, mask: sitk.Image, seconds: Optional[float]) -> Correction:
-    before = sitk.GetArrayFromImage(read_binary(store.path(auto.path))) > 0   # a copy: the image is a temporary
-    after = sitk.GetArrayViewFromImage(mask) > 0
+    """What the person changed: voxels that became (or changed to) a structure, voxels taken out of every
+    structure, and the Dice of the two label maps (a voxel agrees when both give it the same structure)."""
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(store.path(auto.path))))
+    after = sitk.GetArrayFromImage(mask)
     if before.shape != after.shape:
         raise ExtremeAugError(f"prediction {auto.path} is not on the scan's grid; the project is damaged")
-    both, total = int(np.count_nonzero(before & after)), int(before.sum() + after.sum())
-    return Correction(auto.id, auto.model_version, int(np.count_nonzero(after & ~before)),
-                      int(np.count_nonzero(before & ~after)), 2 * both / total if total else 1.0,
+    same, total = int(np.count_nonzero((before == after) & (after > 0))), int((before > 0).sum() + (after > 0).sum())
+    return Correction(auto.id, auto.model_version, int(np.count_nonzero((after > 0) & (after != before))),
+                      int(np.count_nonzero((before > 0) & (after == 0))), 2 * same / total if total else 1.0,
                       None if seconds is None else round(float(seconds), 1))
 
 
@@ -185,11 +189,45 @@ def _removed_on_failure(paths: Sequence[Optional[Path]], folder: Optional[Path] 
         raise
 
 
-def _read_label(store: Store, label: ImageInput, scan: sitk.Image) -> sitk.Image:
-    """The label as binary uint8 on the scan's exact grid (project label values applied)."""
-    mask = read_mask(label, sitk.Cast(scan, sitk.sitkFloat32), store.setting("label_values"))
+@dataclass(frozen=True)
+class HumanLabel:
+    """A human label as it is stored: a label map with the project's values on the scan's exact grid, the
+    structures it holds (the label table) and the ones it left out."""
+    mask: sitk.Image
+    structures: List[Structure]
+    missing: List[str]
+
+
+def _read_label(store: Store, label: ImageInput, scan: sitk.Image) -> HumanLabel:
+    """Match a label to the project's label table (segments by name, label values by value): a structure it
+    lacks is recorded as missing, one the table does not list is refused. Before the table is fixed (by
+    `init --labels` or the first human label), the label's own structures will fix it."""
+    settings = store.settings()
+    images, structures = read_structures(label, sitk.Cast(scan, sitk.sitkFloat32), settings.structures,
+                                         settings.label_values, settings.merge_labels)
+    arrays = [sitk.GetArrayFromImage(i) > 0 for i in images]
+    mask = sitk.GetImageFromArray(label_map(arrays, structures))
     mask.CopyInformation(scan)
-    return mask
+    return HumanLabel(mask, structures, [s.name for s, a in zip(structures, arrays) if not a.any()])
+
+
+def segmentation_image(masks: Sequence[sitk.Image], structures: Sequence[Structure]) -> sitk.Image:
+    """Binary masks on one grid (a front end's segments) as one labeled image carrying each structure's name,
+    colour and terminology, as `add` and `accept` take it: matched to the project's table by name."""
+    arrays = [sitk.GetArrayFromImage(m) > 0 for m in masks]
+    image = sitk.GetImageFromArray(label_map(arrays, structures))
+    image.CopyInformation(masks[0])
+    return with_segment_fields(image, structures)
+
+
+def _fix_table(store: Store, label: HumanLabel) -> None:
+    """Inside the write: the first human label fixes the table (unless another writer fixed it first)."""
+    current = store.settings().structures
+    if current is None:
+        store.set_setting("labels", [s.to_dict() for s in label.structures])
+    elif current != label.structures:
+        raise ExtremeAugError("another label fixed the project's structures meanwhile "
+                              f"({describe(current)}); add this label again")
 
 
 def _new_label_path(folder: Path, kind: LabelKind) -> Path:
@@ -202,9 +240,11 @@ def _new_label_path(folder: Path, kind: LabelKind) -> Path:
 
 
 def _insert_human_label(store: Store, case_id: str, kind: LabelKind, path: Path, source: Optional[str],
-                        mask: sitk.Image, split: Split) -> int:
-    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-    label_id = store.insert_label(case_id, kind, store.relative(path), sha256(path), voxels, source)
+                        label: HumanLabel, split: Split) -> int:
+    _fix_table(store, label)
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(label.mask)))
+    label_id = store.insert_label(case_id, kind, store.relative(path), sha256(path), voxels, source,
+                                  missing=label.missing)
     store.assign_split(case_id, split)
     return label_id
 

@@ -6,6 +6,7 @@ import sys
 import time
 
 from ..config import RunOptions, TrainConfig, add_arguments, from_arguments, int_list
+from ..structures import describe, parse_table
 from ..errors import ExtremeAugError
 from ..events import format_eta
 from ..output import json_text
@@ -22,8 +23,10 @@ def _print_json(value) -> None:
 
 
 def cmd_init(a) -> int:
-    with Project.create(a.dir, a.plane, a.val_fraction, a.label_values) as p:
-        print(f"created project {p.root} (plane {a.plane}, validation fraction {a.val_fraction})")
+    table = parse_table(a.labels) if a.labels else None
+    with Project.create(a.dir, a.plane, a.val_fraction, a.label_values, table, a.merge_labels) as p:
+        print(f"created project {p.root} (plane {a.plane}, validation fraction {a.val_fraction}"
+              + (f", structures {describe(table)})" if table else ")"))
     return 0
 
 
@@ -194,6 +197,8 @@ def cmd_models(a) -> int:
               f"(HD95 {now.hd95_mm.format('.2f', ' mm')})" + (
                   f"; {fixes.corrections} correction(s) of its predictions, {fixes.voxels_changed.format('.0f')} "
                   "voxels changed on average" if fixes.corrections else ""))
+        if now.per_structure:
+            print("     per structure now: " + ", ".join(f"{name} {m.format()}" for name, m in now.per_structure.items()))
     return 0
 
 
@@ -229,8 +234,11 @@ def add_parser(sub) -> None:
     c = cmd("init", cmd_init, "create a project in a new or empty folder")
     c.add_argument("--plane", default=Plane.AUTO.value, choices=Plane.values())
     c.add_argument("--val-fraction", type=float, default=0.25, help="share of labeled cases kept for validation")
-    c.add_argument("--label-values", type=int_list, help="mask labels that are foreground, e.g. 201,202 "
+    c.add_argument("--label-values", type=int_list, help="mask label values to learn, e.g. 201,202 "
                    "(default: all > 0)")
+    c.add_argument("--labels", metavar="NAME=VALUE,...", help="the structures, e.g. L5-S1=1,L4-L5=2 (default: "
+                   "those of the first labeled case); a later label with another value is refused")
+    c.add_argument("--merge-labels", action="store_true", help="learn every mask's structures as one")
     c = cmd("add", cmd_add, "register a scan, with its manual label if given (a scan already in the project, "
             "same voxels and grid, is not added twice)")
     c.add_argument("scan")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from ..config import RUN_DEFAULTS, Choice, Device, RunOptions, TrainConfig
+from ..structures import Structure, default_structure
 from ..stats import Mean
 
 
@@ -64,20 +65,7 @@ class CaseState(Choice):
     CORRECTED = "corrected"
 
 
-@dataclass(frozen=True)
-class Structure:
-    """What the model segments, as the clinician named it: the delineated segment's name, colour (RGB 0..1)
-    and, when it had one, its terminology (Slicer's `~`-separated DICOM code string)."""
-    name: str
-    color: Tuple[float, float, float]
-    terminology: Optional[str] = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Structure":
-        return cls(d["name"], tuple(d["color"]), d.get("terminology"))
-
-
-DEFAULT_STRUCTURE = Structure("structure", (0.90, 0.62, 0.25))   # a project whose labels came without a name
+DEFAULT_STRUCTURE = default_structure()   # a project whose labels came without a name
 
 
 @dataclass(frozen=True)
@@ -86,7 +74,13 @@ class Settings:
     val_fraction: float
     label_values: Optional[List[int]]
     active_version: Optional[int]
-    structure: Optional[Structure] = None   # fixed by the first label that came with a name
+    merge_labels: bool = False        # masks are learned as one structure (their union)
+    structures: Optional[List[Structure]] = None   # the label table: fixed at init or by the first human label
+
+    @property
+    def structure(self) -> Optional[Structure]:
+        """A one-structure project's structure (None before the table is fixed, or with several)."""
+        return self.structures[0] if self.structures and len(self.structures) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -118,6 +112,7 @@ class Label:
     probabilities: Optional[str] = None    # auto labels: the probability map
     uncertainty: Optional[float] = None    # auto labels: mean binary entropy (bits) near the prediction
     correction: Optional[Correction] = None
+    missing: List[str] = field(default_factory=list)   # human labels: the structures it left out
 
 
 @dataclass(frozen=True)
@@ -220,6 +215,7 @@ class Scores:
     hd95_mm: Mean
     assd_mm: Mean
     per_case: Dict[str, float] = field(default_factory=dict)   # Dice by case id
+    per_structure: Dict[str, Mean] = field(default_factory=dict)   # Dice by structure (several structures)
 
 
 @dataclass(frozen=True)

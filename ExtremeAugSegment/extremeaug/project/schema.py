@@ -109,7 +109,25 @@ def _step_2(conn: sqlite3.Connection, root: Path) -> None:
     _hash_stored_scans(conn, root)
 
 
-MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2]
+# Step 3: several structures. A human label records the structures it left out; a project labeled before
+# this step learned one structure (masks were merged): its label table becomes that one structure.
+SCHEMA_3 = """
+ALTER TABLE labels ADD COLUMN missing TEXT;   -- JSON list of the structure names a human label left out
+"""
+
+
+def _step_3(conn: sqlite3.Connection, root: Path) -> None:
+    _script(SCHEMA_3)(conn, root)
+    labeled = conn.execute("SELECT 1 FROM labels WHERE kind != 'auto' LIMIT 1").fetchone()
+    row = conn.execute("SELECT value FROM settings WHERE key = 'structure'").fetchone()
+    if labeled or row:
+        structure = dict(json.loads(row[0]) if row else {"name": "structure", "color": [0.9, 0.62, 0.25]}, value=1)
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('labels', ?)", (json.dumps([structure]),))
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('merge_labels', 'true')")
+    conn.execute("DELETE FROM settings WHERE key = 'structure'")
+
+
+MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2, _step_3]
 CURRENT = len(MIGRATIONS)
 
 

@@ -22,7 +22,8 @@ from . import schema
 from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split, Structure
 
 DB_FILE = "project.db"
-DEFAULT_SETTINGS = {"plane": "auto", "val_fraction": 0.25, "label_values": None, "active_version": None}
+DEFAULT_SETTINGS = {"plane": "auto", "val_fraction": 0.25, "label_values": None, "active_version": None,
+                    "labels": None, "merge_labels": False}
 HUMAN = (LabelKind.MANUAL.value, LabelKind.CORRECTED.value)
 
 # a case's state, defined once: the newest human label wins over any prediction
@@ -151,9 +152,10 @@ class Store:
         self._writing().execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))
 
     def settings(self) -> Settings:
-        structure = self.setting("structure")
-        return Settings(**{k: self.setting(k) for k in ("plane", "val_fraction", "label_values", "active_version")},
-                        structure=Structure.from_dict(structure) if structure else None)
+        table = self.setting("labels")
+        return Settings(**{k: self.setting(k) for k in ("plane", "val_fraction", "label_values", "active_version",
+                                                        "merge_labels")},
+                        structures=[Structure.from_dict(d) for d in table] if table else None)
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -234,12 +236,13 @@ class Store:
     # -- labels ----------------------------------------------------------------------------------
     def insert_label(self, case_id: str, kind: LabelKind, path: str, sha256: str, voxels: int,
                      source: Optional[str] = None, model_version: Optional[int] = None,
-                     probabilities: Optional[str] = None, uncertainty: Optional[float] = None) -> int:
+                     probabilities: Optional[str] = None, uncertainty: Optional[float] = None,
+                     missing: Optional[List[str]] = None) -> int:
         return self._writing().execute(
             "INSERT INTO labels (case_id, kind, path, sha256, voxels, created, source, model_version, probabilities, "
-            "uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "uncertainty, missing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (case_id, LabelKind(kind).value, path, sha256, voxels, time.time(), source, model_version, probabilities,
-             uncertainty)).lastrowid
+             uncertainty, json.dumps(missing) if missing else None)).lastrowid
 
     def insert_correction(self, label_id: int, c: Correction) -> None:
         self._writing().execute("INSERT INTO corrections VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -282,7 +285,8 @@ class Store:
         return [Label(r["id"], r["case_id"], LabelKind(r["kind"]), r["path"], r["sha256"], r["voxels"], r["created"],
                       r["source"], r["model_version"], r["probabilities"], r["uncertainty"],
                       Correction(r["auto_label_id"], r["k_version"], r["voxels_added"], r["voxels_removed"], r["dice"],
-                                 r["seconds"]) if r["auto_label_id"] is not None else None) for r in rows]
+                                 r["seconds"]) if r["auto_label_id"] is not None else None,
+                      json.loads(r["missing"]) if r["missing"] else []) for r in rows]
 
     # -- runs ------------------------------------------------------------------------------------
     def active_run(self) -> Optional[RunRow]:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ExtremeAugError
-from ..evaluate import evaluate
+from ..evaluate import evaluate_files
 from ..infer import Segmenter
-from ..io import read_binary, read_scan, write_bytes
+from ..io import read_scan, write_bytes
 from ..portable import replace
 from ..stats import mean
 from .cases import sha256
@@ -44,7 +44,7 @@ def score_model(store: Store, onnx: Path, labels: Sequence[Label], device: str) 
     for label in labels:
         scan = read_scan(store.path(store.case_row(label.case_id)["scan"]))
         pred, _ = segmenter.segment(scan)
-        scores[label.id] = evaluate(pred, read_binary(store.path(label.path)))
+        scores[label.id] = evaluate_files(pred, store.path(label.path))   # with several structures, each too
     return scores
 
 
@@ -130,8 +130,10 @@ def _scores(have: Dict[int, Tuple[str, dict]], label_ids: Sequence[int]) -> Scor
     """Means over the labels that have a score; unscored ones are left out of `scored`, not averaged."""
     scored = [have[i] for i in label_ids if i in have]
     means = (mean([m[k] for _, m in scored]) for k in ("dice", "hd95_mm", "assd_mm"))
-    return Scores(len(label_ids), len(scored), *means,
-                  {case: m["dice"] for case, m in scored})
+    rows = [r for _, m in scored for r in m.get("structures", []) if r["reference_voxels"]]   # drawn ones only
+    return Scores(len(label_ids), len(scored), *means, {case: m["dice"] for case, m in scored},
+                  {name: mean([r["dice"] for r in rows if r["name"] == name]) for name in dict.fromkeys(
+                      r["name"] for r in rows)})
 
 
 def use(store: Store, version: int) -> int:

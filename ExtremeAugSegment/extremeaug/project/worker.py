@@ -130,7 +130,8 @@ def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heart
     heart.set_phase(Phase.TRAINING)
     result = train(spec.train, [Case(str(scan), str(label), id=case_id) for case_id, scan, label in inputs], [],
                    folder / "train", spec.to_options(resume=resume, progress_file=str(folder / "progress.jsonl"),
-                                                     show_progress=False, stop_file=str(folder / "cancel")))
+                                                     show_progress=False, stop_file=str(folder / "cancel")),
+                   project.structures())
     if result.status == "stopped":
         return None
     heart.set_phase(Phase.SCORING)
