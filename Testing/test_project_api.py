@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from conftest import MODULE_DIR, make_image, one_line_error, run_cli
 from extremeaug.errors import ExtremeAugError
+from extremeaug.infer import Segmenter
 from extremeaug.io import image_sha256
 from extremeaug.project import DEFAULT_STRUCTURE, CaseState, LabelKind, Project, Split
 from extremeaug.project import schema
@@ -166,6 +167,21 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
     assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 3
     conn.close()
     Project.open(root).close()   # opening again migrates nothing
+
+
+def test_a_project_labeled_before_several_structures_still_trains_its_one_structure(tmp_path, random_model):
+    root = tmp_path / "old"
+    root.mkdir()
+    schema_1_project(root)
+    (root / "models" / "v1").mkdir(parents=True)
+    (root / "models" / "v1" / "model.onnx").write_bytes(random_model.read_bytes())
+    trained = run_cli("project", "train", root, "--augment", "1", "--epochs", "1", "--width", "4", "--device", "cpu",
+                      "--wait")
+    assert trained.returncode == 0, trained.stderr
+    with Project.open(root) as project:
+        v2 = project.versions(rescore=False)[-1]
+        assert v2.version == 2 and project.structures() == [DEFAULT_STRUCTURE]
+        assert Segmenter(project.path(v2.path), "cpu").labels == [DEFAULT_STRUCTURE]   # one channel, value 1
 
 
 def test_a_project_from_a_newer_release_is_refused(tmp_path):

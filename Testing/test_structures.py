@@ -1,8 +1,7 @@
 """Several structures from one mask: label tables, .seg.nrrd in and out (loaded by real MRML), per-channel
-augmentation, per-structure clean-up and evaluation, and a three-structure phantom trained end to end."""
+augmentation, per-structure clean-up and evaluation, a project's label table. (A three-structure phantom
+trained end to end through the command line: test_end_to_end.py.)"""
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ from extremeaug.infer import clean_structures
 from extremeaug.io import read_label_arrays, read_structures, write_image
 from extremeaug.labels import with_segment_fields
 from extremeaug.structures import Structure, parse_table
-from extremeaug.phantom import STRUCTURES, write_phantoms
 
-DISC_TERM = "SCT^123037004^Anatomical Structure~SCT^244563003^Intervertebral disc~^^~Anatomic codes - DICOM master list~^^~^^"
+DISC_TERM = ("SCT^123037004^Anatomical Structure~SCT^244563003^Intervertebral disc~^^~"
+             "Anatomic codes - DICOM master list~^^~^^")
 TABLE = [Structure("L5-S1", (0.9, 0.1, 0.1), DISC_TERM, 1), Structure("L4-L5", (0.1, 0.8, 0.2), value=2),
          Structure("canal", (0.2, 0.3, 1.0), value=7)]
 
@@ -136,26 +135,6 @@ def test_evaluation_per_structure_reports_a_swapped_level(tmp_path):
     assert m["mean_dice"] == pytest.approx((0 + 2 * 120 / (120 + 195) + 1) / 3)
 
 
-@pytest.mark.slow
-def test_three_structure_phantom_trains_and_each_structure_is_found(tmp_path):
-    pairs = write_phantoms(tmp_path / "data", 2, structures=True)
-    names = ",".join(f"{name}={value}" for value, name in STRUCTURES.items())
-    model = tmp_path / "model"
-    result = run_cli("train", "--image", pairs[0][0], "--label", pairs[0][1], "--out", model, "--augment", "30",
-                     "--epochs", "1", "--label-names", names, "--quiet", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    seg = run_cli("segment", "--model", model / "model.onnx", "--image", pairs[1][0], "--out", tmp_path / "p.nii.gz",
-                  "--seg-nrrd", tmp_path / "p.seg.nrrd", "--keep-largest")
-    assert seg.returncode == 0, seg.stderr
-    ev = run_cli("evaluate", "--prediction", tmp_path / "p.seg.nrrd", "--reference", pairs[1][1], "--json")
-    rows = {r["name"]: r for r in json.loads(ev.stdout)["structures"]}
-    assert set(rows) == set(STRUCTURES.values())
-    for name, r in rows.items():
-        assert r["dice"] >= 0.8, (name, r)
-    one_line_error(run_cli("train", "--image", pairs[0][0], "--label", pairs[0][1], "--out", tmp_path / "m2",
-                           "--label-names", "disc=1,body=2"), "label value 3 is not one of the structures")
-
-
 def test_project_label_table_refuses_unknown_structures_and_records_missing_ones(tmp_path):
     project = tmp_path / "project"
     assert run_cli("project", "init", project, "--labels", "L5-S1=1,L4-L5=2").returncode == 0
@@ -179,3 +158,13 @@ def test_project_label_table_refuses_unknown_structures_and_records_missing_ones
         assert [s.name for s in p.structures()] == ["L5-S1", "L4-L5"]
         stored = sitk.GetArrayFromImage(sitk.ReadImage(str(p.path(history[0].path))))
         assert np.array_equal(stored, np.where(array == 7, 0, array))   # the project's values, as given
+    # a version is scored per structure on the validation labels
+    write_image(make_image(np.random.default_rng(1).random(array.shape).astype(np.float32) * 100),
+                tmp_path / "scan2.nrrd")
+    assert run_cli("project", "add", project, tmp_path / "scan2.nrrd", "--label", tmp_path / "both.nii.gz",
+                   "--id", "c2", "--split", "validation").returncode == 0
+    trained = run_cli("project", "train", project, "--augment", "1", "--epochs", "1", "--width", "4",
+                      "--device", "cpu", "--wait")
+    assert trained.returncode == 0, trained.stderr
+    models = run_cli("project", "models", project)
+    assert "per structure now: L5-S1 " in models.stdout and ", L4-L5 " in models.stdout, models.stdout

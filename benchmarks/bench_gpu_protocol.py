@@ -98,7 +98,7 @@ def main() -> None:
     if not a.image:
         a.image, a.label = map(str, write_phantoms(work / "data", 1)[0])
     case, dev = Case(a.image, a.label), torch.device(a.device)
-    cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width)
+    cfg = TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, width=a.width, merge_labels=True)
     r = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
          "case": a.image, "augment": a.augment, "epochs": a.epochs, "batch_size": a.batch_size}
 

@@ -14,7 +14,7 @@ EXTREMEAUG=${EXTREMEAUG:-extremeaug}
 P="$OUT/project"
 rm -rf "$OUT" && mkdir -p "$OUT"
 set -x
-$EXTREMEAUG project init "$P"
+$EXTREMEAUG project init "$P" --merge-labels   # all discs as one structure, as in docs/results.md section 6
 $EXTREMEAUG project add "$P" "$DATA/case11_image.nii.gz" --label "$DATA/case11_mask.nii.gz" --id case11
 $EXTREMEAUG project add "$P" "$DATA/case20_image.nii.gz" --id case20
 $EXTREMEAUG project add "$P" "$DATA/case25_image.nii.gz" --id case25

@@ -45,7 +45,8 @@ def resultSegmentation(scene, volumeNode, name: str, isEdited: Callable[[object]
     return node
 
 
-def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image], structures: Sequence[Structure]) -> bool:
+def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image],
+             structures: Sequence[Structure]) -> bool:
     """Whether a result differs from the stored label map it showed: a segment added, removed, renamed or
     painted (each segment is compared with its structure's voxels in the stored file)."""
     labelPath = segmentationNode.GetAttribute(STORED_ATTRIBUTE)
@@ -60,8 +61,9 @@ def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image], 
     if sorted(names) != sorted(values):
         return True
     label = sitk.GetArrayFromImage(stored(labelPath))
-    return any(not np.array_equal(sitk.GetArrayFromImage(SceneIO.segmentToImage(segmentationNode, i, volumeNode))
-                                  > 0, label == values[name]) for i, name in zip(ids, names))   # not a view: a temporary
+    def shown(segmentId):   # a copy, not a view: the image is a temporary
+        return sitk.GetArrayFromImage(SceneIO.segmentToImage(segmentationNode, segmentId, volumeNode)) > 0
+    return any(not np.array_equal(shown(i), label == values[name]) for i, name in zip(ids, names))
 
 
 def fillResult(segmentationNode, volumeNode, labelmap: sitk.Image, structures: Sequence[Structure]) -> List[str]:

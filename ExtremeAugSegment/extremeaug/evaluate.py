@@ -104,7 +104,8 @@ def evaluate_structures(prediction: str, reference: str, label_values: Optional[
         name = lab.name if r_named or not p_named or i is None else p_labels[i].name
         counts = np.bincount(called[a], minlength=len(p_labels) + 1)
         predicted_as = {p_labels[j - 1].name: int(counts[j]) for j in range(1, len(counts)) if counts[j]}
-        rows.append(dict(value=lab.value, name=name, **evaluate(image_like(pred, r_geometry), image_like(a, r_geometry)),
+        metrics = evaluate(image_like(pred, r_geometry), image_like(a, r_geometry))
+        rows.append(dict(value=lab.value, name=name, **metrics,
                          predicted_as=predicted_as, wrong_structure_voxels=int(counts[1:].sum() - (
                              counts[i + 1] if i is not None else 0))))
     return {"structures": rows, "mean_dice": float(np.mean([r["dice"] for r in rows]))}

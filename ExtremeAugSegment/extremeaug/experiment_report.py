@@ -116,7 +116,8 @@ def _structure_table(rows: List[dict]) -> List[str]:
         dice = [r["val_structures"].get(n) for n in names]
         known = [d for d in dice if d is not None]
         mean_text = f"{sum(known) / len(known):.3f}" if known else "-"
-        md.append(f"| {r['name']} | " + " | ".join("-" if d is None else f"{d:.3f}" for d in dice) + f" | {mean_text} |")
+        cells = " | ".join("-" if d is None else f"{d:.3f}" for d in dice)
+        md.append(f"| {r['name']} | {cells} | {mean_text} |")
     return md + [""]
 
 

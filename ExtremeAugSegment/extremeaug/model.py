@@ -3,9 +3,9 @@
 Five residual down stages with filters doubling (width, 2w, ... 16w), a central residual stage (32w),
 five residual up stages joined to the down stages by skip connections, 3x3 convolutions with ReLU and
 batch normalisation, and a 1x1 head with one channel per structure (each its own sigmoid, so structures may
-overlap and one structure is the binary model of the paper). `forward` returns logits (a numerically stable loss needs them);
-`probabilities` and the exported ONNX graph apply the sigmoid. Fully convolutional: any input whose
-height and width are multiples of 32 works, whole 256x256 slices included.
+overlap and one structure is the binary model of the paper). `forward` returns logits (a numerically stable
+loss needs them); `probabilities` and the exported ONNX graph apply the sigmoid. Fully convolutional: any
+input whose height and width are multiples of 32 works, whole 256x256 slices included.
 """
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def cmd_models(a) -> int:
                   f"; {fixes.corrections} correction(s) of its predictions, {fixes.voxels_changed.format('.0f')} "
                   "voxels changed on average" if fixes.corrections else ""))
         if now.per_structure:
-            print("     per structure now: " + ", ".join(f"{name} {m.format()}" for name, m in now.per_structure.items()))
+            print("     per structure now: " + ", ".join(f"{n} {m.format()}" for n, m in now.per_structure.items()))
     return 0
 
 
