@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/results.md section 9: one structure (all discs) vs five (one per level), both trained on case 11 alone
+# docs/results.md section 10: one structure (all discs) vs five (one per level), both trained on case 11 alone
 # under the same budget, one after the other on the same machine; then a table of union and per-level Dice.
 # Usage: benchmarks/real_data_structures.sh [DATA_DIR] [OUT_DIR]   (BUDGET=minutes, DEVICE=cpu|cuda|auto)
 set -euo pipefail

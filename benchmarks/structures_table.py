@@ -1,4 +1,4 @@
-"""The table of docs/results.md section 9 from benchmarks/real_data_structures.sh's output folder."""
+"""The table of docs/results.md section 10 from benchmarks/real_data_structures.sh's output folder."""
 from __future__ import annotations
 
 import json

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from dataclasses import replace
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -64,7 +65,8 @@ def evaluate(pred: sitk.Image, ref: sitk.Image) -> dict:
     return result
 
 
-def evaluate_files(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None) -> dict:
+def evaluate_files(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None,
+                   names: Optional[Dict[int, str]] = None) -> dict:
     """`evaluate` on two files, with `warnings` for what makes the numbers meaningless without failing:
     a label value that matches no voxel of the reference, a prediction that lies outside its grid."""
     ref, pred = read_binary(reference, label_values), read_binary(prediction)
@@ -73,20 +75,23 @@ def evaluate_files(prediction: str, reference: str, label_values: Optional[Itera
     if sitk.GetArrayViewFromImage(pred).any() and not sitk.GetArrayFromImage(on_grid(pred, ref)).any():
         warnings.append("the prediction does not overlap the reference's grid (another scan?)")
     result = dict(evaluate(pred, ref), warnings=warnings)
-    per_structure = evaluate_structures(prediction, reference, label_values)
+    per_structure = evaluate_structures(prediction, reference, label_values, names)
     if per_structure:
         result.update(per_structure)
     return result
 
 
-def evaluate_structures(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None
-                        ) -> Optional[dict]:
+def evaluate_structures(prediction: str, reference: str, label_values: Optional[Iterable[int]] = None,
+                        names: Optional[Dict[int, str]] = None) -> Optional[dict]:
     """Per structure of a multi-label reference: `evaluate` on that structure alone, and what the prediction
     called its voxels (`predicted_as`: voxels per predicted structure, so a disc given the wrong level shows).
     Structures are matched by name when both files carry names (.seg.nrrd), else by label value. None when
-    both files hold a single structure."""
+    both files hold a single structure. `names` names the label values of a file that carries none."""
     p_arrays, p_labels, p_named, p_geometry = read_label_arrays(prediction)
     r_arrays, r_labels, r_named, r_geometry = read_label_arrays(reference)
+    if names:
+        p_labels = p_labels if p_named else [replace(lab, name=names.get(lab.value, lab.name)) for lab in p_labels]
+        r_labels = r_labels if r_named else [replace(lab, name=names.get(lab.value, lab.name)) for lab in r_labels]
     r_arrays, r_labels = select(r_arrays, r_labels, label_values)
     if len(r_labels) < 2 and len(p_labels) < 2:
         return None

@@ -40,11 +40,12 @@ def score_model(store: Store, onnx: Path, labels: Sequence[Label], device: str) 
     if not labels:
         return {}
     segmenter = Segmenter(onnx, device)
+    names = {s.value: s.name for s in store.settings().structures or []}
     scores = {}
     for label in labels:
         scan = read_scan(store.path(store.case_row(label.case_id)["scan"]))
         pred, _ = segmenter.segment(scan)
-        scores[label.id] = evaluate_files(pred, store.path(label.path))   # with several structures, each too
+        scores[label.id] = evaluate_files(pred, store.path(label.path), names=names)   # several: each too
     return scores
 
 
