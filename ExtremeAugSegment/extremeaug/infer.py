@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from .errors import ExtremeAugError
 from .metadata import METADATA_KEY
-from .io import check_outputs, read_scan, write_image
+from .io import check_outputs, image_like, read_scan, write_image
 from .labels import label_dtype, with_segment_fields
 from .structures import Structure, check_table, default_structure
 from .preprocess import Preprocessing, scan_to_slices, slices_to_scan
@@ -99,7 +99,7 @@ class Segmenter:
 
     def probabilities(self, scan: sitk.Image) -> sitk.Image:
         """Per voxel, the highest structure probability (with one structure, its probability), float32."""
-        return _like(self.class_probabilities(scan).max(axis=0), scan)
+        return image_like(self.class_probabilities(scan).max(axis=0), scan)
 
     def segment(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                 keep_largest: Optional[bool] = None) -> Tuple[sitk.Image, sitk.Image]:
@@ -112,14 +112,8 @@ class Segmenter:
         array = np.where(top > t, values[probs.argmax(axis=0)], 0).astype(label_dtype(self.labels))
         mm3 = self.metadata.get("min_component_mm3", 0.0) if min_component_mm3 is None else min_component_mm3
         largest = bool(self.metadata.get("keep_largest", False)) if keep_largest is None else keep_largest
-        mask = clean_structures(_like(array, scan), self.labels, mm3, largest)
-        return mask, _like(top, scan)
-
-
-def _like(array: np.ndarray, scan: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(scan)
-    return image
+        mask = clean_structures(image_like(array, scan), self.labels, mm3, largest)
+        return mask, image_like(top, scan)
 
 
 def clean_structures(labelmap: sitk.Image, labels, min_mm3: float = 0.0, keep_largest: bool = False) -> sitk.Image:
