@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.augment import (AugmentConfig, augmented_batch, patch_corners, patch_table,
-                                sample_params, step_generator)
+from extremeaug.augment import (AugmentConfig, IntensityConfig, augmented_batch, intensity_jitter, patch_corners,
+                                patch_table, sample_params, step_generator)
 
 CPU = torch.device("cpu")
 
@@ -54,6 +54,37 @@ def test_mask_gets_the_same_transform_as_the_image():
     img, msk = augmented_batch(masks, masks, rows, params)
     assert torch.equal((img > 0.5).float(), msk)
     assert msk.sum() > 0
+
+
+def test_intensity_jitter_keeps_every_edge_on_the_mask_boundary():
+    """Without noise, a pixel just inside a mask edge stays brighter than its neighbour just outside (all but a
+    few where interpolation left the two nearly equal), while the intensities do change: the edge the network
+    sees stays where the mask says it is (a shift of one pixel breaks about half of the pairs)."""
+    images, masks = blobs()
+    rows = patch_table(4, 256)
+    params = sample_params(len(rows), AugmentConfig(), step_generator(0, 0, CPU), CPU)
+    img, msk = augmented_batch(0.2 + 0.6 * masks, masks, rows, params)
+    jittered = intensity_jitter(img, step_generator(0, 1, CPU), IntensityConfig(max_noise_sd=0.0))
+    assert (jittered - img).abs().mean() > 0.02 and 0 <= jittered.min() and jittered.max() <= 1
+    inside, outside = msk[..., :, 1:] > msk[..., :, :-1], msk[..., :, 1:] < msk[..., :, :-1]   # edges along x
+    right, left = jittered[..., :, 1:], jittered[..., :, :-1]
+    assert inside.sum() > 1000 and outside.sum() > 1000
+    kept = torch.cat([right[inside] > left[inside], right[outside] < left[outside]]).float().mean()
+    assert kept > 0.995
+
+
+def test_intensity_changes_only_the_image_and_draws_after_the_geometry():
+    """`--intensity` draws from the step's generator after the transforms, so the mask batch is the same with or
+    without it (the geometric draws a seed gives do not move)."""
+    images, masks = blobs()
+    rows = patch_table(4, 256)
+    batches = []
+    for intensity in (False, True):
+        g = step_generator(3, 7, CPU)
+        img, msk = augmented_batch(images, masks, rows, sample_params(len(rows), AugmentConfig(), g, CPU))
+        batches.append((intensity_jitter(img, g) if intensity else img, msk))
+    assert torch.equal(batches[0][1], batches[1][1])
+    assert not torch.allclose(batches[0][0], batches[1][0])
 
 
 def test_identity_is_a_plain_crop():

@@ -58,6 +58,15 @@ def test_detection_counts():
     assert (m["reference_structures"], m["found"], m["missed"], m["extra"]) == (2, 1, 1, 1)
 
 
+def test_labeled_extent_dice_ignores_components_that_touch_no_reference_structure():
+    ref = cube((20, 40, 40), (5, 5, 5), (10, 10, 10))
+    pred = cube((20, 40, 40), (5, 5, 6), (10, 10, 11)) + cube((20, 40, 40), (12, 30, 30), (17, 35, 35))
+    m = evaluate(make_image(pred), make_image(ref))
+    assert m["dice"] == pytest.approx(2 * 100 / (125 + 125 + 125))
+    assert m["dice_labeled_extent"] == pytest.approx(2 * 100 / (125 + 125))
+    assert m["extra_voxels"] == 125
+
+
 def test_evaluate_warns_when_a_label_value_or_the_grid_matches_nothing(tmp_path):
     import SimpleITK as sitk
 

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, one_line_error, run_cli
+from extremeaug.errors import ExtremeAugError
 from extremeaug.experiment import SPIDER_DISC_LABELS, discover, grid, training_sets
 from extremeaug.io import read_binary
 from extremeaug.phantom import write_phantoms
@@ -53,6 +54,18 @@ def test_match_steps_scales_epochs():
     cells = grid([(("a",), ("b",))], [5, 20, 50], ["pool"], 2, match_steps=True)
     assert [(c.augment, c.epochs) for c in cells] == [(5, 20), (20, 5), (50, 2)]
     assert {c.augment * c.epochs for c in cells} == {100}
+
+
+def test_shards_split_the_grid_without_overlap():
+    from extremeaug.experiment import shard
+
+    cells = grid([(("a",), ("b",)), (("b",), ("a",))], [5, 20, 50], ["fresh", "pool"], 1, match_steps=False)
+    parts = [shard(cells, f"{i}/3") for i in range(3)]
+    assert sorted(c.name for part in parts for c in part) == sorted(c.name for c in cells)
+    assert all(len(part) == 4 for part in parts) and shard(cells, None) == cells
+    for bad in ("3/3", "1", "a/b"):
+        with pytest.raises(ExtremeAugError, match="--shard"):
+            shard(cells, bad)
 
 
 @pytest.mark.slow

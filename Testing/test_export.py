@@ -68,3 +68,24 @@ def test_segmentation_needs_no_torch():
     code = "import sys, extremeaug.infer, extremeaug.evaluate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_2_5d_model_segments_the_same_through_onnx_as_in_torch(tmp_path, phantoms):
+    """Three input channels (a slice and its two neighbours): the ONNX file, its metadata and the Segmenter's
+    stacking of neighbours give what torch gives on the same inputs."""
+    import SimpleITK as sitk
+    from extremeaug.preprocess import Preprocessing, make_template, scan_to_slices, with_context
+
+    torch.manual_seed(2)
+    net = ResUNet(4, in_channels=3).eval()
+    scan = sitk.ReadImage(str(phantoms[0][0]), sitk.sitkFloat32)
+    prep = Preprocessing("sagittal", template=make_template(scan))
+    assert export_onnx(net, tmp_path / "m.onnx", {"preprocessing": prep.to_dict(), "context": 1}) <= PARITY_TOLERANCE
+    segmenter = Segmenter(tmp_path / "m.onnx", "cpu")
+    slices, _ = scan_to_slices(scan, prep)
+    inputs = with_context(slices, 1)
+    assert inputs.shape == (len(slices), 3) + slices.shape[1:]
+    assert np.array_equal(inputs[0, 0], slices[0]) and np.array_equal(inputs[5, 2], slices[6])
+    with torch.no_grad():
+        expected = net.probabilities(torch.from_numpy(inputs)).numpy()
+    assert np.abs(segmenter._slice_probabilities(slices) - expected).max() < PARITY_TOLERANCE

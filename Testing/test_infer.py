@@ -98,3 +98,15 @@ def test_runtime_failure_is_a_clear_error(tmp_path, phantoms, random_model):
     path.write_bytes(with_metadata(buffer.getvalue(), meta))
     with pytest.raises(ExtremeAugError, match="onnxruntime failed on CPUExecutionProvider"):
         Segmenter(path, "cpu").segment(sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32))
+
+
+def test_a_provider_that_did_not_start_is_said_in_one_line_never_silently():
+    from extremeaug.infer import CUDA_OPTIONS, provider_warning, providers_for
+
+    asked = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
+    assert provider_warning(asked, ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    warning = provider_warning(asked, ["CPUExecutionProvider"])
+    assert "could not start CUDAExecutionProvider" in warning and "CPUExecutionProvider" in warning
+    assert "\n" not in warning
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert provider_warning(providers_for("cpu"), ["CPUExecutionProvider"]) is None

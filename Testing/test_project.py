@@ -53,6 +53,11 @@ def test_the_bootstrap_loop_on_phantoms(tmp_path, phantoms):
     cases = {c["id"]: c for c in project_json("cases", proj)}
     assert [cases[f"p{i}"]["state"] for i in (1, 2, 3)] == ["auto"] * 3
     assert all(0.0 <= cases[f"p{i}"]["uncertainty"] <= 1.0 for i in (1, 2, 3))
+    again = project_json("segment", proj, "p1")        # the map where to look is stored beside the mask
+    u, mask = sitk.ReadImage(str(proj / again["uncertainty_map"])), sitk.ReadImage(str(proj / again["mask"]))
+    assert u.GetSize() == mask.GetSize() and np.allclose(u.GetOrigin(), mask.GetOrigin())
+    assert 0 <= sitk.GetArrayViewFromImage(u).min() and sitk.GetArrayViewFromImage(u).max() <= 1
+    assert again["uncertainty"] == pytest.approx(cases["p1"]["uncertainty"])
 
     first = project_json("suggest", proj)
     assert first["case"] in {"p1", "p2", "p3"} and first["version"] == 1
@@ -108,14 +113,14 @@ def test_fixed_split_policy(tmp_path):
         assert project.accept("c4", str(tmp_path / "m.nrrd")).split == Split.VALIDATION   # stays where it was
 
 
-def test_uncertainty_score():
+def test_uncertainty_score_is_the_maps_mean_near_the_prediction():
     shape = (4, 10, 10)
-    prob = make_image(np.full(shape, 0.5, np.float32))
     some = np.zeros(shape, np.uint8)
     some[1:3, 3:6, 3:6] = 1
-    assert uncertainty(prob, make_image(some)) == pytest.approx(1.0)
-    sure = np.where(some > 0, 1.0, 0.0).astype(np.float32)
-    assert uncertainty(make_image(sure), make_image(some)) < 1e-4
+    assert uncertainty(make_image(np.ones(shape, np.float32)), make_image(some)) == pytest.approx(1.0)
+    far = np.zeros(shape, np.float32)
+    far[:, 9, 9] = 1.0                       # unsure only outside the 3 mm band: not where a correction goes
+    assert uncertainty(make_image(far), make_image(some)) == 0.0
     assert uncertainty(make_image(np.zeros(shape, np.float32)), make_image(np.zeros(shape, np.uint8))) == 1.0
 
 

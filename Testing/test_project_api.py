@@ -163,8 +163,8 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
         # it learned one structure: that stays its label table, and new masks are merged into it
         assert project.structures() == [DEFAULT_STRUCTURE] and project.status().settings.merge_labels
     conn = sqlite3.connect(str(root / "project.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 3
-    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 4
+    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 4
     conn.close()
     Project.open(root).close()   # opening again migrates nothing
 

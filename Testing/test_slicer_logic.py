@@ -18,7 +18,7 @@ import vtk  # noqa: E402  (installed with slicer-core)
 
 sys.path.insert(0, str(MODULE_DIR))
 
-from ExtremeAugSegmentLib import SceneIO  # noqa: E402
+from ExtremeAugSegmentLib import Results, SceneIO  # noqa: E402
 from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, Purpose, cudaSessionWorks, installPlan,  # noqa: E402
                                                missingModules, modulesToInstall, outdatedModules)
 from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
@@ -178,7 +178,12 @@ def test_whole_loop_through_the_logic_with_the_real_worker(scene, tmp_path):
         history = project.case("phantom_1").history
         stored = sitk.ReadImage(str(project.path(history[0].path)))
         assert np.array_equal(sitk.GetArrayViewFromImage(out["prediction"]), sitk.GetArrayViewFromImage(stored))
-        assert np.array_equal(ijk_to_ras(out["probability"]), ijk_to_ras(out["volume"]))
+        # the overlay is the stored uncertainty map, drawn only where the model is unsure
+        assert np.array_equal(ijk_to_ras(out["overlay"]), ijk_to_ras(out["volume"]))
+        unsure = sitk.ReadImage(str(project.path(history[0].uncertainty_map)))
+        assert np.array_equal(slicer.util.arrayFromVolume(out["overlay"]), sitk.GetArrayViewFromImage(unsure))
+        display = out["overlay"].GetDisplayNode()
+        assert (display.GetLowerThreshold(), display.GetUpperThreshold()) == Results.WHERE_TO_LOOK
         # the accepted label is a new file: the auto label stays in the history, with what the correction changed
         assert [h.kind.value for h in history] == ["auto", "corrected"]
         fix = history[1].correction

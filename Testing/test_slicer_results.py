@@ -141,16 +141,17 @@ def test_results_join_the_volumes_study_and_carry_the_trained_name_colour_and_te
     assert Results.structureOf(result, result.GetSegmentation().GetNthSegmentID(0)).terminology == terminology
 
 
-def test_the_probability_overlay_shows_the_unsure_band_and_gives_the_views_back(scene, logic):
+def test_the_uncertainty_overlay_shows_where_to_look_and_gives_the_views_back(scene, logic):
     image, mask = oblique_scan()
     volume = SceneIO.addVolumeNode(scene, image, "scan")
     mine = SceneIO.addVolumeNode(scene, image, "my fusion")
     composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
     composites[0].SetForegroundVolumeID(mine.GetID())
     composites[0].SetForegroundOpacity(0.7)
-    prob = Results.probabilityNode(scene, volume, "scan probability", sitk.Cast(mask, sitk.sitkFloat32))
+    prob = Results.overlayNode(scene, volume, "scan uncertainty", sitk.Cast(mask, sitk.sitkFloat32))
     display = prob.GetDisplayNode()
-    assert display.GetApplyThreshold() and (display.GetLowerThreshold(), display.GetUpperThreshold()) == Results.UNSURE
+    assert display.GetApplyThreshold()
+    assert (display.GetLowerThreshold(), display.GetUpperThreshold()) == Results.WHERE_TO_LOOK
     layers = Results.SliceLayers(scene)
     layers.show(volume, prob)
     assert all(c.GetBackgroundVolumeID() == volume.GetID() and c.GetForegroundVolumeID() == prob.GetID()

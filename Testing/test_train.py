@@ -122,6 +122,23 @@ def test_several_training_scans(tmp_path, phantoms):
     assert meta["training_cases"] == [phantoms[0][0].name, phantoms[3][0].name]
 
 
+def test_2_5d_takes_each_slices_neighbours_from_its_own_scan_and_exports_them(tmp_path, phantoms):
+    from extremeaug.infer import Segmenter
+    from extremeaug.train import Trainer
+
+    cases = [Case(*map(str, phantoms[0])), Case(*map(str, phantoms[3]))]
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1, "context": 1}), cases, [Case(*map(str, phantoms[1]))],
+                      tmp_path / "m", RunOptions(device="cpu", show_progress=False, max_steps=2))
+    inputs, images = trainer.train_set.inputs, trainer.train_set.images
+    assert inputs.shape == (48, 3) + images.shape[1:]
+    assert torch.equal(inputs[24, 0], images[24]) and torch.equal(inputs[24, 2], images[25])   # not scan 1's last
+    assert torch.equal(inputs[23, 2], images[23]) and torch.equal(inputs[10, 0], images[9])
+    assert trainer.run().status == "max_steps"
+    assert load_weights(tmp_path / "m" / "model.pt").in_channels == 3
+    segmenter = Segmenter(tmp_path / "m" / "model.onnx", "cpu")
+    assert segmenter.metadata["context"] == 1 and segmenter.session.get_inputs()[0].shape[1] == 3
+
+
 def test_validation_between_epoch_ends_keeps_the_best(tmp_path, phantoms):
     """Under a time budget a 50x epoch outlasts the run; validation then happens at checkpoints."""
     progress = tmp_path / "p.jsonl"

@@ -292,7 +292,7 @@ class ExtremeAugSegmentLogic:
                 self._tag(volume, r.case_id)
                 shown.append((volume, *self.showResult(volume, r.case_id, r.mask,
                                                        r.probabilities if job.probabilities else None, r.version,
-                                                       r.label)))
+                                                       r.label, r.uncertainty_map if job.probabilities else None)))
         if job.suggestAfter and state.status == JobStatus.FINISHED:
             suggestion, *nodes = self.suggestNext()
             if nodes[0] is not None:
@@ -309,10 +309,11 @@ class ExtremeAugSegmentLogic:
         return self._job is not None
 
     def showResult(self, volumeNode, caseId: str, maskPath: str, probabilityPath: Optional[str], version: int,
-                   labelId: Optional[int] = None):
+                   labelId: Optional[int] = None, uncertaintyPath: Optional[str] = None):
         """Load a stored result into nodes aligned voxel for voxel with the volume, under its transform and in
         its study. The volume's result node is reused unless the clinician edited it: then the result goes
-        into a new node and the edits stay."""
+        into a new node and the edits stay. The overlay is the uncertainty map, or the probability map of a
+        result stored before uncertainty maps."""
         name, structures = volumeNode.GetName(), self.project.structures() or [DEFAULT_STRUCTURE]
         segmentationNode = Results.resultSegmentation(
             self.scene, volumeNode, f"{name} segmentation",
@@ -324,12 +325,13 @@ class ExtremeAugSegmentLogic:
                                  (SHOWN_ATTRIBUTE, repr(time.time()))):
             segmentationNode.SetAttribute(attribute, value)
         Results.followVolume(volumeNode, segmentationNode)
-        probabilityNode = None
-        if probabilityPath:
-            probabilityNode = Results.probabilityNode(self.scene, volumeNode, f"{name} probability",
-                                                      sitk.ReadImage(str(self.project.path(probabilityPath))))
-            Results.followVolume(volumeNode, probabilityNode)
-        return segmentationNode, probabilityNode
+        overlay, what, shown = ((uncertaintyPath, "uncertainty", Results.WHERE_TO_LOOK) if uncertaintyPath else
+                                (probabilityPath, "probability", Results.UNSURE))
+        overlayNode = Results.overlayNode(self.scene, volumeNode, f"{name} {what}", sitk.ReadImage(
+            str(self.project.path(overlay))), shown) if overlay else None
+        if overlayNode is not None:
+            Results.followVolume(volumeNode, overlayNode)
+        return segmentationNode, overlayNode
 
     def loadCase(self, caseId: str):
         """A project case into the scene -> (volume node, its latest prediction's segmentation node and
@@ -348,7 +350,7 @@ class ExtremeAugSegmentLogic:
         if auto is None:
             return volumeNode, None, None
         return (volumeNode, *self.showResult(volumeNode, caseId, auto.path, auto.probabilities, auto.model_version,
-                                             auto.id))
+                                             auto.id, auto.uncertainty_map))
 
     def suggestNext(self):
         """The case the project recommends correcting next, loaded -> (suggestion, volume, segmentation,

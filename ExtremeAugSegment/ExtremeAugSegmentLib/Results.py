@@ -4,7 +4,7 @@ MRML only (no Qt, no project). A result is a segmentation node referencing its v
 carrying the case, the model version and the stored label it shows. It follows the volume: same parent
 transform (a segmentation exported on a transformed volume's grid is resampled through both transforms,
 so a result outside the volume's transform would come back shifted on Accept) and the same study in the
-subject hierarchy. The probability overlay shows only where the model is unsure, and gives the slice
+subject hierarchy. The uncertainty overlay shows only where the model is unsure, and gives the slice
 views' foreground back as it found it.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ STORED_ATTRIBUTE = "ExtremeAugSegment.StoredLabel"           # the stored label 
 SHOWN_ATTRIBUTE = "ExtremeAugSegment.ShownAt"                # when it was shown (for the correction's seconds)
 VOLUME_ROLE = "ExtremeAugSegment.Volume"
 PROBABILITY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
-UNSURE = (0.05, 0.95)   # the overlay shows probabilities in this range only: where a correction may be needed
+UNSURE = (0.05, 0.95)   # a probability overlay (results from before uncertainty maps) shows this range only
+WHERE_TO_LOOK = (0.1, 1.0)   # an uncertainty overlay shows this range: 0.1 is p = 0.05 or 0.95 for one structure
 
 
 def resultSegmentation(scene, volumeNode, name: str, isEdited: Callable[[object], bool]):
@@ -107,21 +108,22 @@ def structureOf(segmentationNode, segmentId: str) -> Structure:
                      str(terminology) if hasTerminology and str(terminology) else None)
 
 
-def probabilityNode(scene, volumeNode, name: str, probability: sitk.Image):
-    """The probability map as a volume drawn only where 0.05 <= p <= 0.95 (elsewhere transparent)."""
+def overlayNode(scene, volumeNode, name: str, image: sitk.Image, shown: Tuple[float, float] = WHERE_TO_LOOK):
+    """The uncertainty map (or an older result's probability map) as a volume drawn only within `shown`
+    (elsewhere transparent): where a correction may be needed, not a tint over the whole slice."""
     node = _referencing(scene, "vtkMRMLScalarVolumeNode", volumeNode, name)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         node.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
-    SceneIO.updateVolumeNodeFromImage(node, probability)
+    SceneIO.updateVolumeNodeFromImage(node, image)
     node.CopyOrientation(volumeNode)
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.AutoThresholdOff()
-    display.SetLowerThreshold(UNSURE[0])
-    display.SetUpperThreshold(UNSURE[1])
+    display.SetLowerThreshold(shown[0])
+    display.SetUpperThreshold(shown[1])
     display.ApplyThresholdOn()
     colors = scene.GetNodeByID(PROBABILITY_COLORS)
     if colors is not None:

@@ -78,7 +78,7 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
     logic.startSegment(unseen, device="cpu")
     update = waitForJob(logic, wait)
     _check(len(update.shown) == 1 and update.shown[0][0] is unseen, f"shown: {update.shown}")
-    _, segmentationNode, probabilityNode = update.shown[0]
+    _, segmentationNode, overlayNode = update.shown[0]
     result = update.state.results[0]
     _check(segmentationNode.GetName() == "phantom_1 segmentation", segmentationNode.GetName())
     segmentation = segmentationNode.GetSegmentation()
@@ -87,6 +87,7 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
            [(s.name, tuple(np.round(s.color, 3))) for s in STRUCTURES],
            f"the result's segments are {[(s.GetName(), s.GetColor()) for s in segments]}, not named and coloured "
            "as trained")
+    _check(overlayNode.GetName() == "phantom_1 uncertainty", f"the overlay is {overlayNode.GetName()}")
     prediction = _labelMap(segmentationNode, unseen)
     log(f"segmented {result.case_id} with v{result.version}: {result.voxels} voxels, "
         f"uncertainty {result.uncertainty:.3f}")
@@ -110,7 +111,7 @@ def runLoop(logic: ExtremeAugSegmentLogic, workdir: str | Path, wait: Callable[[
            "the accepted label differs from the edited segments")
     log(f"accepted the correction of {accepted.id}")
     return {"case": case, "state": state, "chart": chart, "segmentation": segmentationNode,
-            "probability": probabilityNode, "prediction": prediction, "result": result, "accepted": accepted,
+            "overlay": overlayNode, "prediction": prediction, "result": result, "accepted": accepted,
             "polls": polls, "volume": unseen}
 
 

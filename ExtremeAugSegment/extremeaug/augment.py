@@ -91,22 +91,55 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, rows: torch.Tenso
     """Cut augmented patches for `rows` ([B, 3]: slice, y0, x0) from slices on their device.
 
     Args:
-        images: slices [n, S, S].
+        images: slices [n, S, S], or network inputs [n, C, S, S] (2.5D: a slice and its neighbours).
         masks: one channel per structure, [n, K, S, S] (or [n, S, S] for one), any numeric type.
 
-    Returns image patches [B, 1, P, P] and masks [B, K, P, P] in {0, 1}. Image and mask channels are stacked
+    Returns image patches [B, C, P, P] and masks [B, K, P, P] in {0, 1}. Image and mask channels are stacked
     and sampled by one bilinear `grid_sample`, so all see the very same transform; each mask channel is then
     thresholded at 0.5 on its own (structures may overlap, and a label map's values must not be blended).
     """
     if masks.dim() == 3:
         masks = masks.unsqueeze(1)
-    slice_size = images.shape[-1]
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    slice_size, channels = images.shape[-1], images.shape[1]
     idx = rows[:, 0]
     theta = patch_theta(rows[:, 1:], params, slice_size, patch)
-    stacked = torch.cat([images[idx].unsqueeze(1), masks[idx].to(images.dtype)], dim=1)
+    stacked = torch.cat([images[idx], masks[idx].to(images.dtype)], dim=1)
     grid = F.affine_grid(theta, [len(rows), stacked.shape[1], patch, patch], align_corners=False)
     out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[:, :1], (out[:, 1:] > 0.5).to(images.dtype)
+    return out[:, :channels], (out[:, channels:] > 0.5).to(images.dtype)
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """Bounds of the intensity changes (`--intensity`): scans differ in contrast more than in pose."""
+    max_gamma: float = 1.5                     # gamma drawn log-uniformly in [1 / max, max]
+    contrast_range: Tuple[float, float] = (0.75, 1.25)
+    max_brightness: float = 0.1
+    max_bias: float = 0.3                      # log-amplitude of a smooth (bilinear) multiplicative field
+    max_noise_sd: float = 0.05
+
+
+def intensity_jitter(x: torch.Tensor, generator: torch.Generator,
+                     cfg: IntensityConfig = IntensityConfig()) -> torch.Tensor:
+    """Per patch [B, 1, P, P] in [0, 1]: gamma, contrast about the patch mean, brightness, a smooth bias field
+    and Gaussian noise, clipped to [0, 1]. Only the image changes, so the mask stays aligned by construction."""
+    n, size, device = x.shape[0], x.shape[-1], x.device
+    u = torch.rand(n, 7, generator=generator, device=device)
+    gamma = torch.exp((2 * u[:, 0] - 1) * math.log(cfg.max_gamma)).view(n, 1, 1, 1)
+    y = x.clamp(0, 1) ** gamma
+    lo, hi = cfg.contrast_range
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    y = (y - mean) * (lo + (hi - lo) * u[:, 1]).view(n, 1, 1, 1) + mean
+    y = y + ((2 * u[:, 2] - 1) * cfg.max_brightness).view(n, 1, 1, 1)
+    ramp = torch.linspace(-1, 1, size, device=device)
+    a, b, c = ((2 * u[:, 3:6] - 1) * cfg.max_bias).unbind(1)
+    field = (a.view(n, 1, 1) * ramp.view(1, 1, size) + b.view(n, 1, 1) * ramp.view(1, size, 1)
+             + c.view(n, 1, 1) * ramp.view(1, 1, size) * ramp.view(1, size, 1))
+    y = y * torch.exp(field).unsqueeze(1)
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    return (y + noise * (u[:, 6] * cfg.max_noise_sd).view(n, 1, 1, 1)).clamp(0, 1)
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

@@ -50,7 +50,7 @@ def cmd_segment(a) -> int:
     from .infer import segment_file
 
     info = segment_file(a.model, a.image, a.out, a.probabilities, a.device, a.threshold, a.min_component_mm3,
-                        a.keep_largest, a.seg_nrrd)
+                        a.keep_largest, a.seg_nrrd, a.uncertainty, a.tta)
     print(f"wrote {info['mask']}: {info['foreground_voxels']} voxels ({info['foreground_mm3']} mm3) "
           f"with {info['providers'][0]}")
     if len(info["structures"]) > 1:
@@ -105,12 +105,14 @@ def cmd_experiment(a) -> int:
     base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS, merge_labels=not a.labels)
     opts = from_arguments(RunOptions, a, ("device", "time_budget_min"), show_progress=False)
     rows = run_experiment(a.data, a.out, a.scans, a.augment, modes, base, opts,
-                          [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet)
+                          [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet,
+                          a.shard)
     print(f"{len(rows)} model(s); tables: {a.out}/results.md, {a.out}/results.csv; figures: {a.out}/fig_*.png")
     return 0
 
 
-EXPERIMENT_TRAIN_FLAGS = ("epochs", "plane", "width", "batch_size", "seed", "label_values")
+EXPERIMENT_TRAIN_FLAGS = ("epochs", "plane", "width", "batch_size", "lr", "loss", "context", "intensity", "seed",
+                          "label_values")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -146,6 +148,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--probabilities", help="also write, per voxel, the highest structure probability here")
     s.add_argument("--seg-nrrd", metavar="OUT.seg.nrrd", help="also write a 3D Slicer segmentation: one named, "
                    "coloured segment per structure")
+    s.add_argument("--uncertainty", metavar="OUT", help="also write the voxel-wise uncertainty (0..1: 1 - the margin "
+                   "between the two most likely classes) here: where to look when correcting")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the model over rotations "
+                   "and scales of the training's family (about 5x the model time)")
     s.add_argument("--threshold", type=probability, help="default: the model's")
     s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
     s.add_argument("--keep-largest", action="store_true", default=None,
@@ -178,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
                    help="give every level the optimiser steps of the highest (epochs x max(N) / N)")
     x.add_argument("--val", help="fixed validation scan ids (default: the scans not used for training)")
     x.add_argument("--folds", type=int, help="training sets per size when scans take turns (default: all)")
+    x.add_argument("--shard", metavar="I/N", help="train only every N-th cell from the I-th (I = 0..N-1), so N GPUs "
+                   "or cluster jobs split the grid; they may share --out")
     x.add_argument("--labels", action="store_true", help="learn each label value as its own structure and report "
                    "validation Dice per structure (default: their union as one, the paper's set-up)")
     add_arguments(x, RunOptions, ["device"])

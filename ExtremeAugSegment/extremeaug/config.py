@@ -19,6 +19,7 @@ from .errors import ExtremeAugError
 from .output import plain
 
 C = TypeVar("C", bound="Choice")
+MAX_CONTEXT = 5   # --context: neighbouring slices on each side
 
 
 class Choice(str, Enum):
@@ -139,6 +140,10 @@ class TrainConfig:
     augment_mode: AugmentMode = _setting(
         AugmentMode.FRESH, "fresh: a new random transform at every presentation; pool: the paper's N fixed "
         "transforms per patch, reused every epoch (regenerated from the seed, never stored)", AugmentMode)
+    context: int = _setting(0, "neighbouring slices on each side given to the network as extra input channels "
+                            "(2.5D; 0 is the paper's 2D)", int)
+    intensity: bool = _setting(False, "also vary each patch's intensities on the device: gamma, contrast, "
+                               "brightness, a smooth bias field and noise", bool)
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     min_component_mm3: float = _setting(
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
@@ -154,6 +159,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.augment < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ExtremeAugError("--augment, --epochs and --batch-size must be at least 1")
+        if not 0 <= self.context <= MAX_CONTEXT:
+            raise ExtremeAugError(f"--context must be 0 to {MAX_CONTEXT} slices on each side")
         if self.width is not None and self.width < 1:
             raise ExtremeAugError("--width must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -14,7 +14,8 @@ from .augment import patch_table
 from .errors import ExtremeAugError
 from .io import read_scan, read_structures
 from .structures import Structure
-from .preprocess import Preprocessing, make_template, mask_to_slices, resolve_plane, scan_to_slices
+from .preprocess import (Preprocessing, context_index, make_template, mask_to_slices, resolve_plane,
+                         scan_to_slices)
 
 
 @dataclass
@@ -68,13 +69,17 @@ def make_preprocessing(template_scan: sitk.Image, plane: str) -> Preprocessing:
 class SliceSet:
     """All slices of some cases, resident on one device, and the stride-64 patch table over them."""
 
-    def __init__(self, prepared: List[PreparedCase], device: torch.device):
+    def __init__(self, prepared: List[PreparedCase], device: torch.device, context: int = 0):
         self.cases = [p.case for p in prepared]
         self.labels = prepared[0].labels
         self.counts = [len(p.images) for p in prepared]
         images = np.concatenate([p.images for p in prepared])
         masks = np.concatenate([p.masks for p in prepared])
         self.images = torch.from_numpy(images).to(device)
+        offsets = np.cumsum([0] + self.counts[:-1])   # neighbours are taken within each case's own stack
+        index = np.concatenate([o + context_index(n, context) for o, n in zip(offsets, self.counts)])
+        # network inputs [n, 2c + 1, S, S]: a view of the slices in 2D, a copy of them with neighbours in 2.5D
+        self.inputs = self.images.unsqueeze(1) if context == 0 else self.images[torch.from_numpy(index).to(device)]
         self.masks = torch.from_numpy(masks).to(device)
         self.slice_size = images.shape[-1]
         self.patches = patch_table(len(images), self.slice_size).to(device)

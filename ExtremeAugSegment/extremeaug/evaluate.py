@@ -8,10 +8,11 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .io import image_like, on_grid, read_binary, read_label_arrays
+from .io import image_like, on_grid, read_binary, read_label_arrays, same_grid
 from .labels import select
 
 DETECTION_MIN_COVERAGE = 0.1  # a reference structure counts as found when >= 10 % of it is predicted
+NEAR_MM = 5.0                 # the prediction's neighbourhood an uncertainty map is scored in
 
 
 def _surface_distances(a: sitk.Image, b: sitk.Image) -> np.ndarray:
@@ -39,12 +40,19 @@ def detection(pred: sitk.Image, ref: sitk.Image) -> dict:
     n_pred = int(pred_cc.max())
     touching = np.unique(pred_cc[r])
     extra = n_pred - int((touching > 0).sum())
+    inside = np.isin(pred_cc, touching[touching > 0])   # predicted components that touch a reference structure
+    n_ref, n_inside = int(r.sum()), int(inside.sum())
     return {"reference_structures": int(len(sizes)), "found": found, "missed": int(len(sizes)) - found,
-            "extra": int(extra), "predicted_structures": n_pred}
+            "extra": int(extra), "predicted_structures": n_pred, "extra_voxels": int(p.sum()) - n_inside,
+            "dice_labeled_extent": 2 * int((p & r).sum()) / (n_inside + n_ref) if n_inside + n_ref else 1.0}
 
 
 def evaluate(pred: sitk.Image, ref: sitk.Image) -> dict:
-    """Dice, HD95 and ASSD (mm) and detection counts; `pred` is put on `ref`'s grid first."""
+    """Dice, HD95 and ASSD (mm) and detection counts; `pred` is put on `ref`'s grid first.
+
+    `dice_labeled_extent` is the Dice once the predicted components that touch no reference structure are removed:
+    beside the plain Dice it tells boundary error from unlabeled look-alikes (a disc the reference does not label).
+    """
     pred = on_grid(sitk.Cast(pred > 0, sitk.sitkUInt8), ref)
     ref = sitk.Cast(ref > 0, sitk.sitkUInt8)
     n_pred = int(sitk.GetArrayViewFromImage(pred).sum())
@@ -114,3 +122,36 @@ def evaluate_structures(prediction: str, reference: str, label_values: Optional[
                          predicted_as=predicted_as, wrong_structure_voxels=int(counts[1:].sum() - (
                              counts[i + 1] if i is not None else 0))))
     return {"structures": rows, "mean_dice": float(np.mean([r["dice"] for r in rows]))}
+
+
+def uncertainty_scores(uncertainty: sitk.Image, pred: sitk.Image, ref: sitk.Image, radius_mm: float = NEAR_MM,
+                       top: float = 0.05) -> dict:
+    """How well a voxel-wise uncertainty map points at the prediction's errors (voxels where `pred` != `ref`).
+
+    Scored in the prediction's neighbourhood (the predicted region dilated by `radius_mm`), where a clinician
+    looks: `auroc` is the area under the ROC curve of uncertainty for telling wrong from right voxels there, and
+    `captured` the share of ALL wrong voxels (outside the neighbourhood too) among its most uncertain `top`."""
+    pred = on_grid(sitk.Cast(pred > 0, sitk.sitkUInt8), ref)
+    u = sitk.GetArrayFromImage(uncertainty if same_grid(uncertainty, ref) else sitk.Resample(
+        uncertainty, ref, sitk.Transform(), sitk.sitkLinear, 1.0, sitk.sitkFloat32))
+    p, r = sitk.GetArrayFromImage(pred) > 0, sitk.GetArrayFromImage(ref) > 0
+    radius = [max(1, int(round(radius_mm / s))) for s in ref.GetSpacing()]
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(pred, radius)) > 0
+    wrong = p != r
+    scores, labels = u[near], wrong[near]
+    n_top = max(1, int(round(top * len(scores)))) if len(scores) else 0
+    chosen = np.argsort(scores, kind="stable")[::-1][:n_top]
+    return {"auroc": _auroc(scores, labels), "captured": float(labels[chosen].sum() / wrong.sum()) if wrong.any()
+            else 1.0, "neighbourhood_voxels": int(near.sum()), "wrong_voxels": int(wrong.sum()),
+            "wrong_in_neighbourhood": int(labels.sum())}
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC with tied scores sharing their mean rank (NaN when one class is empty)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0   # 1-based mean rank of each distinct score
+    ranks = mean_rank[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

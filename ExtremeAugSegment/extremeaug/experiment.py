@@ -95,6 +95,20 @@ def grid(sets, augments: Sequence[int], modes: Sequence[str], epochs: int, match
             for train, val in sets for a in augments for mode in modes]
 
 
+def shard(cells: Sequence[Cell], text: Optional[str]) -> List[Cell]:
+    """The cells of shard "I/N" (I = 0..N-1): every N-th cell from the I-th, so N GPUs or cluster jobs (e.g. a
+    Slurm array, I = $SLURM_ARRAY_TASK_ID) split the grid without overlap; each writes only its cells' folders."""
+    if not text:
+        return list(cells)
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ExtremeAugError(f"--shard {text}: expected I/N, e.g. 0/4 for the first of 4 shards") from None
+    if not 0 <= i < n:
+        raise ExtremeAugError(f"--shard {text}: I must be 0 to N-1 (shards are numbered from 0)")
+    return [c for k, c in enumerate(cells) if k % n == i]
+
+
 def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, opts: RunOptions) -> dict:
     from .dataset import Case
     from .evaluate import evaluate, evaluate_files
@@ -139,8 +153,10 @@ def run_cell(cell: Cell, scans: Dict[str, Scan], out: Path, base: TrainConfig, o
 
 def run_experiment(data: str, out: str | Path, counts: Sequence[int], augments: Sequence[int],
                    modes: Sequence[str], base: TrainConfig, opts: RunOptions, val: Sequence[str] = (),
-                   folds: Optional[int] = None, match_steps: bool = False, show_progress: bool = True) -> List[dict]:
-    """Every cell of the grid (scans x augmentation x mode): `base` gives the settings the cells share."""
+                   folds: Optional[int] = None, match_steps: bool = False, show_progress: bool = True,
+                   shard_of: Optional[str] = None) -> List[dict]:
+    """Every cell of the grid (scans x augmentation x mode), or those of one shard ("I/N"): `base` gives the settings
+    the cells share. The report covers every finished cell in `out`, whichever shard trained it."""
     from tqdm import tqdm
 
     from .experiment_report import write_report
@@ -149,8 +165,8 @@ def run_experiment(data: str, out: str | Path, counts: Sequence[int], augments: 
     if base.label_values is None:
         base = replace(base, label_values=label_values)
     by_id = {sc.id: sc for sc in scans}
-    cells = grid(training_sets([sc.id for sc in scans], counts, val, folds), augments, modes, base.epochs,
-                 match_steps)
+    cells = shard(grid(training_sets([sc.id for sc in scans], counts, val, folds), augments, modes, base.epochs,
+                       match_steps), shard_of)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "invocations.jsonl", "a", encoding="utf-8") as f:   # what each run of the command asked

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -14,9 +15,13 @@ from .metadata import METADATA_KEY
 from .io import check_outputs, image_like, read_scan, write_image
 from .labels import label_dtype, with_segment_fields
 from .structures import Structure, check_table, default_structure
-from .preprocess import Preprocessing, scan_to_slices, slices_to_scan
+from .preprocess import Preprocessing, scan_to_slices, slices_to_scan, with_context
 
 BATCH_SLICES = 8
+TTA_POSES = ((0.0, 1.0), (-10.0, 1.0), (10.0, 1.0), (0.0, 0.9), (0.0, 1.1))   # (degrees, scale) for --tta
+
+
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}   # EXHAUSTIVE (the default) re-tunes on every run: seconds
 
 
 def providers_for(device: str) -> list:
@@ -26,13 +31,25 @@ def providers_for(device: str) -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if hasattr(ort, "preload_dlls"):   # onnxruntime >= 1.21: CUDA and cuDNN from torch's or nvidia's wheels
+            ort.preload_dlls()
+        return [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
     if device == "cuda":
         raise ExtremeAugError("--device cuda: onnxruntime has no CUDA provider here "
                               f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
     if device != "auto":
         raise ExtremeAugError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return ["CPUExecutionProvider"]
+
+
+def provider_warning(requested: list, running: list) -> Optional[str]:
+    """One line when onnxruntime did not start the first provider asked for (a CUDA provider whose CUDA or cuDNN
+    libraries are missing falls back to the CPU without an error), else None."""
+    first = requested[0][0] if isinstance(requested[0], tuple) else requested[0]
+    if running and running[0] == first:
+        return None
+    return f"onnxruntime could not start {first} (running on {running[0] if running else 'nothing'}): check the " \
+           "CUDA and cuDNN libraries onnxruntime-gpu needs, or pass --device cpu"
 
 
 def read_metadata(session) -> dict:
@@ -70,6 +87,9 @@ class Segmenter:
         except (TypeError, ValueError) as e:
             raise ExtremeAugError(f"{path}: the model's extremeaug metadata is damaged ({e})") from None
         self.providers = self.session.get_providers()
+        self.warning = provider_warning(providers, self.providers)
+        if self.warning:
+            print(f"extremeaug: warning: {self.warning}", file=sys.stderr)
         try:
             self.labels = [Structure.from_dict(d) for d in self.metadata["labels"]] if self.metadata.get("labels") \
                 else [default_structure()]   # a model from before several structures: one, value 1
@@ -77,13 +97,33 @@ class Segmenter:
         except (KeyError, TypeError, ValueError, ExtremeAugError) as e:
             raise ExtremeAugError(f"{path}: the model's label table is damaged ({e})") from None
 
-    def class_probabilities(self, scan: sitk.Image) -> np.ndarray:
-        """Probability of each structure on the scan's own grid, float32 [K, z, y, x]."""
+    def class_probabilities(self, scan: sitk.Image, tta: bool = False) -> np.ndarray:
+        """Probability of each structure on the scan's own grid, float32 [K, z, y, x].
+
+        Args:
+            tta: average over TTA_POSES (rotations and scales of the training's family), each mapped back.
+        """
         slices, grid = scan_to_slices(scan, self.prep)
+        if tta:
+            total = np.zeros((len(slices), len(self.labels)) + slices.shape[1:], np.float32)
+            weight = np.zeros((len(slices), 1) + slices.shape[1:], np.float32)
+            ones = np.ones((1,) + slices.shape[1:], np.float32)
+            for angle, scale in TTA_POSES:
+                total += warp(self._slice_probabilities(warp(slices, angle, scale)), angle, scale, inverse=True)
+                weight += warp(ones, angle, scale, inverse=True)[:, None]   # where the pose saw the slice
+            out = total / np.maximum(weight, 1e-6)
+        else:
+            out = self._slice_probabilities(slices)
+        return np.stack([sitk.GetArrayFromImage(slices_to_scan(out[:, k], grid, self.prep.axis, scan))
+                         for k in range(len(self.labels))])
+
+    def _slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
+        """The model on normalised slices [n, S, S]: probabilities [n, K, S, S]."""
         out = np.empty((len(slices), len(self.labels)) + slices.shape[1:], np.float32)
         name = self.session.get_inputs()[0].name
+        inputs = with_context(slices, int(self.metadata.get("context", 0)))
         for s in range(0, len(slices), BATCH_SLICES):
-            batch = slices[s:s + BATCH_SLICES, None]
+            batch = np.ascontiguousarray(inputs[s:s + BATCH_SLICES])
             try:
                 got = self.session.run(None, {name: batch})[0]
             except Exception as e:  # onnxruntime's own exception types (GPU out of memory among them)
@@ -94,41 +134,88 @@ class Segmenter:
                 raise ExtremeAugError(f"the model gives {got.shape[1]} channel(s) but its metadata lists "
                                       f"{len(self.labels)} structure(s); the file is damaged")
             out[s:s + BATCH_SLICES] = got
-        return np.stack([sitk.GetArrayFromImage(slices_to_scan(out[:, k], grid, self.prep.axis, scan))
-                         for k in range(len(self.labels))])
+        return out
 
     def probabilities(self, scan: sitk.Image) -> sitk.Image:
         """Per voxel, the highest structure probability (with one structure, its probability), float32."""
         return image_like(self.class_probabilities(scan).max(axis=0), scan)
 
     def segment(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                keep_largest: Optional[bool] = None) -> Tuple[sitk.Image, sitk.Image]:
+                keep_largest: Optional[bool] = None, tta: bool = False) -> Tuple[sitk.Image, sitk.Image]:
         """The label map (each voxel the value of its most probable structure where that probability passes the
         threshold, else 0) after per-structure clean-up, and the highest-probability map beside it."""
-        probs = self.class_probabilities(scan)
+        mask, top, _ = self.analyse(scan, threshold, min_component_mm3, keep_largest, tta)
+        return mask, top
+
+    def analyse(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
+                keep_largest: Optional[bool] = None, tta: bool = False) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
+        """`segment`'s label map and highest-probability map, and the voxel-wise uncertainty map
+        (`uncertainty_map`) beside them, all on the scan's grid."""
+        probs = self.class_probabilities(scan, tta)
+        return self.decide(probs, scan, threshold, min_component_mm3, keep_largest)
+
+    def decide(self, probs: np.ndarray, scan: sitk.Image, threshold: Optional[float] = None,
+               min_component_mm3: Optional[float] = None, keep_largest: Optional[bool] = None,
+               min_relative: float = 0.0) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
+        """From `class_probabilities`: the cleaned label map, the highest-probability map and the uncertainty map
+        (settings left None are the model's)."""
         top = probs.max(axis=0)
         t = self.metadata.get("threshold", 0.5) if threshold is None else threshold
         values = np.array([lab.value for lab in self.labels])
         array = np.where(top > t, values[probs.argmax(axis=0)], 0).astype(label_dtype(self.labels))
         mm3 = self.metadata.get("min_component_mm3", 0.0) if min_component_mm3 is None else min_component_mm3
         largest = bool(self.metadata.get("keep_largest", False)) if keep_largest is None else keep_largest
-        mask = clean_structures(image_like(array, scan), self.labels, mm3, largest)
-        return mask, image_like(top, scan)
+        mask = clean_structures(image_like(array, scan), self.labels, mm3, largest, min_relative)
+        return mask, image_like(top, scan), image_like(uncertainty_map(probs), scan)
 
 
-def clean_structures(labelmap: sitk.Image, labels, min_mm3: float = 0.0, keep_largest: bool = False) -> sitk.Image:
-    """Per structure, drop connected components smaller than `min_mm3` (the paper's false-positive specks)
-    and, with `keep_largest`, all but its largest component."""
-    if not (min_mm3 and min_mm3 > 0) and not keep_largest:
+def uncertainty_map(probs: np.ndarray) -> np.ndarray:
+    """Per voxel, 1 - the margin between its two most likely classes, in [0, 1], from probabilities [K, ...].
+
+    The classes are the K structures and background, whose score is 1 - the highest structure probability. With
+    one structure this is 1 - |2p - 1|; with several, two confident, competing structures (a disc that could be
+    L3-L4 or L4-L5) count as uncertain too, which the highest probability alone would hide."""
+    ranked = np.sort(probs, axis=0)
+    first = ranked[-1]
+    second = ranked[-2] if len(probs) > 1 else np.zeros_like(first)
+    margin = np.where(first >= 0.5, first - np.maximum(1 - first, second), 1 - 2 * first)
+    return (1 - margin).astype(np.float32)
+
+
+def warp(stack: np.ndarray, angle_deg: float, scale: float, inverse: bool = False) -> np.ndarray:
+    """Rotate every slice of [n, S, S] (or [n, K, S, S]) by `angle_deg` and scale it by `scale` about its centre,
+    as training's augmentation does (linear interpolation, zeros outside); `inverse` maps such a result back."""
+    if angle_deg == 0 and scale == 1:
+        return stack
+    shape = stack.shape
+    volume = sitk.GetImageFromArray(np.ascontiguousarray(stack.reshape((-1,) + shape[-2:]), np.float32))
+    a, k = np.radians(angle_deg), (scale if inverse else 1.0 / scale)
+    sign = -1.0 if inverse else 1.0
+    transform = sitk.AffineTransform(3)   # output point -> input point, in the slice plane only
+    transform.SetMatrix([k * np.cos(a), sign * k * np.sin(a), 0.0, -sign * k * np.sin(a), k * np.cos(a), 0.0,
+                         0.0, 0.0, 1.0])
+    transform.SetCenter([(shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0, 0.0])
+    out = sitk.Resample(volume, volume, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).reshape(shape)
+
+
+def clean_structures(labelmap: sitk.Image, labels, min_mm3: float = 0.0, keep_largest: bool = False,
+                     min_relative: float = 0.0) -> sitk.Image:
+    """Per structure, drop connected components smaller than `min_mm3` (the paper's false-positive specks),
+    smaller than `min_relative` times the structure's largest component and, with `keep_largest`, all but its
+    largest component."""
+    if not (min_mm3 and min_mm3 > 0) and not keep_largest and not min_relative > 0:
         return labelmap
     voxel_mm3 = float(np.prod(labelmap.GetSpacing()))
     min_size = int(np.ceil(min_mm3 / voxel_mm3)) if min_mm3 and min_mm3 > 0 else 0
     out = sitk.GetArrayFromImage(labelmap)
     for lab in labels:
-        ranked = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(labelmap == lab.value),
-                                                              minimumObjectSize=min_size))
-        drop = (out == lab.value) & ((ranked == 0) | (ranked > 1 if keep_largest else False))
-        out[drop] = 0
+        relabel = sitk.RelabelComponentImageFilter()   # components ranked by size, the largest is 1
+        relabel.SetMinimumObjectSize(min_size)
+        ranked = sitk.GetArrayFromImage(relabel.Execute(sitk.ConnectedComponent(labelmap == lab.value)))
+        sizes = relabel.GetSizeOfObjectsInPixels()
+        kept = 1 if keep_largest else sum(1 for n in sizes if sizes and n >= min_relative * sizes[0])
+        out[(out == lab.value) & ((ranked == 0) | (ranked > kept))] = 0
     cleaned = sitk.GetImageFromArray(out)
     cleaned.CopyInformation(labelmap)
     return cleaned
@@ -143,18 +230,21 @@ def structure_volumes(mask: sitk.Image, labels) -> list:
 
 def segment_file(model: str, image: str, out: str, probabilities: Optional[str] = None, device: str = "auto",
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                 keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None) -> dict:
-    """Segment one scan: the label map to `out`, optionally the highest-probability map and a 3D Slicer
-    segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
+                 keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None,
+                 uncertainty: Optional[str] = None, tta: bool = False) -> dict:
+    """Segment one scan: the label map to `out`, optionally the highest-probability map, the uncertainty map and
+    a 3D Slicer segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
     if seg_nrrd and not str(seg_nrrd).lower().endswith(".seg.nrrd"):
         raise ExtremeAugError(f"--seg-nrrd {seg_nrrd}: name a file ending in .seg.nrrd")
-    check_outputs([model, image], [out, probabilities, seg_nrrd])
+    check_outputs([model, image], [out, probabilities, seg_nrrd, uncertainty])
     segmenter = Segmenter(model, device)
     scan = read_scan(image)
-    mask, prob = segmenter.segment(scan, threshold, min_component_mm3, keep_largest)
+    mask, prob, unsure = segmenter.analyse(scan, threshold, min_component_mm3, keep_largest, tta)
     write_image(mask, out)
     if probabilities:
         write_image(prob, probabilities)
+    if uncertainty:
+        write_image(unsure, uncertainty)
     if seg_nrrd:
         write_image(with_segment_fields(mask, segmenter.labels), seg_nrrd)
     voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))

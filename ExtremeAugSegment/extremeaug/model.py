@@ -34,7 +34,7 @@ class ResidualBlock(nn.Module):
 class ResUNet(nn.Module):
     def __init__(self, width: int = 16, in_channels: int = 1, depth: int = DEPTH, classes: int = 1):
         super().__init__()
-        self.width, self.depth, self.classes = width, depth, classes
+        self.width, self.depth, self.classes, self.in_channels = width, depth, classes, in_channels
         chans = [width * 2 ** i for i in range(depth)]
         self.down = nn.ModuleList()
         cin = in_channels
@@ -67,7 +67,8 @@ class ResUNet(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """The exported graph: image [B, 1, H, W] in [0, 1] -> probability per structure [B, K, H, W]."""
+    """The exported graph: image [B, C, H, W] in [0, 1] (C = 1, or 2c + 1 slices in 2.5D) -> probability per
+    structure [B, K, H, W]."""
 
     def __init__(self, net: ResUNet):
         super().__init__()

@@ -135,3 +135,14 @@ def slices_to_scan(slices: np.ndarray, grid: sitk.Image, axis: int, scan: sitk.I
     volume = sitk.GetImageFromArray(np.moveaxis(slices.astype(np.float32), 0, 2 - axis).copy())
     volume.CopyInformation(grid)
     return sitk.Resample(volume, scan, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def context_index(n: int, context: int) -> np.ndarray:
+    """For each of n slices, the indices of itself and its `context` neighbours on each side, [n, 2c + 1], repeating
+    the first and last slice beyond the stack's ends (2.5D input channels)."""
+    return np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None], 0, n - 1)
+
+
+def with_context(slices: np.ndarray, context: int) -> np.ndarray:
+    """Slices [n, S, S] as network inputs [n, 2c + 1, S, S]: each slice with its neighbours as channels."""
+    return slices[context_index(len(slices), context)]

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import __version__
-from .augment import AugmentConfig, EpochOrder, PoolParams, augmented_batch, sample_params, step_generator
+from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
+                      step_generator)
 from .config import AugmentMode, Device, RunOptions, TrainConfig
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
@@ -90,19 +91,21 @@ class Trainer:
         first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
         self.labels = first.labels   # the first mask fixes the structures; the others are matched to them
         self.train_set = SliceSet([first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
-                                             for c in self.train_cases[1:]], self.device)
+                                             for c in self.train_cases[1:]], self.device, cfg.context)
         self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
-                                 for c in val_cases], self.device) if val_cases else None
+                                 for c in val_cases], self.device, cfg.context) if val_cases else None
         torch.manual_seed(cfg.seed)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"   # fixed 128x128 shapes: autotune once
-        self.net = ResUNet(cfg.width, classes=len(self.labels)).to(self.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
+            self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
                                self.device) if cfg.augment_mode == AugmentMode.POOL else None
         self.steps_per_epoch = self.order.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
+        self.best_weights: Optional[dict] = None   # on the device; written to best.pt at checkpoints and the end
         self.lr_progress = self.lr_progress_before = 0.0
         self.curve: list = []     # training loss/Dice over short windows, for the training-curve figure
         self.val_curve: list = []  # validations between epoch ends
@@ -143,12 +146,14 @@ class Trainer:
 
     def train_step(self, parts, elapsed: float):
         rows = self.train_set.patches[torch.cat([idx for _, idx in parts])]
+        generator = step_generator(self.cfg.seed, self.step, self.device)
         if self.pool is not None:
             params = self.pool.for_parts(parts)
         else:
-            params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation),
-                                   step_generator(self.cfg.seed, self.step, self.device), self.device)
-        x, y = augmented_batch(self.train_set.images, self.train_set.masks, rows, params)
+            params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation), generator, self.device)
+        x, y = augmented_batch(self.train_set.inputs, self.train_set.masks, rows, params)
+        if self.cfg.intensity:   # drawn after the geometry, so --intensity leaves the geometric draws as they were
+            x = intensity_jitter(x, generator)
         return self.optimise(x, y, elapsed)
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
@@ -177,7 +182,7 @@ class Trainer:
         for _, sl in self.val_set.per_case():
             inter = total = torch.zeros(len(self.labels), device=self.device)
             for s in range(sl.start, sl.stop, 8):
-                x = self.val_set.images[s:min(s + 8, sl.stop)].unsqueeze(1)
+                x = self.val_set.inputs[s:min(s + 8, sl.stop)]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                     pred = (self.net(x.contiguous(memory_format=torch.channels_last)) > 0).float()
                 y = self.val_set.masks[s:min(s + 8, sl.stop)].float()
@@ -205,6 +210,9 @@ class Trainer:
                            label=str((self.out / case["label"]).resolve())))
 
     def _checkpoint(self, elapsed: float) -> None:
+        if self.best_weights is not None:   # first, so a checkpoint never names a best that is not on disk
+            _save(self.best_weights, self.out / "best.pt")
+            self.best_weights = None
         _save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
                "train_cases": [self._portable(c) for c in self.train_cases],
                "val_cases": [self._portable(c) for c in self.val_cases], "case_paths": "relative",
@@ -254,7 +262,9 @@ class Trainer:
                         stats = None
                     if status != "finished":
                         break
-                    if ended_epoch or time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
+                    # on the timer only: a GPU ends an epoch every few seconds, and 100 fsynced checkpoints of
+                    # model + Adam state would cost more than the training
+                    if time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
                         if not ended_epoch:   # long epochs (CPU, 50x): validate between epochs too
                             self._validate_and_keep_best(reporter)
                         self._checkpoint(self.elapsed_before + elapsed)
@@ -296,7 +306,7 @@ class Trainer:
     def _keep_if_best(self, val: Optional[float], done: float) -> None:
         if val is not None and (self.best is None or val > self.best["val_dice"]):
             self.best = {"val_dice": val, "epochs_done": done}
-            _save(self.net.state_dict(), self.out / "best.pt")
+            self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
     def _publish(self, status: str, elapsed: float) -> TrainResult:
         """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
@@ -311,6 +321,7 @@ class Trainer:
                 "training_cases": [c.name for c in self.train_cases],
                 "validation_cases": [c.name for c in self.val_cases],
                 "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,
+                "intensity": self.cfg.intensity, "context": self.cfg.context,
                 "augment_mode": self.cfg.augment_mode, "epochs_planned": self.cfg.epochs,
                 "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
                 "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
@@ -338,6 +349,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
 def load_weights(path: str | Path) -> ResUNet:
     """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
     blob = _load(Path(path))
-    net = ResUNet(int(blob["width"]), classes=int(blob["state_dict"]["head.weight"].shape[0]))
+    state = blob["state_dict"]
+    net = ResUNet(int(blob["width"]), in_channels=int(state["down.0.body.0.weight"].shape[1]),
+                  classes=int(state["head.weight"].shape[0]))
     net.load_state_dict(blob["state_dict"])
     return net.eval()

@@ -13,8 +13,8 @@ from ..output import json_text
 from . import Device, LabelKind, Plane, Project, RunSpec, RunStatus, Split
 
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"   # the worker's ETA (it knows the budget)
-TRAIN_FLAGS = ("augment", "epochs", "batch_size", "width", "lr", "loss", "seed", "augment_mode", "threshold",
-               "min_component_mm3")
+TRAIN_FLAGS = ("augment", "epochs", "batch_size", "width", "lr", "loss", "seed", "augment_mode", "intensity",
+               "threshold", "min_component_mm3")
 RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes")
 
 

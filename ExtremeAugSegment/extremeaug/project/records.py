@@ -110,9 +110,10 @@ class Label:
     source: Optional[str] = None
     model_version: Optional[int] = None    # auto labels: the version that predicted it
     probabilities: Optional[str] = None    # auto labels: the probability map
-    uncertainty: Optional[float] = None    # auto labels: mean binary entropy (bits) near the prediction
+    uncertainty: Optional[float] = None    # auto labels: mean of the uncertainty map near the prediction (0..1)
     correction: Optional[Correction] = None
     missing: List[str] = field(default_factory=list)   # human labels: the structures it left out
+    uncertainty_map: Optional[str] = None  # auto labels: the voxel-wise uncertainty (infer.uncertainty_map)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class SegmentResult:
     uncertainty: float
     state: CaseState
     provider: str = ""              # where onnxruntime actually ran it (session.get_providers()[0])
+    uncertainty_map: str = ""       # where to look when correcting (infer.uncertainty_map)
 
 
 class JobStatus(Choice):

@@ -127,7 +127,13 @@ def _step_3(conn: sqlite3.Connection, root: Path) -> None:
     conn.execute("DELETE FROM settings WHERE key = 'structure'")
 
 
-MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2, _step_3]
+# Step 4: an auto label keeps its voxel-wise uncertainty map beside the probability map (older ones have none).
+SCHEMA_4 = """
+ALTER TABLE labels ADD COLUMN uncertainty_map TEXT;   -- auto labels: relative path of the uncertainty map
+"""
+
+MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2, _step_3,
+                                                                _script(SCHEMA_4)]
 CURRENT = len(MIGRATIONS)
 
 

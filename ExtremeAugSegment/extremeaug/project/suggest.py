@@ -1,8 +1,10 @@
 """Segment project cases with a model version, score how unsure the model is, suggest the next case.
 
-Uncertainty is the mean binary entropy (bits, 0..1) of the probability map over the predicted region
-and a band of BAND_MM around it: where the boundary of a correction would go. A case the model barely
-sees (empty prediction) gets the band around any voxel with p >= 0.05, or 1.0 when there is none.
+Each prediction is stored with its voxel-wise uncertainty map (`infer.uncertainty_map`: 1 - the margin between
+the two most likely classes, so two competing structures count as well as a faint boundary). A case's score is
+the mean of that map over the predicted region and a band of BAND_MM around it: where the boundary of a
+correction would go. A case the model barely sees (empty prediction) gets the band around any voxel with an
+uncertainty of at least FAINT, or 1.0 when there is none.
 """
 from __future__ import annotations
 
@@ -20,22 +22,21 @@ from .store import Store
 from .versions import resolve
 
 BAND_MM = 3.0
-FAINT = 0.05
+FAINT = 0.1   # the uncertainty of p = 0.05 for one structure
 
 
-def uncertainty(prob: sitk.Image, mask: sitk.Image) -> float:
-    p = np.clip(sitk.GetArrayViewFromImage(prob).astype(np.float64), 1e-7, 1 - 1e-7)
+def uncertainty(unsure: sitk.Image, mask: sitk.Image) -> float:
+    u = sitk.GetArrayViewFromImage(unsure).astype(np.float64)
     region = sitk.GetArrayViewFromImage(mask) > 0
     if not region.any():
-        region = p >= FAINT
+        region = u >= FAINT
         if not region.any():
             return 1.0
     seed = sitk.GetImageFromArray(region.astype(np.uint8))
-    seed.CopyInformation(prob)
-    radius = [max(1, int(round(BAND_MM / s))) for s in prob.GetSpacing()]
+    seed.CopyInformation(unsure)
+    radius = [max(1, int(round(BAND_MM / s))) for s in unsure.GetSpacing()]
     band = sitk.GetArrayFromImage(sitk.BinaryDilate(seed, radius)) > 0   # a view of a temporary would dangle
-    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    return float(h[band].mean())
+    return float(u[band].mean())
 
 
 def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int], device: str,
@@ -48,19 +49,20 @@ def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int],
     results = []
     for case_id in case_ids:
         scan = read_scan(store.path(store.case_row(case_id)["scan"]))
-        mask, prob = segmenter.segment(scan)
-        score = uncertainty(prob, mask)
+        mask, prob, unsure = segmenter.analyse(scan)
+        score = uncertainty(unsure, mask)
         stem = store.root / "cases" / case_id / "auto" / f"v{model.version}-{secrets.token_hex(3)}"
         mask_file = write_image(mask, stem.with_name(stem.name + "-mask.nrrd"))
         prob_file = write_image(prob, stem.with_name(stem.name + "-probability.nrrd"))
+        unsure_file = write_image(unsure, stem.with_name(stem.name + "-uncertainty.nrrd"))
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         with store.write():
             label_id = store.insert_label(case_id, LabelKind.AUTO, store.relative(mask_file), sha256(mask_file), voxels,
                                           model_version=model.version, probabilities=store.relative(prob_file),
-                                          uncertainty=score)
+                                          uncertainty=score, uncertainty_map=store.relative(unsure_file))
         results.append(SegmentResult(case_id, label_id, model.version, store.relative(mask_file),
                                      store.relative(prob_file), voxels, score, store.state(case_id),
-                                     segmenter.providers[0]))
+                                     segmenter.providers[0], store.relative(unsure_file)))
         if progress:
             progress(results[-1])
     return results
@@ -85,7 +87,7 @@ def suggest(store: Store) -> Suggestion:
                           candidates=len(candidates), not_segmented_by_active=len(candidates))
     current, score, case_id, version = max(scored)
     same = sum(1 for s in scored if s[0] == current)
-    reason = (f"highest mean binary entropy ({score:.3f} bits) near the predicted structures among {same} "
+    reason = (f"highest mean uncertainty ({score:.3f} of 1) near the predicted structures among {same} "
               f"case(s) segmented by model v{version}")
     if not current:
         reason += f"; no case has been segmented by the active model v{active} yet"

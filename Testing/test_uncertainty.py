@@ -1,0 +1,106 @@
+"""The voxel-wise uncertainty map, test-time augmentation and anatomy-based clean-up, on real onnxruntime runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, oblique_direction, run_cli
+from extremeaug.evaluate import evaluate, uncertainty_scores
+from extremeaug.export import with_metadata
+from extremeaug.infer import Segmenter, clean_structures, uncertainty_map
+from extremeaug.io import image_like, write_image
+from extremeaug.preprocess import Preprocessing, make_template
+from extremeaug.structures import default_structure
+
+
+def threshold_model(path, scan: sitk.Image, steepness: float = 12.0):
+    """A genuine ONNX model whose probability is sigmoid(steepness * (intensity - 0.5)) of the normalised slice:
+    a known, position-free response, so what the pipeline does around it can be checked exactly."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["image", "half"], ["centred"]), helper.make_node("Mul", ["centred", "k"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["probability"])], "threshold",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("k", TensorProto.FLOAT, [],
+                                                                                       [steepness])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    meta = {"format_version": 1, "preprocessing": Preprocessing("sagittal", template=make_template(scan)).to_dict(),
+            "threshold": 0.5, "min_component_mm3": 0.0, "width": 1}
+    path.write_bytes(with_metadata(model.SerializeToString(), meta))
+    return path
+
+
+def blurred_box(spacing=(1.0, 1.0, 1.0), direction=None) -> tuple:
+    box = np.zeros((48, 64, 40), np.float32)
+    box[8:30, 34:60, 20:36] = 1   # off the slice centre, where a wrong inverse would move it most
+    image = sitk.SmoothingRecursiveGaussian(make_image(100 + 900 * box, spacing, (4.0, -7.0, 2.5), direction), 2.0)
+    return image, box
+
+
+def test_one_structure_uncertainty_is_one_minus_the_margin_and_rival_structures_count():
+    p = np.array([[0.02, 0.3, 0.5, 0.8, 0.99]], np.float32)
+    assert np.allclose(uncertainty_map(p), 1 - np.abs(2 * p[0] - 1), atol=1e-6)
+    rivals = np.array([[0.9], [0.85]], np.float32)       # two confident, competing levels
+    clear = np.array([[0.9], [0.05]], np.float32)
+    assert uncertainty_map(rivals)[0] > 0.9 and uncertainty_map(clear)[0] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_uncertainty_map_is_written_on_the_scan_grid_and_is_highest_on_the_blurred_boundary(tmp_path):
+    scan, box = blurred_box((1.2, 0.8, 1.5), oblique_direction(15, -10))
+    write_image(scan, tmp_path / "scan.nrrd")
+    model = threshold_model(tmp_path / "model.onnx", scan)
+    r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / "mask.nrrd",
+                "--uncertainty", tmp_path / "uncertainty.nrrd", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    u_image = sitk.ReadImage(str(tmp_path / "uncertainty.nrrd"))
+    assert u_image.GetSize() == scan.GetSize() and np.allclose(u_image.GetDirection(), scan.GetDirection())
+    assert np.allclose(u_image.GetOrigin(), scan.GetOrigin()) and np.allclose(u_image.GetSpacing(), scan.GetSpacing())
+    u = sitk.GetArrayFromImage(u_image)
+    inner = sitk.GetArrayFromImage(sitk.BinaryErode(make_image(box.astype(np.uint8)), [4] * 3)) > 0
+    shell = (sitk.GetArrayFromImage(sitk.BinaryDilate(make_image(box.astype(np.uint8)), [1] * 3)) > 0) & ~(
+        sitk.GetArrayFromImage(sitk.BinaryErode(make_image(box.astype(np.uint8)), [1] * 3)) > 0)
+    outside = ~(sitk.GetArrayFromImage(sitk.BinaryDilate(make_image(box.astype(np.uint8)), [4] * 3)) > 0)
+    assert 0 <= u.min() and u.max() <= 1
+    assert u[shell].mean() > 0.3 and u[shell].mean() > 5 * max(u[inner].mean(), u[outside].mean())
+
+
+def test_tta_maps_every_pose_back_onto_the_scan_grid(tmp_path):
+    """With a model that has no notion of position, each rotated and scaled pose mapped back lands where the
+    plain prediction is: a wrong inverse would smear or shift the averaged probabilities."""
+    scan, box = blurred_box((1.0, 0.9, 1.3), oblique_direction(-20, 12))
+    segmenter = Segmenter(threshold_model(tmp_path / "model.onnx", scan), "cpu")
+    plain, _, plain_u = segmenter.analyse(scan)
+    tta, top, tta_u = segmenter.analyse(scan, tta=True)
+    for image in (tta, top, tta_u):
+        assert image.GetSize() == scan.GetSize() and np.allclose(image.GetOrigin(), scan.GetOrigin())
+        assert np.allclose(image.GetDirection(), scan.GetDirection())
+    assert evaluate(tta, plain)["dice"] > 0.99     # a pose mapped back with its forward transform: 0.95
+    assert evaluate(tta, image_like(box, scan))["dice"] > 0.9
+
+
+def test_uncertainty_scores_rank_wrong_voxels():
+    ref = np.zeros((10, 30, 30), np.uint8)
+    ref[3:7, 10:20, 10:20] = 1
+    pred = ref.copy()
+    pred[3:7, 10:20, 19] = 0                                  # 40 wrong voxels on one face
+    pointing = np.zeros(ref.shape, np.float32)
+    pointing[3:7, 10:20, 18:20] = 1                         # uncertain there (and on 40 right voxels beside)
+    s = uncertainty_scores(make_image(pointing), make_image(pred), make_image(ref), radius_mm=2.0, top=0.05)
+    assert s["auroc"] == pytest.approx(1 - 0.5 * 40 / (s["neighbourhood_voxels"] - 40))
+    assert s["wrong_voxels"] == 40 and s["captured"] > 0.5
+    blind = uncertainty_scores(make_image(np.zeros(ref.shape, np.float32)), make_image(pred), make_image(ref))
+    assert blind["auroc"] == pytest.approx(0.5)
+
+
+def test_relative_size_keeps_components_near_the_largest_and_drops_small_look_alikes():
+    a = np.zeros((20, 40, 40), np.uint8)
+    a[2:10, 2:12, 2:12] = 1       # 800 voxels
+    a[12:18, 2:12, 2:12] = 1      # 600
+    a[2:5, 30:35, 30:35] = 1      # 75: under 0.2 x 800
+    cleaned = sitk.GetArrayFromImage(clean_structures(make_image(a), [default_structure()], min_relative=0.2))
+    assert cleaned.sum() == 1400 and not cleaned[2:5, 30:35, 30:35].any()
+    unchanged = sitk.GetArrayFromImage(clean_structures(make_image(a), [default_structure()]))
+    assert unchanged.sum() == a.sum()

@@ -1,0 +1,119 @@
+"""Leave-one-out table (docs/results.md section 11): every model of `extremeaug experiment --scans 1` folders
+(one training scan, each scan in turn) segments the scans it never saw, under several segmentation settings.
+
+Usage: python benchmarks/loo.py --data DATA_DIR --out bench-out/loo/table VARIANT_DIR [VARIANT_DIR ...]
+
+Per model, held-out scan and setting it records Dice, Dice on the reference's labeled extent (predicted
+components touching no reference disc removed), HD95, ASSD, voxels predicted and in the reference, discs
+found, extra components, the uncertainty map's AUROC and captured-error share, and the segmentation seconds.
+Results are cached per model and setting (`<out>/rows/*.json`), so a rerun only adds what is new.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from extremeaug.evaluate import evaluate, uncertainty_scores
+from extremeaug.experiment import discover
+from extremeaug.infer import Segmenter
+from extremeaug.io import read_binary, read_scan
+
+# name: (test-time augmentation, decision settings); the model runs once per TTA mode, the rest is decided from
+# the same probabilities. relative: keep components >= this share of the largest; threshold: instead of 0.5.
+SETTINGS = {"plain": (False, {}), "relative-0.2": (False, {"min_relative": 0.2}),
+            "threshold-0.4": (False, {"threshold": 0.4}), "threshold-0.3": (False, {"threshold": 0.3}),
+            "tta": (True, {}), "tta+relative-0.2": (True, {"min_relative": 0.2}),
+            "tta+threshold-0.4": (True, {"threshold": 0.4})}
+METRICS = ("dice", "dice_labeled_extent", "hd95_mm", "assd_mm", "prediction_voxels", "reference_voxels", "found",
+           "reference_structures", "extra")
+
+
+def score_model(model: Path, train_id: str, scans: dict, settings) -> dict:
+    """{setting: rows} for one model on every scan it was not trained on."""
+    segmenter = Segmenter(model, "cpu")
+    rows = {name: [] for name in settings}
+    for test_id, scan_info in scans.items():
+        if test_id == train_id:
+            continue
+        scan, ref = read_scan(scan_info.image), read_binary(scan_info.label)
+        for tta in sorted({SETTINGS[name][0] for name in settings}):
+            t0 = time.perf_counter()
+            probs = segmenter.class_probabilities(scan, tta)
+            model_seconds = time.perf_counter() - t0
+            for name in (n for n in settings if SETTINGS[n][0] == tta):
+                t1 = time.perf_counter()
+                mask, _, unsure = segmenter.decide(probs, scan, **SETTINGS[name][1])
+                m = evaluate(mask, ref)
+                rows[name].append({"train": train_id, "test": test_id, "setting": name,
+                                   "seconds": round(model_seconds + time.perf_counter() - t1, 2),
+                                   **{k: m[k] for k in METRICS}, **uncertainty_scores(unsure, mask, ref)})
+    return rows
+
+
+def collect(variant: Path, scans: dict, out: Path, settings) -> list:
+    rows = []
+    for cell in sorted(variant.glob("cells/n1-*/result.json")):
+        result = json.loads(cell.read_text())
+        train_id, model = result["train"][0], cell.parent / "model" / "model.onnx"
+        cache = {name: out / "rows" / f"{variant.name}--{cell.parent.name}--{name}.json" for name in settings}
+        missing = [name for name in settings if not cache[name].is_file()]
+        if missing:
+            cache[missing[0]].parent.mkdir(parents=True, exist_ok=True)
+            for name, got in score_model(model, train_id, scans, missing).items():
+                cache[name].write_text(json.dumps({"steps": result["steps"], "seconds": result["seconds"],
+                                                   "rows": got}))
+        for name in settings:
+            saved = json.loads(cache[name].read_text())
+            rows += [dict(r, variant=variant.name, steps=saved["steps"], train_seconds=saved["seconds"])
+                     for r in saved["rows"]]
+    return rows
+
+
+def table(rows: list) -> str:
+    def mean(values):
+        return sum(values) / len(values) if values else float("nan")
+
+    lines = ["| variant | setting | Dice per turn (11 / 20 / 25 trained) | mean Dice ± sd over turns | labeled-extent "
+             "Dice | HD95 (mm) | ASSD (mm) | predicted / reference voxels | extra components | uncertainty AUROC | "
+             "wrong voxels in top 5 % | segment s | steps |",
+             "|" + "---|" * 13]
+    for variant, setting in dict.fromkeys((r["variant"], r["setting"]) for r in rows):
+        mine = [r for r in rows if r["variant"] == variant and r["setting"] == setting]
+        turns = {t: mean([r["dice"] for r in mine if r["train"] == t]) for t in sorted({r["train"] for r in mine})}
+        sd = statistics.stdev(turns.values()) if len(turns) > 1 else float("nan")
+        lines.append(
+            f"| {variant} | {setting} | {' / '.join(f'{v:.3f}' for v in turns.values())} | "
+            f"{mean(list(turns.values())):.3f} ± {sd:.3f} | {mean([r['dice_labeled_extent'] for r in mine]):.3f} | "
+            f"{mean([r['hd95_mm'] for r in mine]):.2f} | {mean([r['assd_mm'] for r in mine]):.2f} | "
+            f"{sum(r['prediction_voxels'] for r in mine) / sum(r['reference_voxels'] for r in mine):.3f} | "
+            f"{sum(r['extra'] for r in mine)} | {mean([r['auroc'] for r in mine]):.3f} | "
+            f"{mean([r['captured'] for r in mine]):.3f} | {mean([r['seconds'] for r in mine]):.1f} | "
+            f"{mean([r['steps'] for r in mine]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help="segmentation settings, from: " + ", ".join(SETTINGS))
+    ap.add_argument("variants", nargs="+", help="folders written by `extremeaug experiment --scans 1`")
+    a = ap.parse_args()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    scans = {s.id: s for s in discover(a.data)[0]}
+    out = Path(a.out)
+    rows = [r for v in a.variants for r in collect(Path(v), scans, out, a.settings.split(","))]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    (out / "table.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
