@@ -244,3 +244,29 @@ def test_demo_runs_and_reports(tmp_path):
     for key in ("model", "overlay", "training_curve"):
         assert Path(summary["files"][key]).is_file()
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["mean_dice"] == summary["mean_dice"]
+
+
+def test_out_of_memory_is_recognised_whichever_library_says_it():
+    from extremeaug.train import out_of_memory
+
+    assert out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_resume_at_a_smaller_batch_size_continues_the_same_epoch(tmp_path, phantoms):
+    """The advice after GPU out of memory: --resume with a lower --batch-size picks the run up where it was."""
+    cases = [Case(*map(str, phantoms[0]))]
+    half = train(TrainConfig(**{**TINY, "epochs": 1}), cases, [], tmp_path / "m",
+                 RunOptions(device="cpu", show_progress=False, max_steps=5))
+    assert half.status == "max_steps"
+    progress = tmp_path / "p.jsonl"
+    resumed = train(TrainConfig(batch_size=8), [], [], tmp_path / "m",
+                    RunOptions(device="cpu", show_progress=False, resume=True, progress_file=str(progress)))
+    start = next(e for e in events(progress) if e["event"] == "start")
+    assert start["resumed_at_step"] == 10 and start["steps_total"] == 27   # 216 patches in steps of 8
+    assert resumed.status == "finished" and resumed.epochs_done == 1.0
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
+    assert meta["last_epoch"]["step"] == 27 and torch.load(tmp_path / "m" / "checkpoint.pt",
+                                                             weights_only=True)["config"]["batch_size"] == 8

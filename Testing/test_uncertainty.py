@@ -65,6 +65,11 @@ def test_uncertainty_map_is_written_on_the_scan_grid_and_is_highest_on_the_blurr
     outside = ~(sitk.GetArrayFromImage(sitk.BinaryDilate(make_image(box.astype(np.uint8)), [4] * 3)) > 0)
     assert 0 <= u.min() and u.max() <= 1
     assert u[shell].mean() > 0.3 and u[shell].mean() > 5 * max(u[inner].mean(), u[outside].mean())
+    r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / "tta.nrrd",
+                "--tta", "--min-relative-size", "0.2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    tta = sitk.ReadImage(str(tmp_path / "tta.nrrd"))
+    assert tta.GetSize() == scan.GetSize() and evaluate(tta, sitk.ReadImage(str(tmp_path / "mask.nrrd")))["dice"] > 0.97
 
 
 def test_tta_maps_every_pose_back_onto_the_scan_grid(tmp_path):

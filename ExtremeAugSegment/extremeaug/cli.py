@@ -50,7 +50,7 @@ def cmd_segment(a) -> int:
     from .infer import segment_file
 
     info = segment_file(a.model, a.image, a.out, a.probabilities, a.device, a.threshold, a.min_component_mm3,
-                        a.keep_largest, a.seg_nrrd, a.uncertainty, a.tta)
+                        a.keep_largest, a.seg_nrrd, a.uncertainty, a.tta, a.min_relative_size)
     print(f"wrote {info['mask']}: {info['foreground_voxels']} voxels ({info['foreground_mm3']} mm3) "
           f"with {info['providers'][0]}")
     if len(info["structures"]) > 1:
@@ -154,6 +154,9 @@ def parser() -> argparse.ArgumentParser:
                    "and scales of the training's family (about 5x the model time)")
     s.add_argument("--threshold", type=probability, help="default: the model's")
     s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
+    s.add_argument("--min-relative-size", type=non_negative, default=0.0, metavar="F",
+                   help="drop components smaller than F times their structure's largest (0.2 removed 80 look-alike "
+                   "specks in docs/results.md section 11; default 0: off)")
     s.add_argument("--keep-largest", action="store_true", default=None,
                    help="keep only the largest component of each structure (default: as trained)")
     add_arguments(s, RunOptions, ["device"])

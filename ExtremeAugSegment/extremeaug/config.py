@@ -124,7 +124,9 @@ class TrainConfig:
     """What a model learns from: stored in its checkpoint, so a resumed run keeps it."""
     augment: int = _setting(50, "augmented presentations of every patch per epoch (the paper: 5 to 50)", int)
     epochs: int = _setting(100, "training epochs (each shows every patch --augment times)", int)
-    batch_size: int = _setting(16, "patches per optimiser step", int)
+    batch_size: Optional[int] = _setting(
+        None, "patches per optimiser step (default 16); with --resume, a new size continues the run at that size "
+        "(after GPU out of memory, say)", int)
     width: Optional[int] = _setting(None, "filters of the first stage (default 16 on CUDA, 8 on CPU)", int)
     lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", finite_float)
     loss: Loss = _setting(Loss.DICE, "training loss", Loss)
@@ -157,7 +159,7 @@ class TrainConfig:
             self.label_values = [int(v) for v in self.label_values]
 
     def check(self) -> None:
-        if self.augment < 1 or self.epochs < 1 or self.batch_size < 1:
+        if self.augment < 1 or self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ExtremeAugError("--augment, --epochs and --batch-size must be at least 1")
         if not 0 <= self.context <= MAX_CONTEXT:
             raise ExtremeAugError(f"--context must be 0 to {MAX_CONTEXT} slices on each side")

@@ -231,7 +231,7 @@ def structure_volumes(mask: sitk.Image, labels) -> list:
 def segment_file(model: str, image: str, out: str, probabilities: Optional[str] = None, device: str = "auto",
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                  keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None,
-                 uncertainty: Optional[str] = None, tta: bool = False) -> dict:
+                 uncertainty: Optional[str] = None, tta: bool = False, min_relative: float = 0.0) -> dict:
     """Segment one scan: the label map to `out`, optionally the highest-probability map, the uncertainty map and
     a 3D Slicer segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
     if seg_nrrd and not str(seg_nrrd).lower().endswith(".seg.nrrd"):
@@ -239,7 +239,8 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
     check_outputs([model, image], [out, probabilities, seg_nrrd, uncertainty])
     segmenter = Segmenter(model, device)
     scan = read_scan(image)
-    mask, prob, unsure = segmenter.analyse(scan, threshold, min_component_mm3, keep_largest, tta)
+    mask, prob, unsure = segmenter.decide(segmenter.class_probabilities(scan, tta), scan, threshold,
+                                          min_component_mm3, keep_largest, min_relative)
     write_image(mask, out)
     if probabilities:
         write_image(prob, probabilities)

@@ -29,6 +29,7 @@ from .structures import Structure
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
+DEFAULT_BATCH = 16
 CURVE_SECONDS = 5.0
 
 
@@ -73,6 +74,7 @@ class Trainer:
         self.out, self.opts = Path(out_dir), opts
         self.device = select_device(opts.device)
         state = self._resume_state(train_cases)
+        asked_batch = cfg.batch_size
         if state:
             cfg = TrainConfig(**state["config"])
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
@@ -82,6 +84,8 @@ class Trainer:
         check_cases(list(train_cases) + list(val_cases))
         if cfg.width is None:
             cfg.width = DEFAULT_WIDTH[self.device.type]
+        if cfg.batch_size is None:
+            cfg.batch_size = DEFAULT_BATCH
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
@@ -99,6 +103,8 @@ class Trainer:
         self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
             self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
+        if state and asked_batch and asked_batch != cfg.batch_size:
+            self._rebatch(state, asked_batch)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
                                self.device) if cfg.augment_mode == AugmentMode.POOL else None
@@ -117,6 +123,16 @@ class Trainer:
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
+
+    def _rebatch(self, state: dict, batch_size: int) -> None:
+        """Continue a checkpoint at another batch size: the same epoch, from the first batch that holds the next
+        unseen patch of its order (the rest of the run is no longer the one an uninterrupted run would draw)."""
+        n = len(self.train_set.patches)
+        old = EpochOrder(n, self.cfg.augment, self.cfg.batch_size, self.cfg.seed, self.device).steps
+        new = EpochOrder(n, self.cfg.augment, batch_size, self.cfg.seed, self.device).steps
+        epoch, k = divmod(state["step"], old)
+        state["step"] = epoch * new + k * self.cfg.batch_size // batch_size
+        self.cfg.batch_size = batch_size
 
     def _resume_state(self, train_cases) -> Optional[dict]:
         """The checkpoint to continue from (its settings and cases win), or None for a fresh run."""
@@ -269,15 +285,18 @@ class Trainer:
                             self._validate_and_keep_best(reporter)
                         self._checkpoint(self.elapsed_before + elapsed)
                         last_ckpt = time.monotonic()
-        except torch.cuda.OutOfMemoryError:
+            elapsed = time.monotonic() - t0
+            self._checkpoint(self.elapsed_before + elapsed)
+            result = self._publish(status, elapsed)
+        except RuntimeError as e:   # torch's OutOfMemoryError is one; cuDNN and cuBLAS say it in their own words
+            if not out_of_memory(e):
+                raise
             reporter.event("end", status="error", message="GPU out of memory")
             reporter.close()
             raise ExtremeAugError(f"GPU out of memory at batch size {self.cfg.batch_size} and width "
-                                  f"{self.cfg.width}; the last checkpoint in {self.out} is kept: rerun with "
-                                  "--resume after lowering --batch-size, or --device cpu") from None
-        elapsed = time.monotonic() - t0
-        self._checkpoint(self.elapsed_before + elapsed)
-        result = self._publish(status, elapsed)
+                                  f"{self.cfg.width}; the last checkpoint in {self.out} is kept: continue it with "
+                                  "--resume --device cpu, or start a new run with a lower --batch-size or --width"
+                                  ) from None
         reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
                        onnx=str(self.out / ONNX_FILE),
                        stop_reason=stop.reason or ("stop file" if status == "stopped" else None))
@@ -334,6 +353,14 @@ class Trainer:
                     self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
                            self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A device allocation failure, whichever library raised it."""
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        m in text for m in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                            "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "CUDA error: out of memory"))
 
 
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
