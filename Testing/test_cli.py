@@ -76,6 +76,16 @@ def test_train_and_project_train_refuse_a_non_positive_time_budget(tmp_path, pha
     assert not (proj / "runs").exists() or not any((proj / "runs").iterdir())   # no worker was started
 
 
+def test_train_refuses_a_context_out_of_range_and_segment_a_negative_relative_size(tmp_path, phantoms, random_model):
+    out = tmp_path / "model"
+    one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
+                           "--context", "9"), "--context must be 0 to 5")
+    assert not out.exists()
+    one_line_error(run_cli("segment", "--model", random_model, "--image", phantoms[0][0], "--out", tmp_path / "m.nrrd",
+                           "--min-relative-size", "-1"), "--min-relative-size")
+    assert not (tmp_path / "m.nrrd").exists()
+
+
 def test_train_refuses_unpaired_and_existing_model(tmp_path, phantoms, random_model):
     result = run_cli("train", "--image", phantoms[0][0], "--out", tmp_path / "m")
     one_line_error(result, "pairs")
