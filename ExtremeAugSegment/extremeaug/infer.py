@@ -148,11 +148,12 @@ class Segmenter:
         return mask, top
 
     def analyse(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                keep_largest: Optional[bool] = None, tta: bool = False) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
+                keep_largest: Optional[bool] = None, tta: bool = False,
+                min_relative: float = 0.0) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
         """`segment`'s label map and highest-probability map, and the voxel-wise uncertainty map
         (`uncertainty_map`) beside them, all on the scan's grid."""
         probs = self.class_probabilities(scan, tta)
-        return self.decide(probs, scan, threshold, min_component_mm3, keep_largest)
+        return self.decide(probs, scan, threshold, min_component_mm3, keep_largest, min_relative)
 
     def decide(self, probs: np.ndarray, scan: sitk.Image, threshold: Optional[float] = None,
                min_component_mm3: Optional[float] = None, keep_largest: Optional[bool] = None,
@@ -239,8 +240,7 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
     check_outputs([model, image], [out, probabilities, seg_nrrd, uncertainty])
     segmenter = Segmenter(model, device)
     scan = read_scan(image)
-    mask, prob, unsure = segmenter.decide(segmenter.class_probabilities(scan, tta), scan, threshold,
-                                          min_component_mm3, keep_largest, min_relative)
+    mask, prob, unsure = segmenter.analyse(scan, threshold, min_component_mm3, keep_largest, tta, min_relative)
     write_image(mask, out)
     if probabilities:
         write_image(prob, probabilities)

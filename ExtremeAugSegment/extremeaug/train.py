@@ -295,8 +295,7 @@ class Trainer:
             reporter.close()
             raise ExtremeAugError(f"GPU out of memory at batch size {self.cfg.batch_size} and width "
                                   f"{self.cfg.width}; the last checkpoint in {self.out} is kept: continue it with "
-                                  "--resume --device cpu, or start a new run with a lower --batch-size or --width"
-                                  ) from None
+                                  "--resume and a lower --batch-size, or --resume --device cpu") from None
         reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
                        onnx=str(self.out / ONNX_FILE),
                        stop_reason=stop.reason or ("stop file" if status == "stopped" else None))
