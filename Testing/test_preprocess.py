@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image
+from conftest import REAL_DATA, make_image
 from extremeaug.errors import ExtremeAugError
 from extremeaug.preprocess import (Preprocessing, make_template, normalise, resolve_plane, scan_to_slices,
                                    mask_to_slices)
@@ -55,6 +55,29 @@ def test_histogram_matching_removes_scanner_scaling_and_contrast(phantoms):
         nb = sitk.GetArrayFromImage(normalise(other, prep))
         assert 0.0 <= nb.min() and nb.max() <= 1.0
         assert np.abs(np.percentile(na, [25, 50, 75, 95]) - np.percentile(nb, [25, 50, 75, 95])).max() < 0.05
+
+
+def itk_histogram_matching(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
+    """What normalise computed before it moved to numpy: ITK's filter, with the template as its reference."""
+    matcher = sitk.HistogramMatchingImageFilter()
+    matcher.SetNumberOfHistogramLevels(prep.histogram_levels)
+    matcher.SetNumberOfMatchPoints(prep.match_points)
+    matcher.ThresholdAtMeanIntensityOn()
+    reference = sitk.GetImageFromArray(np.asarray(prep.template, np.float32).reshape(1, 1, -1))
+    return np.clip(sitk.GetArrayFromImage(matcher.Execute(sitk.Cast(image, sitk.sitkFloat32), reference)), 0, 1)
+
+
+def test_numpy_histogram_matching_equals_itks_filter(phantoms):
+    template_scan = sitk.ReadImage(str(phantoms[0][0]), sitk.sitkFloat32)
+    prep = Preprocessing("sagittal", template=make_template(template_scan))
+    images = [sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32), template_scan * 3.7 + 250.0,
+              sitk.Pow(template_scan / 1000.0, 1.4) * 800.0,
+              make_image(np.random.default_rng(0).choice([0.0, 10.0, 20.0, 30.0], (20, 30, 40)).astype(np.float32))]
+    images += [sitk.ReadImage(str(REAL_DATA / f"case{c}_image.nii.gz"), sitk.sitkFloat32)
+               for c in (11, 20) if (REAL_DATA / f"case{c}_image.nii.gz").exists()]
+    for image in images:
+        ours = sitk.GetArrayFromImage(normalise(image, prep))
+        assert np.abs(ours - itk_histogram_matching(image, prep)).max() < 1e-5
 
 
 def test_mask_slices_follow_the_image():

@@ -217,3 +217,26 @@ def test_a_worker_whose_project_folder_moves_stops_and_says_so(tmp_path, phantom
     assert run["status"] == "failed" and "moved" in run["message"], run
     time.sleep(3)   # longer than a heartbeat: nothing comes back at the old place
     assert not proj.exists()
+
+
+def test_a_run_on_two_processes_cancels_resumes_and_publishes_once(tmp_path, phantoms):
+    """`project train --gpus 2` (CPU processes under torchrun here): the cancel file stops every rank, the
+    resumed run finishes, and rank 0 alone reports and writes the model the worker publishes."""
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    ok("train", proj, "--gpus", "2", "--device", "cpu", "--augment", "1", "--epochs", "300", "--width", "4",
+       "--batch-size", "32")
+    wait_for(lambda: training_step(proj) > 0, "the ranks to train")
+    r = run_cli("project", "cancel", proj)
+    assert r.returncode == 0, r.stderr
+    run = wait_for(lambda: (lambda r: r if r["status"] not in ("starting", "running") else None)(status(proj)["run"]),
+                   "the run to stop")
+    assert run["status"] == "cancelled" and run["resumable"], run
+    r = run_cli("project", "train", proj, "--resume", "--time-budget", "0.2", "--wait")   # 12 s more, two ranks
+    final = status(proj)["run"]
+    assert r.returncode == 0 and final["status"] == "finished" and status(proj)["versions"] == 1, r.stderr
+    events = list(tail_events(proj / "runs" / final["id"] / "progress.jsonl"))
+    starts = [e for e in events if e["event"] == "start"]
+    assert starts[-1]["resumed_at_step"] > 0 and [e["event"] for e in events].count("end") == len(starts)
+    assert all(e["processes"] == 2 for e in starts)

@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from extremeaug.checkpoint import load_weights
 from extremeaug.dataset import Case
 from extremeaug.metadata import METADATA_KEY
-from extremeaug.train import RunOptions, TrainConfig, load_weights, train
+from extremeaug.train import RunOptions, TrainConfig, train
 
 TINY = dict(width=4, augment=1, batch_size=16, epochs=2, lr=3e-3)
 
@@ -247,7 +248,7 @@ def test_demo_runs_and_reports(tmp_path):
 
 
 def test_out_of_memory_is_recognised_whichever_library_says_it():
-    from extremeaug.train import out_of_memory
+    from extremeaug.checkpoint import out_of_memory
 
     assert out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))

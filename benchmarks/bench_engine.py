@@ -35,9 +35,9 @@ def sync(device):
 
 
 def training_speed(case: Case, device: str, width, batch: int, steps: int, work: Path) -> list:
-    """Steps with augmentation on and off, timed in alternating blocks so drift hits both alike."""
+    """Eager steps with augmentation on and off, timed in alternating blocks so drift hits both alike."""
     trainers = {aug: Trainer(TrainConfig(width=width, batch_size=batch, augmentation=aug), [case], [],
-                             work / f"speed_{aug}", RunOptions(device=device, show_progress=False))
+                             work / f"speed_{aug}", RunOptions(device=device, show_progress=False, compile=False))
                 for aug in (True, False)}
     dev = trainers[True].device
     parts = lambda t, k: t.order.parts(0, k)
@@ -95,12 +95,20 @@ def peak_memory(case: Case, device: str, width, batch: int, augment: int, work: 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def onnx_device(device: str) -> str:
+    """onnxruntime-gpu is too large to carry to the GPU check machine: without its CUDA provider, onnxruntime is
+    measured on the CPU and the torch row is the GPU's number."""
+    import onnxruntime as ort
+
+    return device if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
 def segmentation_speed(model: Path, scan_path: Path, device: str, repeats: int = 3) -> dict:
     from extremeaug.io import read_scan
-    from extremeaug.train import load_weights
+    from extremeaug.checkpoint import load_weights
 
     scan = read_scan(scan_path)
-    seg = Segmenter(model, device)
+    seg = Segmenter(model, onnx_device(device))
     seg.segment(scan)                                      # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -122,7 +130,7 @@ def segmentation_speed(model: Path, scan_path: Path, device: str, repeats: int =
         torch_segment()
     torch_s = (time.perf_counter() - t0) / repeats
     return {"slices": scan.GetSize()[0], "onnxruntime_s": round(onnx_s, 3), "providers": seg.providers,
-            "torch_eager_s": round(torch_s, 3), "speedup": round(torch_s / onnx_s, 2)}
+            "torch_device": dev.type, "torch_eager_s": round(torch_s, 3), "speedup": round(torch_s / onnx_s, 2)}
 
 
 def main() -> None:
@@ -150,7 +158,9 @@ def main() -> None:
     results["training"] = training_speed(case, a.device, width, a.batch_size, a.steps, work)
     on, off = results["training"]
     results["augmentation_overhead"] = round(off["patches_per_s"] / on["patches_per_s"] - 1, 4)
+    emit(results, a.out)
     results["memory"] = [peak_memory(case, a.device, width, a.batch_size, n, work) for n in (5, 50)]
+    emit(results, a.out)
     # a 67-slice sagittal scan (the real data's size), segmented with a model of this width
     big = make_phantom(7, size=(67, 221, 221), spacing=(1.0, 1.0, 1.0))
     write_image(big.image, work / "scan67.nii.gz")
@@ -161,8 +171,9 @@ def main() -> None:
 
 
 def emit(results: dict, out) -> None:
+    """Print and write after every stage, so a stage that crashes or runs out of time keeps the ones before it."""
     text = json.dumps(results, indent=1)
-    print(text)
+    print(text, flush=True)
     if out:
         Path(out).write_text(text)
 

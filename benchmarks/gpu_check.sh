@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, for the `device` tool's machine (one H100/H200, Python 3.12, torch there;
-# SimpleITK and onnxruntime-gpu travel as wheels). Prepare once, here, in the repository root:
+# The GPU checks in one command that fits the `device` tool's 15 minutes (one H100/H200, Python 3.12 and torch
+# there; SimpleITK travels as a wheel, onnxruntime-gpu (~244 MiB) does not fit the 64 MiB carry, so onnxruntime
+# runs on the CPU there and the GPU's segmentation number is torch's). Prepare once, here, in the repository root:
 #   echo /.whl/ >> .git/info/exclude; echo /.gpu-data/ >> .git/info/exclude
-#   P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-#      --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl"
-#   python3 -m pip download $P simpleitk==VERSION onnxruntime-gpu==VERSION   # plus any Requires-Dist missing there
-#   mkdir -p .gpu-data && cp ../shared/data/ivd-mr-t2-lumbar/case11_* ../shared/data/ivd-mr-t2-lumbar/case20_image.nii.gz .gpu-data/
-# then run it with carry [".whl", ".gpu-data"] and the command `bash benchmarks/gpu_check.sh`.
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl simpleitk==2.5.3
+#   mkdir -p .gpu-data && cp ../shared/data/ivd-mr-t2-lumbar/case{11,20,25}_* .gpu-data/
+# then run it with carry [".whl", ".gpu-data"] and the command `bash benchmarks/gpu_check.sh` (5 minutes, H200).
 # (.gpu-data is an ignored copy for the device only: the data set never enters the repository.)
+# Every stage writes its JSON as it goes, under a timeout of its own, so one that fails keeps the others.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/ExtremeAugSegment PYTHONUNBUFFERED=1
-OUT=${OUT:-bench-out}
+export PYTHONPATH=/tmp/site:$PWD/ExtremeAugSegment PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+OUT=${OUT:-bench-out/gpu}
+mkdir -p "$OUT"
+D=.gpu-data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout 330 python3 benchmarks/bench_gpu_protocol.py --image .gpu-data/case11_image.nii.gz \
-  --label .gpu-data/case11_mask.nii.gz --seg-image .gpu-data/case20_image.nii.gz --workers 12 \
-  --out "$OUT/gpu_protocol.json" 2>&1 | tee "$OUT/gpu_protocol.log"
-timeout 120 python3 benchmarks/bench_engine.py --device cuda --batch-size 256 --out "$OUT/bench_gpu.json" \
-  > "$OUT/bench_gpu.log" 2>&1
-timeout 120 python3 -m pytest -x -q -p no:cacheprovider Testing/test_train.py Testing/test_infer.py \
-  Testing/test_augment.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.txt"
+# 1. the paper's protocol (1 scan, 50x) at the CUDA defaults for 6 epochs, projected to 100, and segmentation
+timeout 200 python3 benchmarks/bench_gpu_protocol.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
+  --seg-image $D/case20_image.nii.gz --epochs 6 --steps 20 --stages AD --out "$OUT/protocol.json" \
+  > "$OUT/protocol.log" 2>&1
+# 2. the CUDA tests: compiled training, resume, the onnxruntime provider, out of memory
+timeout 130 python3 -m pytest -m cuda -q -p no:cacheprovider Testing/test_cuda.py > "$OUT/pytest_cuda.txt" 2>&1
+# 3. the learning rate at batch 256 on real held-out scans
+timeout 170 python3 benchmarks/gpu_lr_check.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
+  --test $D/case20_image.nii.gz $D/case20_mask.nii.gz --test $D/case25_image.nii.gz $D/case25_mask.nii.gz \
+  --lr 3e-3 1e-2 --epochs 8 --out "$OUT/lr.json" > "$OUT/lr.log" 2>&1
+# 4. the same protocol eagerly (--no-compile), for the compile's share
+timeout 70 python3 benchmarks/bench_gpu_protocol.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
+  --epochs 6 --steps 10 --stages A --no-compile --out "$OUT/protocol_eager.json" > "$OUT/protocol_eager.log" 2>&1
+tail -n 12 "$OUT"/pytest_cuda.txt; tail -c 600 "$OUT"/*.log
+# (docs/results.md section 3 also ran, in a call of its own: benchmarks/gpu_batch_sweep.py --image ... --label ...
+#  --config 512:default --config 256:reduce-overhead --steps 40)

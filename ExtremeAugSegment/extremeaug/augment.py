@@ -35,6 +35,9 @@ class AffineParams:
     scale: torch.Tensor       # [B]
     shift_px: torch.Tensor    # [B, 2] as (x, y) in slice pixels
 
+    def __getitem__(self, rows) -> "AffineParams":
+        return AffineParams(self.angle_rad[rows], self.scale[rows], self.shift_px[rows])
+
 
 def patch_corners(slice_size: int, patch: int = PATCH, stride: int = STRIDE) -> list:
     starts = list(range(0, slice_size - patch + 1, stride))
@@ -164,7 +167,10 @@ class EpochOrder:
     def _round(self, epoch: int, r: int) -> torch.Tensor:
         if self._cache[0] != (epoch, r):
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 1009 + r)
-            self._cache = ((epoch, r), torch.randperm(self.n, generator=g).to(self.device))
+            order = torch.randperm(self.n, generator=g)   # on the CPU: the same order on every device
+            if self.device.type == "cuda":   # a pageable copy would wait for the GPU's queue at every round
+                order = order.pin_memory()
+            self._cache = ((epoch, r), order.to(self.device, non_blocking=True))
         return self._cache[1]
 
     def parts(self, epoch: int, k: int) -> List[Tuple[int, torch.Tensor]]:

@@ -17,7 +17,7 @@ from .output import json_text
 
 
 TRAIN_FLAGS = [f.name for f in fields(TrainConfig)]
-RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes")
+RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes", "compile")
 
 
 def _cases(images, labels, what: str):
@@ -39,6 +39,8 @@ def cmd_train(a) -> int:
         raise ExtremeAugError("train: give at least one --image SCAN --label MASK pair (or --resume)")
     result = train(cfg, _cases(a.image, a.label, "train"), _cases(a.val_image, a.val_label, "validation"),
                    a.out, opts)
+    if result.rank:   # torchrun: rank 0 speaks for the run
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"{result.status}: {result.epochs_done:.2f} epoch(s), training Dice {last.get('train_dice', 0):.3f}"
           + (f", best validation Dice {result.best_val_dice:.3f}" if result.best_val_dice is not None else "")

@@ -125,8 +125,8 @@ class TrainConfig:
     augment: int = _setting(50, "augmented presentations of every patch per epoch (the paper: 5 to 50)", int)
     epochs: int = _setting(100, "training epochs (each shows every patch --augment times)", int)
     batch_size: Optional[int] = _setting(
-        None, "patches per optimiser step (default 16); with --resume, a new size continues the run at that size "
-        "(after GPU out of memory, say)", int)
+        None, "patches per optimiser step, over all GPUs (default 256 on CUDA, 16 on CPU); with --resume, a new "
+        "size continues the run at that size (after GPU out of memory, say)", int)
     width: Optional[int] = _setting(None, "filters of the first stage (default 16 on CUDA, 8 on CPU)", int)
     lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", finite_float)
     loss: Loss = _setting(Loss.DICE, "training loss", Loss)
@@ -190,6 +190,8 @@ class RunOptions:
     checkpoint_minutes: float = _setting(2.0, "checkpoint (and, with validation scans, validate) this often "
                                          "within an epoch, so a stopped run loses minutes, not an epoch",
                                          finite_float)
+    compile: bool = _setting(True, "train with eager torch on CUDA too (torch.compile fuses the network's layers "
+                             "there; it is never used on the CPU)", bool, "--no-compile")
     resume: bool = False
     progress_file: Optional[str] = None
     show_progress: bool = True

@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import Plane
+from .histogram import match_histogram
 # After orienting to LPS, index axis 0 runs left-right (sagittal slices), 1 anterior-posterior
 # (coronal), 2 inferior-superior (axial).
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -80,18 +81,18 @@ def make_template(image: sitk.Image) -> List[float]:
     return [float(q) for q in np.quantile(scaled, np.linspace(0, 1, TEMPLATE_QUANTILES))]
 
 
-def _template_image(template: List[float]) -> sitk.Image:
-    return sitk.GetImageFromArray(np.asarray(template, np.float32).reshape(1, 1, -1))
-
-
 def normalise(image: sitk.Image, prep: Preprocessing) -> sitk.Image:
-    """Linear (piecewise) histogram matching to the template, clipped to [0, 1]."""
-    matcher = sitk.HistogramMatchingImageFilter()
-    matcher.SetNumberOfHistogramLevels(prep.histogram_levels)
-    matcher.SetNumberOfMatchPoints(prep.match_points)
-    matcher.ThresholdAtMeanIntensityOn()
-    matched = matcher.Execute(sitk.Cast(image, sitk.sitkFloat32), _template_image(prep.template))
-    return sitk.Clamp(matched, sitk.sitkFloat32, 0.0, 1.0)
+    """Linear (piecewise) histogram matching to the template, clipped to [0, 1] (`histogram.match_histogram`:
+    ITK's HistogramMatchingImageFilter with the mean threshold, in numpy)."""
+    out = sitk.GetImageFromArray(_normalised(sitk.GetArrayViewFromImage(image), prep))
+    out.CopyInformation(image)
+    return out
+
+
+def _normalised(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    matched = match_histogram(np.asarray(array, np.float32), prep.template, prep.histogram_levels,
+                              prep.match_points)
+    return np.clip(matched, 0.0, 1.0, out=matched)
 
 
 def slice_grid(oriented: sitk.Image, axis: int, size: int) -> sitk.Image:
@@ -120,7 +121,8 @@ def scan_to_slices(scan: sitk.Image, prep: Preprocessing) -> Tuple[np.ndarray, s
     oriented = orient(scan)
     grid = slice_grid(oriented, prep.axis, prep.slice_size)
     resampled = sitk.Resample(oriented, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return _to_slices(normalise(resampled, prep), prep.axis).astype(np.float32), grid
+    volume = _normalised(sitk.GetArrayViewFromImage(resampled), prep)
+    return np.ascontiguousarray(np.moveaxis(volume, 2 - prep.axis, 0)), grid
 
 
 def mask_to_slices(mask: sitk.Image, grid: sitk.Image, axis: int) -> np.ndarray:

@@ -1,20 +1,21 @@
 """Training: on-the-fly extreme augmentation, Dice loss, Adam, checkpoints, resume, clean stops."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
                       step_generator)
+from .checkpoint import load, located_case, out_of_memory, portable_case, save
 from .config import AugmentMode, Device, RunOptions, TrainConfig
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
@@ -29,7 +30,7 @@ from .structures import Structure
 
 CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
-DEFAULT_BATCH = 16
+DEFAULT_BATCH = {"cuda": 256, "cpu": 16}   # a GPU needs large batches to be busy; a CPU gains nothing from them
 CURVE_SECONDS = 5.0
 
 
@@ -43,6 +44,7 @@ class TrainResult:
     onnx_max_abs_diff: float = 0.0
     curve: list = field(default_factory=list)
     val_curve: list = field(default_factory=list)
+    rank: int = 0                    # under torchrun, rank 0 alone writes the model
 
 
 def select_device(name: str) -> torch.device:
@@ -54,38 +56,28 @@ def select_device(name: str) -> torch.device:
     return torch.device(device.value)
 
 
-def _save(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes(buffer.getvalue(), path)
-
-
-def _load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files surface as many exception types
-        raise ExtremeAugError(f"{path}: not a readable extremeaug checkpoint ({type(e).__name__})") from None
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
                  opts: RunOptions, structures: Optional[Sequence[Structure]] = None):
         opts.check()
         self.out, self.opts = Path(out_dir), opts
-        self.device = select_device(opts.device)
+        self.world, self.device = distributed.join(select_device(opts.device))
         state = self._resume_state(train_cases)
         asked_batch = cfg.batch_size
         if state:
             cfg = TrainConfig(**state["config"])
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
-            train_cases = [self._located(c, state) for c in state["train_cases"]]
-            val_cases = [self._located(c, state) for c in state["val_cases"]]
+            train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
+            val_cases = [located_case(c, state, self.out) for c in state["val_cases"]]
         cfg.check()
         check_cases(list(train_cases) + list(val_cases))
         if cfg.width is None:
             cfg.width = DEFAULT_WIDTH[self.device.type]
         if cfg.batch_size is None:
-            cfg.batch_size = DEFAULT_BATCH
+            cfg.batch_size = DEFAULT_BATCH[self.device.type]
+        if cfg.batch_size < self.world.size:
+            raise ExtremeAugError(f"--batch-size {cfg.batch_size} is the batch over all {self.world.size} "
+                                  "processes: give at least one patch to each")
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
@@ -103,6 +95,7 @@ class Trainer:
         self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
             self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
+        self.model, self.compiled = self._fast_models()
         if state and asked_batch and asked_batch != cfg.batch_size:
             self._rebatch(state, asked_batch)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
@@ -124,6 +117,18 @@ class Trainer:
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
 
+    def _fast_models(self):
+        """The network as a step runs it: under DistributedDataParallel with several ranks, and compiled on CUDA.
+        A compiled model serves full batches only (an epoch's short last batch runs eagerly instead of
+        compiling again); the weights are the same tensors, and export and state_dict use the plain `net`."""
+        model = self.net
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        compiled = torch.compile(model) if self.opts.compile and self.device.type == "cuda" else None
+        return model, compiled
+
     def _rebatch(self, state: dict, batch_size: int) -> None:
         """Continue a checkpoint at another batch size: the same epoch, from the first batch that holds the next
         unseen patch of its order (the rest of the run is no longer the one an uninterrupted run would draw)."""
@@ -142,7 +147,7 @@ class Trainer:
         if self.opts.resume:
             if not ckpt.exists():
                 raise ExtremeAugError(f"--resume: {ckpt} does not exist")
-            return _load(ckpt)
+            return load(ckpt)
         if self.out.exists() and any((self.out / f).exists() for f in (CHECKPOINT, WEIGHTS, ONNX_FILE)):
             raise ExtremeAugError(f"{self.out} already holds a model; pass --resume or choose another --out")
         if not train_cases:
@@ -167,6 +172,9 @@ class Trainer:
             params = self.pool.for_parts(parts)
         else:
             params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation), generator, self.device)
+        if self.world.distributed:   # every rank drew the global batch's transforms; each takes its share
+            share = self.world.shard(len(rows))
+            rows, params = rows[share], params[share]
         x, y = augmented_batch(self.train_set.inputs, self.train_set.masks, rows, params)
         if self.cfg.intensity:   # drawn after the geometry, so --intensity leaves the geometric draws as they were
             x = intensity_jitter(x, generator)
@@ -178,8 +186,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(elapsed)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.net(x)
-        loss = segmentation_loss(logits, y, self.cfg.loss)
+            logits = self._forward(x)
+        loss = segmentation_loss(logits, y, self.cfg.loss, self.world.global_sums)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -189,9 +197,26 @@ class Trainer:
             inter, total = (pred * y).sum(), pred.sum() + y.sum()
         return loss.detach(), inter, total
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None or len(x) != self._full_share:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except Exception as e:   # no C compiler, no Triton (Windows): compiling fails before anything has run
+            if out_of_memory(e):
+                raise
+            print(f"torch.compile failed ({type(e).__name__}); training on without it", file=sys.stderr)
+            self.compiled = None
+            return self.model(x)
+
+    @property
+    def _full_share(self) -> int:
+        share = self.world.shard(self.cfg.batch_size)
+        return share.stop - share.start
+
     @torch.no_grad()
     def validate(self) -> Optional[float]:
-        if self.val_set is None:
+        if self.val_set is None or not self.world.main:
             return None
         self.net.eval()
         scores = []
@@ -209,29 +234,13 @@ class Trainer:
         self.net.train()
         return sum(scores) / len(scores)
 
-    def _portable(self, case: Case) -> dict:
-        """A case with its files relative to the checkpoint's folder, so a moved (or copied) project or run
-        folder resumes on its own files; absolute where no relative path exists (another Windows drive)."""
-        def relative(path: str) -> str:
-            try:
-                return os.path.relpath(Path(path).resolve(), self.out.resolve())
-            except ValueError:
-                return str(Path(path).resolve())
-        return dict(asdict(case), image=relative(case.image), label=relative(case.label))
-
-    def _located(self, case: dict, state: dict) -> Case:
-        if state.get("case_paths") != "relative":   # a checkpoint from before: absolute paths
-            return Case(**case)
-        return Case(**dict(case, image=str((self.out / case["image"]).resolve()),
-                           label=str((self.out / case["label"]).resolve())))
-
     def _checkpoint(self, elapsed: float) -> None:
         if self.best_weights is not None:   # first, so a checkpoint never names a best that is not on disk
-            _save(self.best_weights, self.out / "best.pt")
+            save(self.best_weights, self.out / "best.pt")
             self.best_weights = None
-        _save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
-               "train_cases": [self._portable(c) for c in self.train_cases],
-               "val_cases": [self._portable(c) for c in self.val_cases], "case_paths": "relative",
+        save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
+               "train_cases": [portable_case(c, self.out) for c in self.train_cases],
+               "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
                "labels": [lab.to_dict() for lab in self.labels],
                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
@@ -242,11 +251,12 @@ class Trainer:
         raise_if_interrupted()   # a Ctrl-C swallowed during set-up still means: write nothing
         self.out.mkdir(parents=True, exist_ok=True)
         budget_s = self.opts.time_budget_min * 60 if self.opts.time_budget_min else None
-        reporter = ProgressReporter(self.opts.progress_file, self.total_steps, self.opts.show_progress,
-                                    initial=self.step, budget_s=budget_s)
+        main = self.world.main
+        reporter = ProgressReporter(self.opts.progress_file if main else None, self.total_steps,
+                                    self.opts.show_progress and main, initial=self.step, budget_s=budget_s)
         reporter.event("start", device=str(self.device), width=self.cfg.width, augment=self.cfg.augment,
                        epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
-                       resumed_at_step=self.step)
+                       resumed_at_step=self.step, processes=self.world.size)
         t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
         last_curve = 0.0
         stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None
@@ -273,6 +283,7 @@ class Trainer:
                         status = "max_steps"
                     if stop.reason or (self.opts.stop_file and os.path.exists(self.opts.stop_file)):
                         status = "stopped"
+                    status = self._agreed(status)
                     if ended_epoch or status != "finished":
                         self._end_epoch(epoch, stats, reporter, elapsed)
                         stats = None
@@ -280,27 +291,49 @@ class Trainer:
                         break
                     # on the timer only: a GPU ends an epoch every few seconds, and 100 fsynced checkpoints of
                     # model + Adam state would cost more than the training
-                    if time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
+                    if main and time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
                         if not ended_epoch:   # long epochs (CPU, 50x): validate between epochs too
                             self._validate_and_keep_best(reporter)
                         self._checkpoint(self.elapsed_before + elapsed)
                         last_ckpt = time.monotonic()
             elapsed = time.monotonic() - t0
-            self._checkpoint(self.elapsed_before + elapsed)
-            result = self._publish(status, elapsed)
+            if main:
+                self._checkpoint(self.elapsed_before + elapsed)
+                result = self._publish(status, elapsed)
+            else:
+                result = TrainResult(status, self.out, self.step / self.steps_per_epoch, self.history,
+                                     rank=self.world.rank)
+            self.world.barrier()   # the other ranks wait for rank 0's model, then all leave together
         except RuntimeError as e:   # torch's OutOfMemoryError is one; cuDNN and cuBLAS say it in their own words
             if not out_of_memory(e):
                 raise
             reporter.event("end", status="error", message="GPU out of memory")
             reporter.close()
+            advice = (f"the last checkpoint in {self.out} is kept: continue it with --resume and a lower "
+                      "--batch-size, or --resume --device cpu") if (self.out / CHECKPOINT).exists() else \
+                "nothing was written yet: start again with a lower --batch-size"
             raise ExtremeAugError(f"GPU out of memory at batch size {self.cfg.batch_size} and width "
-                                  f"{self.cfg.width}; the last checkpoint in {self.out} is kept: continue it with "
-                                  "--resume and a lower --batch-size, or --resume --device cpu") from None
+                                  f"{self.cfg.width}; {advice}") from None
         reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
                        onnx=str(self.out / ONNX_FILE),
-                       stop_reason=stop.reason or ("stop file" if status == "stopped" else None))
+                       stop_reason=self._stop_reason(stop.reason, status))
         reporter.close()
         return result
+
+    def _stop_reason(self, signal_name: Optional[str], status: str) -> Optional[str]:
+        if signal_name or status != "stopped":
+            return signal_name
+        return "stop file" if self.opts.stop_file and os.path.exists(self.opts.stop_file) else "another rank stopped"
+
+    def _agreed(self, status: str) -> str:
+        """Under torchrun, a stop (budget, stop file, signal) that any rank saw, at the same step on every rank;
+        between agreements a rank goes on, and max_steps and the epochs end every rank at the same step."""
+        if not self.world.distributed or status == "max_steps":
+            return status
+        if self.step % distributed.AGREE_EVERY and self.step < self.total_steps:
+            return "finished"
+        codes = ("finished", "time_budget", "stopped")
+        return codes[self.world.agree(codes.index(status), self.device)]
 
     def _end_epoch(self, epoch: int, stats: "EpochStats", reporter: ProgressReporter, elapsed: float) -> None:
         val = self.validate()
@@ -329,7 +362,7 @@ class Trainer:
     def _publish(self, status: str, elapsed: float) -> TrainResult:
         """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
         if self.best is not None and (self.out / "best.pt").exists():
-            self.net.load_state_dict(_load(self.out / "best.pt"))
+            self.net.load_state_dict(load(self.out / "best.pt"))
         weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         done = self.step / self.steps_per_epoch
         meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
@@ -345,21 +378,13 @@ class Trainer:
                 "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
                 "last_epoch": self.history[-1] if self.history else None,
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
-        _save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
+        save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
         write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
                                 "val_curve": self.val_curve, "onnx_max_abs_diff": diff}, indent=1).encode(),
                     self.out / HISTORY)
         return TrainResult(status, self.out, done, self.history,
                            self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """A device allocation failure, whichever library raised it."""
-    text = str(e)
-    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
-        m in text for m in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                            "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "CUDA error: out of memory"))
 
 
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
@@ -369,14 +394,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     Args:
         structures: the label table to learn (a project's); default: --label-names, else the first mask's.
     """
-    return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions(), structures).run()
-
-
-def load_weights(path: str | Path) -> ResUNet:
-    """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
-    blob = _load(Path(path))
-    state = blob["state_dict"]
-    net = ResUNet(int(blob["width"]), in_channels=int(state["down.0.body.0.weight"].shape[1]),
-                  classes=int(state["head.weight"].shape[0]))
-    net.load_state_dict(blob["state_dict"])
-    return net.eval()
+    try:
+        return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions(), structures).run()
+    finally:
+        distributed.close()

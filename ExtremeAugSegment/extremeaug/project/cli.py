@@ -75,7 +75,7 @@ def cmd_train(a) -> int:
             run_id = project.resume(None if a.device == Device.AUTO else a.device, a.time_budget_min)
         else:
             spec = RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), a.device, a.time_budget_min,
-                           a.checkpoint_minutes)
+                           a.checkpoint_minutes, a.gpus)
             run_id = project.train(spec)
         print(f"training run {run_id} started in the background (log: {project.run_folder(run_id) / 'worker.log'})")
         if not a.wait:
@@ -257,6 +257,8 @@ def add_parser(sub) -> None:
     c = cmd("train", cmd_train, "train in a background worker on the labeled training cases")
     add_arguments(c, TrainConfig, TRAIN_FLAGS)
     add_arguments(c, RunOptions, RUN_FLAGS)
+    c.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="train on N GPUs of this machine through torchrun (--batch-size is split between them)")
     c.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run")
     c = cmd("status", cmd_status, "cases, versions and the current run (with a dead-worker check)")

@@ -189,17 +189,19 @@ class RunSpec:
     device: Device = RUN_DEFAULTS.device
     time_budget_min: Optional[float] = RUN_DEFAULTS.time_budget_min
     checkpoint_minutes: float = RUN_DEFAULTS.checkpoint_minutes
+    gpus: int = 1        # > 1: the worker trains through torchrun, one process per GPU (CPU processes on --device cpu)
 
     def __post_init__(self):
         self.device = Device.parse(self.device)
 
     def to_dict(self) -> dict:
         return {"train": self.train.to_dict(), "device": self.device.value, "time_budget_min": self.time_budget_min,
-                "checkpoint_minutes": self.checkpoint_minutes}
+                "checkpoint_minutes": self.checkpoint_minutes, "gpus": self.gpus}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"])
+        return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
+                   d.get("gpus", 1))
 
     def to_options(self, **engine) -> RunOptions:
         """The engine's options for this spec (`engine`: the worker's files and flags)."""

@@ -73,6 +73,8 @@ def start(store: Store, spec: Optional[RunSpec], resume: bool = False, device: O
     if spec is not None:
         spec.train.check()
         spec.to_options().check()   # refused here, before a worker starts
+        if spec.gpus < 1:
+            raise ExtremeAugError("--gpus must be at least 1")
     reap(store)
     with store.write():
         active = store.active_run()

@@ -4,7 +4,8 @@ It trains on the run's labels with the engine, scores the result on the validati
 it as a new model version; all along it rewrites runs/<id>/heartbeat.json so front ends can tell a live
 worker from a dead one. The validation split is NOT used to pick the weights (no best-epoch selection),
 so a version's validation Dice is an honest held-out score. Like every front end, it uses the project
-only through `Project`.
+only through `Project`. A run asked for several GPUs trains in torchrun's ranks (this module with --rank),
+while this process keeps the heartbeat and publishes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
+from ..config import Device
 from ..errors import ExtremeAugError
 from ..io import write_bytes
 from . import Phase, Project, RunStatus
@@ -85,8 +88,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("project")
     p.add_argument("run_id")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)   # one of torchrun's ranks
     a = p.parse_args(argv)
     project = Project.open(a.project)
+    if a.rank:
+        train_run(project, a.run_id, a.resume)
+        return 0
     cancelled = threading.Event()
     # before the claim: `cancel` signals only a claimed ('running') run, so the handler is always in place
     signal.signal(signal.SIGTERM, lambda *_: cancelled.set())   # the engine installs its own while training
@@ -120,22 +127,53 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heartbeat,
                        cancelled: threading.Event) -> Optional[int]:
+    spec, _ = project.job(run_id)
+    folder = project.run_folder(run_id)
+    if cancelled.is_set() or (folder / "cancel").exists():
+        return None
+    heart.set_phase(Phase.TRAINING)
+    status = train_run(project, run_id, resume) if spec.gpus == 1 else _train_on_ranks(
+        project, run_id, resume, spec, cancelled)
+    if status == "stopped":
+        return None
+    heart.set_phase(Phase.SCORING)
+    return project.publish(run_id, Path(folder / "train"), spec.device)
+
+
+def train_run(project: Project, run_id: str, resume: bool) -> str:
+    """The run's training in this process (or, under torchrun, this rank's share of it); its end status."""
     from ..dataset import Case
     from ..train import train
 
     spec, inputs = project.job(run_id)
     folder = project.run_folder(run_id)
-    if cancelled.is_set() or (folder / "cancel").exists():
-        return None
-    heart.set_phase(Phase.TRAINING)
-    result = train(spec.train, [Case(str(scan), str(label), id=case_id) for case_id, scan, label in inputs], [],
-                   folder / "train", spec.to_options(resume=resume, progress_file=str(folder / "progress.jsonl"),
-                                                     show_progress=False, stop_file=str(folder / "cancel")),
-                   project.structures())
-    if result.status == "stopped":
-        return None
-    heart.set_phase(Phase.SCORING)
-    return project.publish(run_id, Path(folder / "train"), spec.device)
+    return train(spec.train, [Case(str(scan), str(label), id=case_id) for case_id, scan, label in inputs], [],
+                 folder / "train", spec.to_options(resume=resume, progress_file=str(folder / "progress.jsonl"),
+                                                   show_progress=False, stop_file=str(folder / "cancel")),
+                 project.structures()).status
+
+
+def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled: threading.Event) -> str:
+    """torchrun with one rank per GPU, each running `train_run`; a cancel reaches every rank through the stop
+    file, which the ranks agree on (this worker writes it too when it is sent SIGTERM itself)."""
+    import torch
+
+    from ..train import HISTORY
+
+    folder = project.run_folder(run_id)
+    if spec.device != Device.CPU and torch.cuda.device_count() < spec.gpus:
+        raise ExtremeAugError(f"--gpus {spec.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.gpus),
+               "-m", "extremeaug.project.worker", str(project.root), run_id, "--rank"]
+    process = subprocess.Popen(command + (["--resume"] if resume else []), stdin=subprocess.DEVNULL)
+    while process.poll() is None:
+        if cancelled.is_set() and not (folder / "cancel").exists():
+            (folder / "cancel").write_text(str(time.time()))
+        time.sleep(0.5)
+    if process.returncode != 0:
+        raise ExtremeAugError(f"training on {spec.gpus} processes failed (torchrun exit {process.returncode}); "
+                              f"see {folder / 'worker.log'}")
+    return json.loads((folder / "train" / HISTORY).read_text())["metadata"]["status"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""Checkpoints and weights on disk: written whole or not at all, read with weights_only=True."""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .dataset import Case
+from .errors import ExtremeAugError
+from .io import write_bytes
+from .model import ResUNet
+
+
+def save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(buffer.getvalue(), path)
+
+
+def load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files surface as many exception types
+        raise ExtremeAugError(f"{path}: not a readable extremeaug checkpoint ({type(e).__name__})") from None
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A device allocation failure, whichever library raised it."""
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        m in text for m in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                            "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "CUDA error: out of memory"))
+
+
+def load_weights(path: str | Path) -> ResUNet:
+    """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
+    blob = load(Path(path))
+    state = blob["state_dict"]
+    net = ResUNet(int(blob["width"]), in_channels=int(state["down.0.body.0.weight"].shape[1]),
+                  classes=int(state["head.weight"].shape[0]))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval()
+
+
+def portable_case(case: Case, folder: Path) -> dict:
+    """A case with its files relative to the checkpoint's folder, so a moved (or copied) project or run
+    folder resumes on its own files; absolute where no relative path exists (another Windows drive)."""
+    def relative(path: str) -> str:
+        try:
+            return os.path.relpath(Path(path).resolve(), folder.resolve())
+        except ValueError:
+            return str(Path(path).resolve())
+    return dict(asdict(case), image=relative(case.image), label=relative(case.label))
+
+
+def located_case(case: dict, state: dict, folder: Path) -> Case:
+    if state.get("case_paths") != "relative":   # a checkpoint from before: absolute paths
+        return Case(**case)
+    return Case(**dict(case, image=str((folder / case["image"]).resolve()),
+                       label=str((folder / case["label"]).resolve())))

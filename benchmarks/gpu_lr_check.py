@@ -1,0 +1,60 @@
+"""The learning rate at the CUDA batch size, checked on real held-out scans (issue 14: batch 256 is the CUDA
+default, so its learning rate must be re-checked, not assumed from batch 16).
+
+Each --lr trains one binary model on --image/--label (the paper's set-up: 1 scan, --augment x, --epochs) and
+segments every --test scan with onnxruntime; the JSON is written after every model, so a stage cut short by
+the GPU machine's time limit keeps the ones before it.
+
+    python benchmarks/gpu_lr_check.py --image IMG --label MASK --test IMG2 MASK2 --test IMG3 MASK3 \\
+        --lr 3e-3 1e-2 --epochs 12 --out lr.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import emit  # noqa: E402
+
+from extremeaug.dataset import Case  # noqa: E402
+from extremeaug.evaluate import evaluate  # noqa: E402
+from extremeaug.infer import Segmenter  # noqa: E402
+from extremeaug.io import read_binary, read_scan  # noqa: E402
+from extremeaug.train import RunOptions, TrainConfig, train  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--test", nargs=2, action="append", metavar=("IMAGE", "MASK"), required=True)
+    p.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-2])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--augment", type=int, default=50)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="extremeaug-lr-"))
+    tests = [(Path(i).name, read_scan(i), read_binary(m)) for i, m in a.test]
+    report = {"image": a.image, "augment": a.augment, "epochs": a.epochs, "runs": []}
+    for lr in a.lr:
+        t0 = time.perf_counter()
+        result = train(TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, lr=lr,
+                                   merge_labels=True), [Case(a.image, a.label)], [], work / f"lr{lr}",
+                       RunOptions(device=a.device, show_progress=False))
+        run = {"lr": lr, "wall_s": round(time.perf_counter() - t0, 1), "train_dice": result.history[-1]["train_dice"],
+               "patches_per_s_by_epoch": [r["patches_per_s"] for r in result.history], "dice": {}}
+        segmenter = Segmenter(work / f"lr{lr}" / "model.onnx", "cpu")
+        for name, scan, ref in tests:
+            run["dice"][name] = round(evaluate(segmenter.segment(scan)[0], ref)["dice"], 4)
+        run["mean_dice"] = round(sum(run["dice"].values()) / len(tests), 4)
+        report["runs"].append(run)
+        emit(report, a.out)
+
+
+if __name__ == "__main__":
+    main()

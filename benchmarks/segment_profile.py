@@ -1,0 +1,71 @@
+"""Where `extremeaug segment`'s seconds go on this machine: each stage of the command, in-process, timed
+separately (any model of the width in question will do: its weights do not change the time).
+
+    python benchmarks/segment_profile.py --model MODEL.onnx --image SCAN [--repeats 3] [--out FILE.json]
+
+The whole command, imports and file writing included, is timed from the shell:
+    /usr/bin/time -f "%e s" extremeaug segment --model MODEL.onnx --image SCAN --out mask.nii.gz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+t_start = time.perf_counter()
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from extremeaug.infer import Segmenter  # noqa: E402
+from extremeaug.io import read_scan, write_image  # noqa: E402
+from extremeaug.preprocess import scan_to_slices, slices_to_scan  # noqa: E402
+
+IMPORTS_S = time.perf_counter() - t_start
+
+
+def stages(model: str, image: str, out: Path) -> dict:
+    seconds, t = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal t
+        now = time.perf_counter()
+        seconds[name] = round(now - t, 3)
+        t = now
+
+    segmenter = Segmenter(model, "cpu")
+    lap("onnxruntime session")
+    scan = read_scan(image)
+    lap("read scan")
+    slices, grid = scan_to_slices(scan, segmenter.prep)
+    lap("slices: orient, resample, histogram match")
+    probs = segmenter._slice_probabilities(slices)
+    lap("model")
+    volume = np.stack([sitk.GetArrayFromImage(slices_to_scan(probs[:, k], grid, segmenter.prep.axis, scan))
+                       for k in range(probs.shape[1])])
+    lap("back onto the scan's grid")
+    mask, _, _ = segmenter.decide(volume, scan)
+    lap("threshold, components, uncertainty")
+    write_image(mask, out)
+    lap("write mask")
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out")
+    a = p.parse_args()
+    runs = [stages(a.model, a.image, Path("segment_profile_mask.nii.gz")) for _ in range(a.repeats)]
+    Path("segment_profile_mask.nii.gz").unlink()
+    text = json.dumps({"imports_s": round(IMPORTS_S, 3), "runs": runs,
+                       "median_s": {k: float(np.median([r[k] for r in runs])) for k in runs[0]}}, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
