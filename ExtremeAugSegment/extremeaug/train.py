@@ -239,13 +239,13 @@ class Trainer:
             save(self.best_weights, self.out / "best.pt")
             self.best_weights = None
         save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
-               "train_cases": [portable_case(c, self.out) for c in self.train_cases],
-               "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
-               "labels": [lab.to_dict() for lab in self.labels],
-               "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-               "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
-               "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
-               "version": __version__}, self.out / CHECKPOINT)
+              "train_cases": [portable_case(c, self.out) for c in self.train_cases],
+              "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
+              "labels": [lab.to_dict() for lab in self.labels],
+              "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+              "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
+              "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
+              "version": __version__}, self.out / CHECKPOINT)
 
     def run(self) -> TrainResult:
         raise_if_interrupted()   # a Ctrl-C swallowed during set-up still means: write nothing
