@@ -225,6 +225,7 @@ def test_a_run_on_two_processes_cancels_resumes_and_publishes_once(tmp_path, pha
     proj = tmp_path / "proj"
     ok("init", proj)
     ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    one_line_error(run_cli("project", "train", proj, "--gpus", "0"), "--gpus must be at least 1")
     ok("train", proj, "--gpus", "2", "--device", "cpu", "--augment", "1", "--epochs", "300", "--width", "4",
        "--batch-size", "32")
     wait_for(lambda: training_step(proj) > 0, "the ranks to train")

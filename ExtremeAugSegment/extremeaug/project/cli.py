@@ -257,7 +257,7 @@ def add_parser(sub) -> None:
     c = cmd("train", cmd_train, "train in a background worker on the labeled training cases")
     add_arguments(c, TrainConfig, TRAIN_FLAGS)
     add_arguments(c, RunOptions, RUN_FLAGS)
-    c.add_argument("--gpus", type=int, default=1, metavar="N",
+    c.add_argument("--gpus", type=int, default=RunSpec.gpus, metavar="N",
                    help="train on N GPUs of this machine through torchrun (--batch-size is split between them)")
     c.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run")
