@@ -74,6 +74,16 @@ def test_torchrun_train_writes_one_model_and_reports_once(tmp_path, phantoms):
     assert (tmp_path / "two" / "model.onnx").exists()
 
 
+def test_a_global_batch_smaller_than_the_world_is_refused(tmp_path, phantoms):
+    image, label = map(str, phantoms[0])
+    r = subprocess.run(TORCHRUN + ["-m", "extremeaug", "train", "--image", image, "--label", label, "--out",
+                                   str(tmp_path / "m")] + TINY + ["--batch-size", "1"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "--batch-size 1 is the batch over all 2 processes: give at least one patch to each" in r.stderr
+    assert not (tmp_path / "m" / "model.onnx").exists()
+
+
 def _rank_pids(parent: int) -> dict:
     """{rank: pid} of the workers torchrun started (its agent's child processes, by their RANK variable)."""
     found = {}

@@ -241,3 +241,14 @@ def test_a_run_on_two_processes_cancels_resumes_and_publishes_once(tmp_path, pha
     starts = [e for e in events if e["event"] == "start"]
     assert starts[-1]["resumed_at_step"] > 0 and [e["event"] for e in events].count("end") == len(starts)
     assert all(e["processes"] == 2 for e in starts)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.device_count() >= 2, reason="this machine has the GPUs")
+def test_a_run_asking_for_more_gpus_than_the_machine_has_fails_with_the_count(tmp_path, phantoms):
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    r = run_cli("project", "train", proj, "--gpus", "2", "--augment", "1", "--epochs", "1", "--width", "4", "--wait")
+    run = status(proj)["run"]
+    assert r.returncode != 0 and run["status"] == "failed", r.stderr
+    assert "--gpus 2: this machine has" in run["message"] and "CUDA device(s)" in run["message"]

@@ -271,3 +271,39 @@ def test_resume_at_a_smaller_batch_size_continues_the_same_epoch(tmp_path, phant
     meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
     assert meta["last_epoch"]["step"] == 27 and torch.load(tmp_path / "m" / "checkpoint.pt",
                                                              weights_only=True)["config"]["batch_size"] == 8
+
+
+def _raising(error):
+    def compiled(x):
+        raise error
+    return compiled
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_with_one_line(tmp_path, phantoms, capfd):
+    """torch.compile's failures (no C compiler, no Triton on Windows) come at the first compiled call."""
+    from extremeaug.train import Trainer
+
+    trainer = Trainer(TrainConfig(**TINY), [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
+                      RunOptions(device="cpu", show_progress=False))
+    trainer.compiled = _raising(RuntimeError("BackendCompilerFailed: no working C compiler"))
+    loss, _, _ = trainer.train_step(trainer.order.parts(0, 0), 0.0)
+    assert torch.isfinite(loss) and trainer.compiled is None and trainer.step == 1
+    assert "torch.compile failed (RuntimeError); training on without it" in capfd.readouterr().err
+
+
+def test_out_of_memory_names_the_checkpoint_only_when_there_is_one(tmp_path, phantoms):
+    from extremeaug.errors import ExtremeAugError
+    from extremeaug.train import Trainer
+
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    cases = [Case(*map(str, phantoms[0]))]
+    fresh = Trainer(TrainConfig(**TINY), cases, [], tmp_path / "a", RunOptions(device="cpu", show_progress=False))
+    fresh.compiled = _raising(oom)
+    with pytest.raises(ExtremeAugError, match="nothing was written yet: start again with a lower --batch-size"):
+        fresh.run()
+    train(TrainConfig(**TINY), cases, [], tmp_path / "b", RunOptions(device="cpu", show_progress=False, max_steps=2))
+    resumed = Trainer(TrainConfig(), [], [], tmp_path / "b", RunOptions(device="cpu", show_progress=False,
+                                                                         resume=True))
+    resumed.compiled = _raising(oom)
+    with pytest.raises(ExtremeAugError, match="checkpoint in .* is kept: continue it with --resume and a lower"):
+        resumed.run()
