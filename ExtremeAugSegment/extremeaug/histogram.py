@@ -44,7 +44,8 @@ def _quantile(counts: np.ndarray, total: float, mins: np.ndarray, maxs: np.ndarr
         before = cumulative[n - 1] if n else 0.0
         return float(mins[n]) + (p - before) / (counts[n] / total) * (float(maxs[n]) - float(mins[n]))
     above = 1.0 - np.cumsum(counts[::-1]) / total          # what lies above each bin, from the top down
-    m = min(int(np.argmax(above <= p)) if (above <= p).any() else len(counts) - 1, len(counts) - 1)
+    reached = above <= p
+    m = int(np.argmax(reached)) if reached.any() else len(counts) - 1
     n = len(counts) - 1 - m
     previous = above[m - 1] if m else 1.0
     return float(maxs[n]) - (previous - p) / (counts[n] / total) * (float(maxs[n]) - float(mins[n]))

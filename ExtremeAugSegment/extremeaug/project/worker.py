@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     project = Project.open(a.project)
     if a.rank:
-        train_run(project, a.run_id, a.resume)
+        train_run(project, a.run_id, a.resume, project.job(a.run_id))
         return 0
     cancelled = threading.Event()
     # before the claim: `cancel` signals only a claimed ('running') run, so the handler is always in place
@@ -127,12 +127,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heartbeat,
                        cancelled: threading.Event) -> Optional[int]:
-    spec, _ = project.job(run_id)
+    job = project.job(run_id)
+    spec = job[0]
     folder = project.run_folder(run_id)
     if cancelled.is_set() or (folder / "cancel").exists():
         return None
     heart.set_phase(Phase.TRAINING)
-    status = train_run(project, run_id, resume) if spec.gpus == 1 else _train_on_ranks(
+    status = train_run(project, run_id, resume, job) if spec.gpus == 1 else _train_on_ranks(
         project, run_id, resume, spec, cancelled)
     if status == "stopped":
         return None
@@ -140,12 +141,13 @@ def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heart
     return project.publish(run_id, Path(folder / "train"), spec.device)
 
 
-def train_run(project: Project, run_id: str, resume: bool) -> str:
-    """The run's training in this process (or, under torchrun, this rank's share of it); its end status."""
+def train_run(project: Project, run_id: str, resume: bool, job) -> str:
+    """The run's training (`job`: `Project.job`'s spec and inputs) in this process, or under torchrun this rank's
+    share of it; its end status."""
     from ..dataset import Case
     from ..train import train
 
-    spec, inputs = project.job(run_id)
+    spec, inputs = job
     folder = project.run_folder(run_id)
     return train(spec.train, [Case(str(scan), str(label), id=case_id) for case_id, scan, label in inputs], [],
                  folder / "train", spec.to_options(resume=resume, progress_file=str(folder / "progress.jsonl"),
