@@ -15,7 +15,8 @@ def bad_files(tmp_path_factory, phantoms):
     scan = sitk.ReadImage(str(phantoms[0][0]))
     (d / "text.nii.gz").write_text("hello")
     sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(30, 30).astype(np.float32)), str(d / "2d.nii.gz"))
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 5, 30, 30).astype(np.float32), isVector=False), str(d / "4d.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 5, 30, 30).astype(np.float32), isVector=False),
+                    str(d / "4d.nii.gz"))
     nan = sitk.GetArrayFromImage(scan).astype(np.float32)
     nan[5, 5, 5] = np.nan
     nan_image = sitk.GetImageFromArray(nan)
@@ -76,10 +77,13 @@ def test_train_and_project_train_refuse_a_non_positive_time_budget(tmp_path, pha
     assert not (proj / "runs").exists() or not any((proj / "runs").iterdir())   # no worker was started
 
 
-def test_train_refuses_a_context_out_of_range_and_segment_a_negative_relative_size(tmp_path, phantoms, random_model):
+def test_train_refuses_a_context_or_relative_size_out_of_range_and_segment_a_negative_one(tmp_path, phantoms,
+                                                                                          random_model):
     out = tmp_path / "model"
     one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
                            "--context", "9"), "--context must be 0 to 5")
+    one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
+                           "--min-relative-size", "2"), "--min-relative-size must be 0 to 1")
     assert not out.exists()
     one_line_error(run_cli("segment", "--model", random_model, "--image", phantoms[0][0], "--out", tmp_path / "m.nrrd",
                            "--min-relative-size", "-1"), "--min-relative-size")

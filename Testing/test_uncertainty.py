@@ -14,7 +14,7 @@ from extremeaug.preprocess import Preprocessing, make_template
 from extremeaug.structures import default_structure
 
 
-def threshold_model(path, scan: sitk.Image, steepness: float = 12.0):
+def threshold_model(path, scan: sitk.Image, steepness: float = 12.0, **metadata):
     """A genuine ONNX model whose probability is sigmoid(steepness * (intensity - 0.5)) of the normalised slice:
     a known, position-free response, so what the pipeline does around it can be checked exactly."""
     from onnx import TensorProto, helper
@@ -28,7 +28,7 @@ def threshold_model(path, scan: sitk.Image, steepness: float = 12.0):
                                                                                        [steepness])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     meta = {"format_version": 1, "preprocessing": Preprocessing("sagittal", template=make_template(scan)).to_dict(),
-            "threshold": 0.5, "min_component_mm3": 0.0, "width": 1}
+            "threshold": 0.5, "min_component_mm3": 0.0, "width": 1, **metadata}
     path.write_bytes(with_metadata(model.SerializeToString(), meta))
     return path
 
@@ -109,3 +109,23 @@ def test_relative_size_keeps_components_near_the_largest_and_drops_small_look_al
     assert cleaned.sum() == 1400 and not cleaned[2:5, 30:35, 30:35].any()
     unchanged = sitk.GetArrayFromImage(clean_structures(make_image(a), [default_structure()]))
     assert unchanged.sum() == a.sum()
+
+
+def test_a_models_stored_relative_size_applies_at_segment_and_the_flag_overrides_it(tmp_path):
+    blobs = np.zeros((40, 48, 48), np.float32)
+    blobs[5:30, 8:30, 8:30] = 1       # the structure
+    blobs[33:37, 36:42, 36:42] = 1    # a look-alike under 0.2 x its size
+    scan = make_image(100 + 900 * blobs)
+    write_image(scan, tmp_path / "scan.nrrd")
+    model = threshold_model(tmp_path / "model.onnx", scan, 40.0, min_relative_size=0.2)
+    found = {}
+    for name, flags in (("stored", ()), ("off", ("--min-relative-size", "0"))):
+        r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / f"{name}.nrrd",
+                    "--device", "cpu", *flags)
+        assert r.returncode == 0, r.stderr
+        found[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.nrrd")))
+    assert found["off"][33:37, 36:42, 36:42].all() and not found["stored"][33:37, 36:42, 36:42].any()
+    assert found["stored"][10:25, 12:26, 12:26].all()
+    r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / "x.nrrd",
+                "--min-relative-size", "1.5", "--device", "cpu")
+    assert r.returncode != 0 and "--min-relative-size 1.5: expected 0 to 1" in r.stderr

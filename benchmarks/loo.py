@@ -1,5 +1,5 @@
-"""Leave-one-out table (docs/results.md section 11): every model of `extremeaug experiment --scans 1` folders
-(one training scan, each scan in turn) segments the scans it never saw, under several segmentation settings.
+"""Leave-one-out table (docs/results.md section 11): every model of `extremeaug experiment --scans N` folders
+(N training scans, each choice in turn) segments the scans it never saw, under several segmentation settings.
 
 Usage: python benchmarks/loo.py --data DATA_DIR --out bench-out/loo/table VARIANT_DIR [VARIANT_DIR ...]
 
@@ -25,20 +25,25 @@ from extremeaug.io import read_binary, read_scan
 
 # name: (test-time augmentation, decision settings); the model runs once per TTA mode, the rest is decided from
 # the same probabilities. relative: keep components >= this share of the largest; threshold: instead of 0.5.
+# The threshold-* settings also give an upper bound: the best threshold per model, picked on its held-out scans.
 SETTINGS = {"plain": (False, {}), "relative-0.2": (False, {"min_relative": 0.2}),
             "threshold-0.4": (False, {"threshold": 0.4}), "threshold-0.3": (False, {"threshold": 0.3}),
             "tta": (True, {}), "tta+relative-0.2": (True, {"min_relative": 0.2}),
-            "tta+threshold-0.4": (True, {"threshold": 0.4})}
+            "tta+threshold-0.4": (True, {"threshold": 0.4}),
+            "threshold-0.6": (False, {"threshold": 0.6}), "threshold-0.7": (False, {"threshold": 0.7}),
+            "tta+threshold-0.3": (True, {"threshold": 0.3}), "tta+threshold-0.6": (True, {"threshold": 0.6})}
+ORACLE = {"plain": ("plain", "threshold-0.3", "threshold-0.4", "threshold-0.6", "threshold-0.7"),
+          "tta": ("tta", "tta+threshold-0.3", "tta+threshold-0.4", "tta+threshold-0.6")}
 METRICS = ("dice", "dice_labeled_extent", "hd95_mm", "assd_mm", "prediction_voxels", "reference_voxels", "found",
            "reference_structures", "extra")
 
 
-def score_model(model: Path, train_id: str, scans: dict, settings) -> dict:
+def score_model(model: Path, train_ids: list, scans: dict, settings) -> dict:
     """{setting: rows} for one model on every scan it was not trained on."""
     segmenter = Segmenter(model, "cpu")
     rows = {name: [] for name in settings}
     for test_id, scan_info in scans.items():
-        if test_id == train_id:
+        if test_id in train_ids:
             continue
         scan, ref = read_scan(scan_info.image), read_binary(scan_info.label)
         for tta in sorted({SETTINGS[name][0] for name in settings}):
@@ -49,7 +54,7 @@ def score_model(model: Path, train_id: str, scans: dict, settings) -> dict:
                 t1 = time.perf_counter()
                 mask, _, unsure = segmenter.decide(probs, scan, **SETTINGS[name][1])
                 m = evaluate(mask, ref)
-                rows[name].append({"train": train_id, "test": test_id, "setting": name,
+                rows[name].append({"train": "+".join(train_ids), "test": test_id, "setting": name,
                                    "seconds": round(model_seconds + time.perf_counter() - t1, 2),
                                    **{k: m[k] for k in METRICS}, **uncertainty_scores(unsure, mask, ref)})
     return rows
@@ -57,14 +62,14 @@ def score_model(model: Path, train_id: str, scans: dict, settings) -> dict:
 
 def collect(variant: Path, scans: dict, out: Path, settings) -> list:
     rows = []
-    for cell in sorted(variant.glob("cells/n1-*/result.json")):
+    for cell in sorted(variant.glob("cells/n*-*/result.json")):
         result = json.loads(cell.read_text())
-        train_id, model = result["train"][0], cell.parent / "model" / "model.onnx"
+        model = cell.parent / "model" / "model.onnx"
         cache = {name: out / "rows" / f"{variant.name}--{cell.parent.name}--{name}.json" for name in settings}
         missing = [name for name in settings if not cache[name].is_file()]
         if missing:
             cache[missing[0]].parent.mkdir(parents=True, exist_ok=True)
-            for name, got in score_model(model, train_id, scans, missing).items():
+            for name, got in score_model(model, result["train"], scans, missing).items():
                 cache[name].write_text(json.dumps({"steps": result["steps"], "seconds": result["seconds"],
                                                    "rows": got}))
         for name in settings:
@@ -78,7 +83,7 @@ def table(rows: list) -> str:
     def mean(values):
         return sum(values) / len(values) if values else float("nan")
 
-    lines = ["| variant | setting | Dice per turn (11 / 20 / 25 trained) | mean Dice ± sd over turns | labeled-extent "
+    lines = ["| variant | setting | Dice per turn (by training scans) | mean Dice ± sd over turns | labeled-extent "
              "Dice | HD95 (mm) | ASSD (mm) | predicted / reference voxels | extra components | uncertainty AUROC | "
              "wrong voxels in top 5 % | segment s | steps |",
              "|" + "---|" * 13]
@@ -118,7 +123,27 @@ def paired(rows: list) -> str:
         extra = sum(d[2] for v in per_model.values() for d in v)
         lines.append(f"| {setting} | {len(deltas)} | {statistics.mean(deltas):+.4f} | {statistics.stdev(deltas):.4f} | "
                      f"{sum(d > 0 for d in deltas)}/{len(deltas)} | {statistics.mean(extent):+.4f} | {extra:+d} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + oracle(rows, plain)) + "\n"
+
+
+def oracle(rows: list, plain: dict) -> list:
+    """Rows for the best threshold of each model, picked on its own held-out scans (an upper bound on any
+    threshold chosen without them), against plain: without TTA (0.5 and ORACLE's others) and with it."""
+    lines = []
+    for base, family in ORACLE.items():
+        best: dict = {}
+        for r in rows:
+            ref = plain.get((r["variant"], r["train"], r["test"]))
+            if r["setting"] in family and ref:
+                best.setdefault((r["variant"], r["train"]), {}).setdefault(r["setting"], []).append(
+                    r["dice"] - ref["dice"])
+        deltas = [max(sum(v) / len(v) for v in by_setting.values()) for by_setting in best.values()
+                  if len(by_setting) == len(family)]
+        if len(deltas) > 1:
+            lines.append(f"| best threshold per model ({base}; oracle) | {len(deltas)} | "
+                         f"{statistics.mean(deltas):+.4f} | {statistics.stdev(deltas):.4f} | "
+                         f"{sum(d > 0 for d in deltas)}/{len(deltas)} | | |")
+    return lines
 
 
 def main() -> None:

@@ -156,9 +156,9 @@ def parser() -> argparse.ArgumentParser:
                    "and scales of the training's family (about 5x the model time)")
     s.add_argument("--threshold", type=probability, help="default: the model's")
     s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
-    s.add_argument("--min-relative-size", type=non_negative, default=0.0, metavar="F",
-                   help="drop components smaller than F times their structure's largest (0.2 removed 80 look-alike "
-                   "specks in docs/results.md section 11; default 0: off)")
+    s.add_argument("--min-relative-size", type=non_negative, metavar="F",
+                   help="drop components smaller than F times their structure's largest (default: the model's; "
+                   "0 keeps all)")
     s.add_argument("--keep-largest", action="store_true", default=None,
                    help="keep only the largest component of each structure (default: as trained)")
     add_arguments(s, RunOptions, ["device"])

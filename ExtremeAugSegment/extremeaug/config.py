@@ -151,6 +151,9 @@ class TrainConfig:
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
     keep_largest: bool = _setting(False, "keep only the largest connected component of each structure at "
                                   "segmentation (anatomy with one instance per label)", bool)
+    min_relative_size: float = _setting(
+        0.0, "at segmentation, drop each structure's components smaller than this share of its largest "
+        "(look-alikes and specks; 0 keeps all)", non_negative, metavar="F")
 
     def __post_init__(self):
         self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
@@ -169,6 +172,8 @@ class TrainConfig:
             raise ExtremeAugError("--lr must be a positive number")
         if not 0.0 < self.threshold < 1.0 or not self.min_component_mm3 >= 0:   # `not >=` also catches NaN
             raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
+        if not 0.0 <= self.min_relative_size <= 1.0:
+            raise ExtremeAugError("--min-relative-size must be 0 to 1 (a share of the largest component)")
         self.table()
 
     def table(self):

@@ -81,7 +81,7 @@ class Segmenter:
             raise ExtremeAugError(f"{path}: {e}") from None
         try:
             self.prep = Preprocessing.from_dict(self.metadata.get("preprocessing"))
-            for key in ("threshold", "min_component_mm3"):
+            for key in ("threshold", "min_component_mm3", "min_relative_size"):
                 if not isinstance(self.metadata.get(key, 0.0), (int, float)):
                     raise ValueError(f"{key} is not a number")
         except (TypeError, ValueError) as e:
@@ -149,7 +149,7 @@ class Segmenter:
 
     def analyse(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                 keep_largest: Optional[bool] = None, tta: bool = False,
-                min_relative: float = 0.0) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
+                min_relative: Optional[float] = None) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
         """`segment`'s label map and highest-probability map, and the voxel-wise uncertainty map
         (`uncertainty_map`) beside them, all on the scan's grid."""
         probs = self.class_probabilities(scan, tta)
@@ -157,7 +157,7 @@ class Segmenter:
 
     def decide(self, probs: np.ndarray, scan: sitk.Image, threshold: Optional[float] = None,
                min_component_mm3: Optional[float] = None, keep_largest: Optional[bool] = None,
-               min_relative: float = 0.0) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
+               min_relative: Optional[float] = None) -> Tuple[sitk.Image, sitk.Image, sitk.Image]:
         """From `class_probabilities`: the cleaned label map, the highest-probability map and the uncertainty map
         (settings left None are the model's)."""
         top = probs.max(axis=0)
@@ -166,7 +166,8 @@ class Segmenter:
         array = np.where(top > t, values[probs.argmax(axis=0)], 0).astype(label_dtype(self.labels))
         mm3 = self.metadata.get("min_component_mm3", 0.0) if min_component_mm3 is None else min_component_mm3
         largest = bool(self.metadata.get("keep_largest", False)) if keep_largest is None else keep_largest
-        mask = clean_structures(image_like(array, scan), self.labels, mm3, largest, min_relative)
+        relative = self.metadata.get("min_relative_size", 0.0) if min_relative is None else min_relative
+        mask = clean_structures(image_like(array, scan), self.labels, mm3, largest, relative)
         return mask, image_like(top, scan), image_like(uncertainty_map(probs), scan)
 
 
@@ -232,11 +233,13 @@ def structure_volumes(mask: sitk.Image, labels) -> list:
 def segment_file(model: str, image: str, out: str, probabilities: Optional[str] = None, device: str = "auto",
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                  keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None,
-                 uncertainty: Optional[str] = None, tta: bool = False, min_relative: float = 0.0) -> dict:
+                 uncertainty: Optional[str] = None, tta: bool = False, min_relative: Optional[float] = None) -> dict:
     """Segment one scan: the label map to `out`, optionally the highest-probability map, the uncertainty map and
     a 3D Slicer segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
     if seg_nrrd and not str(seg_nrrd).lower().endswith(".seg.nrrd"):
         raise ExtremeAugError(f"--seg-nrrd {seg_nrrd}: name a file ending in .seg.nrrd")
+    if min_relative is not None and not 0.0 <= min_relative <= 1.0:
+        raise ExtremeAugError(f"--min-relative-size {min_relative}: expected 0 to 1 (a share of the largest component)")
     check_outputs([model, image], [out, probabilities, seg_nrrd, uncertainty])
     segmenter = Segmenter(model, device)
     scan = read_scan(image)

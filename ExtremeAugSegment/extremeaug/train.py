@@ -367,8 +367,8 @@ class Trainer:
         done = self.step / self.steps_per_epoch
         meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
                 "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
-                "keep_largest": self.cfg.keep_largest, "labels": [lab.to_dict() for lab in self.labels],
-                "merge_labels": self.cfg.merge_labels,
+                "keep_largest": self.cfg.keep_largest, "min_relative_size": self.cfg.min_relative_size,
+                "labels": [lab.to_dict() for lab in self.labels], "merge_labels": self.cfg.merge_labels,
                 "training_cases": [c.name for c in self.train_cases],
                 "validation_cases": [c.name for c in self.val_cases],
                 "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,

@@ -14,7 +14,7 @@ from . import Device, LabelKind, Plane, Project, RunSpec, RunStatus, Split
 
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"   # the worker's ETA (it knows the budget)
 TRAIN_FLAGS = ("augment", "epochs", "batch_size", "width", "lr", "loss", "seed", "augment_mode", "intensity",
-               "threshold", "min_component_mm3")
+               "threshold", "min_component_mm3", "min_relative_size")
 RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes")
 
 
