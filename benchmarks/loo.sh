@@ -2,7 +2,8 @@
 # docs/results.md section 11: leave-one-out over the three shared scans (train on one, segment the two others,
 # every scan in turn) for each training variant, then every segmentation setting of benchmarks/loo.py on each
 # model. Every model is kept: rerun the script to continue after a stop.
-# Usage: benchmarks/loo.sh [DATA_DIR] [OUT_DIR]   (AUGMENT=10: 377 steps of batch 16 per model, ~4 CPU minutes)
+# Usage: benchmarks/loo.sh [DATA_DIR] [OUT_DIR]   (AUGMENT=10: 377 steps of batch 16 per model, ~4 CPU minutes;
+# the whole script about 3 hours on 2 CPU cores)
 set -euo pipefail
 DATA=${1:-../shared/data/ivd-mr-t2-lumbar}
 OUT=${2:-bench-out/loo}
@@ -21,5 +22,12 @@ run intensity --intensity
 run dice+bce --loss dice+bce
 run context1 --context 1
 run context1-seed1 --context 1 --seed 1
+run context2 --context 2
+run batch32 --batch-size 32                                   # the same patches in half the steps: the same time
+run baseline-15min --epochs 4                                 # the 15-minute confirmation (1,508 steps)
+run two-scans --scans 2 --augment 5                           # one correction round: each pair, scored on the third
+SETTINGS=plain,relative-0.2,tta,tta+relative-0.2
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table" "$OUT"/baseline "$OUT"/baseline-seed1 \
-  "$OUT"/intensity "$OUT"/dice+bce "$OUT"/context1 "$OUT"/context1-seed1
+  "$OUT"/intensity "$OUT"/dice+bce "$OUT"/context1 "$OUT"/context1-seed1 "$OUT"/context2 "$OUT"/batch32
+$PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-15min" --settings $SETTINGS "$OUT"/baseline-15min
+$PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-two" --settings $SETTINGS "$OUT"/two-scans
