@@ -22,7 +22,8 @@ def test_discover_spider_layout_takes_discs_only(tmp_path):
     labels = np.zeros((4, 8, 8), np.uint16)
     labels[0], labels[1], labels[2] = 1, 100, 201   # vertebra, spinal canal, disc
     for pid in ("1", "2"):
-        sitk.WriteImage(make_image(np.random.rand(4, 8, 8).astype(np.float32)), str(tmp_path / "images" / f"{pid}_t2.mha"))
+        sitk.WriteImage(make_image(np.random.rand(4, 8, 8).astype(np.float32)),
+                        str(tmp_path / "images" / f"{pid}_t2.mha"))
         sitk.WriteImage(make_image(labels), str(tmp_path / "masks" / f"{pid}_t2.mha"))
     sitk.WriteImage(make_image(labels), str(tmp_path / "images" / "3_t1.mha"))   # other sequences are ignored
     scans, label_values = discover(tmp_path)
