@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, oblique_direction, run_cli
+from extremeaug.errors import ExtremeAugError
 from extremeaug.evaluate import evaluate, uncertainty_scores
 from extremeaug.export import with_metadata
 from extremeaug.infer import Segmenter, clean_structures, uncertainty_map
@@ -129,3 +130,10 @@ def test_a_models_stored_relative_size_applies_at_segment_and_the_flag_overrides
     r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / "x.nrrd",
                 "--min-relative-size", "1.5", "--device", "cpu")
     assert r.returncode != 0 and "--min-relative-size 1.5: expected 0 to 1" in r.stderr
+
+
+def test_a_model_whose_stored_relative_size_is_out_of_range_is_refused_as_damaged(tmp_path):
+    scan, _ = blurred_box()
+    model = threshold_model(tmp_path / "model.onnx", scan, min_relative_size=5.0)
+    with pytest.raises(ExtremeAugError, match="metadata is damaged \\(min_relative_size is not 0 to 1\\)"):
+        Segmenter(model, "cpu")

@@ -84,6 +84,8 @@ class Segmenter:
             for key in ("threshold", "min_component_mm3", "min_relative_size"):
                 if not isinstance(self.metadata.get(key, 0.0), (int, float)):
                     raise ValueError(f"{key} is not a number")
+            if not 0.0 <= self.metadata.get("min_relative_size", 0.0) <= 1.0:   # above 1 would drop every component
+                raise ValueError("min_relative_size is not 0 to 1")
         except (TypeError, ValueError) as e:
             raise ExtremeAugError(f"{path}: the model's extremeaug metadata is damaged ({e})") from None
         self.providers = self.session.get_providers()
