@@ -87,6 +87,19 @@ def test_tta_maps_every_pose_back_onto_the_scan_grid(tmp_path):
     assert evaluate(tta, image_like(box, scan))["dice"] > 0.9
 
 
+def test_segmenting_without_the_uncertainty_map_skips_it_and_gives_the_same_label_map(tmp_path):
+    """`segment` without --uncertainty (and `Segmenter.segment`) leave the map out, to save its time: the label
+    and probability maps must not change."""
+    scan, _ = blurred_box()
+    segmenter = Segmenter(threshold_model(tmp_path / "model.onnx", scan), "cpu")
+    mask, top, unsure = segmenter.analyse(scan)
+    lean_mask, lean_top, none = segmenter.analyse(scan, uncertainty=False)
+    assert unsure is not None and none is None
+    assert np.array_equal(sitk.GetArrayFromImage(lean_mask), sitk.GetArrayFromImage(mask))
+    assert np.array_equal(sitk.GetArrayFromImage(lean_top), sitk.GetArrayFromImage(top))
+    assert sitk.GetArrayFromImage(mask).any()
+
+
 def test_uncertainty_scores_rank_wrong_voxels():
     ref = np.zeros((10, 30, 30), np.uint8)
     ref[3:7, 10:20, 10:20] = 1

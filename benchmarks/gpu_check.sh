@@ -7,6 +7,8 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl simpleitk==2.5.3
 #   mkdir -p .gpu-data && cp ../shared/data/ivd-mr-t2-lumbar/case{11,20,25}_* .gpu-data/
 # then run it with carry [".whl", ".gpu-data"] and the command `bash benchmarks/gpu_check.sh` (5 minutes, H200).
+# `bash benchmarks/gpu_check.sh width` (a second call, about 5 minutes) trains width 8 and width 16 for the same
+# 1.5 GPU minutes each on case 11 and scores them on cases 20 and 25: the width-8-everywhere question of issue 14.
 # (.gpu-data is an ignored copy for the device only: the data set never enters the repository.)
 # Every stage writes its JSON as it goes, under a timeout of its own, so one that fails keeps the others.
 set -uo pipefail
@@ -16,6 +18,13 @@ OUT=${OUT:-bench-out/gpu}
 mkdir -p "$OUT"
 D=.gpu-data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+if [ "${1:-}" = width ]; then
+  timeout 420 python3 benchmarks/gpu_lr_check.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
+    --test $D/case20_image.nii.gz $D/case20_mask.nii.gz --test $D/case25_image.nii.gz $D/case25_mask.nii.gz \
+    --lr 3e-3 --width 8 16 --minutes 1.5 --epochs 1000 --out "$OUT/width.json" > "$OUT/width.log" 2>&1
+  tail -c 1500 "$OUT/width.json"; tail -c 600 "$OUT/width.log"
+  exit 0
+fi
 # 1. the paper's protocol (1 scan, 50x) at the CUDA defaults for 6 epochs, projected to 100, and segmentation
 timeout 200 python3 benchmarks/bench_gpu_protocol.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
   --seg-image $D/case20_image.nii.gz --epochs 6 --steps 20 --stages AD --out "$OUT/protocol.json" \

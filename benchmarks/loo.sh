@@ -26,8 +26,12 @@ run context2 --context 2
 run batch32 --batch-size 32                                   # the same patches in half the steps: the same time
 run baseline-15min --epochs 4                                 # the 15-minute confirmation (1,508 steps)
 run two-scans --scans 2 --augment 5                           # one correction round: each pair, scored on the third
+run width4 --width 4 --augment 19                             # a quarter of the operations, trained as long as width 8
+run width4-seed1 --width 4 --augment 19 --seed 1
 SETTINGS=plain,relative-0.2,tta,tta+relative-0.2
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table" "$OUT"/baseline "$OUT"/baseline-seed1 \
   "$OUT"/intensity "$OUT"/dice+bce "$OUT"/context1 "$OUT"/context1-seed1 "$OUT"/context2 "$OUT"/batch32
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-15min" --settings $SETTINGS "$OUT"/baseline-15min
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-two" --settings $SETTINGS "$OUT"/two-scans
+$PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-width4" --settings $SETTINGS "$OUT"/baseline \
+  "$OUT"/baseline-seed1 "$OUT"/width4 "$OUT"/width4-seed1

@@ -1,5 +1,7 @@
 """Where `extremeaug segment`'s seconds go on this machine: each stage of the command, in-process, timed
-separately (any model of the width in question will do: its weights do not change the time).
+separately (any model of the width in question will do: its weights do not change the time). It also
+reports the floor under the model stage: the network's floating-point operations for the scan (torch's flop
+counter on the same architecture) over this machine's float32 matrix-multiply rate (numpy, 2048 x 2048).
 
     python benchmarks/segment_profile.py --model MODEL.onnx --image SCAN [--repeats 3] [--out FILE.json]
 
@@ -44,11 +46,40 @@ def stages(model: str, image: str, out: Path) -> dict:
     volume = np.stack([sitk.GetArrayFromImage(slices_to_scan(probs[:, k], grid, segmenter.prep.axis, scan))
                        for k in range(probs.shape[1])])
     lap("back onto the scan's grid")
-    mask, _, _ = segmenter.decide(volume, scan)
-    lap("threshold, components, uncertainty")
+    mask, _, _ = segmenter.decide(volume, scan, uncertainty=False)   # as `segment` without --uncertainty
+    lap("threshold, components")
     write_image(mask, out)
     lap("write mask")
     return seconds
+
+
+def model_gflop(segmenter: Segmenter, n_slices: int) -> float:
+    """The network's floating-point operations (a multiply-add counts 2) on the scan's slices."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from extremeaug.model import ResUNet
+
+    net = ResUNet(int(segmenter.metadata["width"]), segmenter.session.get_inputs()[0].shape[1],
+                  classes=len(segmenter.labels)).eval()
+    size = segmenter.prep.slice_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, net.in_channels, size, size))
+    return counter.get_total_flops() * n_slices / 1e9
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate (numpy's BLAS, all cores), best of `repeats`."""
+    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -60,8 +91,13 @@ def main() -> None:
     a = p.parse_args()
     runs = [stages(a.model, a.image, Path("segment_profile_mask.nii.gz")) for _ in range(a.repeats)]
     Path("segment_profile_mask.nii.gz").unlink()
-    text = json.dumps({"imports_s": round(IMPORTS_S, 3), "runs": runs,
-                       "median_s": {k: float(np.median([r[k] for r in runs])) for k in runs[0]}}, indent=1)
+    median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    segmenter = Segmenter(a.model, "cpu")
+    gflop = model_gflop(segmenter, len(scan_to_slices(read_scan(a.image), segmenter.prep)[0]))
+    peak = matmul_gflops()
+    text = json.dumps({"imports_s": round(IMPORTS_S, 3), "runs": runs, "median_s": median,
+                       "model_gflop": round(gflop, 1), "model_gflops_reached": round(gflop / median["model"], 1),
+                       "matmul_gflops": round(peak, 1), "model_floor_s": round(gflop / peak, 3)}, indent=1)
     print(text)
     if a.out:
         Path(a.out).write_text(text)
