@@ -50,16 +50,16 @@ def main() -> None:
         result = train(TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, lr=lr, width=width,
                                    merge_labels=True), [Case(a.image, a.label)], [], out,
                        RunOptions(device=a.device, show_progress=False, time_budget_min=a.minutes))
+        wall = round(time.perf_counter() - t0, 1)
         last = result.history[-1] if result.history else {}   # a budget shorter than one epoch leaves none
-        run = {"width": width, "lr": lr, "wall_s": round(time.perf_counter() - t0, 1), "status": result.status,
-               "steps": last.get("step"), "epochs_done": result.epochs_done, "train_dice": last.get("train_dice"),
-               "patches_per_s_by_epoch": [r["patches_per_s"] for r in result.history], "dice": {}}
         segmenter = Segmenter(out / "model.onnx", "cpu")
-        run["width"] = segmenter.metadata["width"]
+        run = {"width": segmenter.metadata["width"], "lr": lr, "wall_s": wall, "status": result.status,
+               "steps": last.get("step"), "epochs_done": result.epochs_done, "train_dice": last.get("train_dice"),
+               "patches_per_s_by_epoch": [r["patches_per_s"] for r in result.history], "dice": {}, "segment_s": {}}
         for name, scan, ref in tests:
             t1 = time.perf_counter()
             mask = segmenter.segment(scan)[0]
-            run.setdefault("segment_s", {})[name] = round(time.perf_counter() - t1, 2)
+            run["segment_s"][name] = round(time.perf_counter() - t1, 2)
             run["dice"][name] = round(evaluate(mask, ref)["dice"], 4)
         run["mean_dice"] = round(sum(run["dice"].values()) / len(tests), 4)
         report["runs"].append(run)
