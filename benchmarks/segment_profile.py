@@ -26,7 +26,8 @@ from extremeaug.preprocess import scan_to_slices, slices_to_scan  # noqa: E402
 IMPORTS_S = time.perf_counter() - t_start
 
 
-def stages(model: str, image: str, out: Path) -> dict:
+def stages(model: str, image: str, out: Path) -> tuple:
+    """({stage: seconds}, the number of slices the model ran on)."""
     seconds, t = {}, time.perf_counter()
 
     def lap(name):
@@ -50,7 +51,7 @@ def stages(model: str, image: str, out: Path) -> dict:
     lap("threshold, components")
     write_image(mask, out)
     lap("write mask")
-    return seconds
+    return seconds, len(slices)
 
 
 def model_gflop(segmenter: Segmenter, n_slices: int) -> float:
@@ -89,11 +90,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out")
     a = p.parse_args()
-    runs = [stages(a.model, a.image, Path("segment_profile_mask.nii.gz")) for _ in range(a.repeats)]
+    runs, counts = zip(*(stages(a.model, a.image, Path("segment_profile_mask.nii.gz")) for _ in range(a.repeats)))
     Path("segment_profile_mask.nii.gz").unlink()
     median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    segmenter = Segmenter(a.model, "cpu")
-    gflop = model_gflop(segmenter, len(scan_to_slices(read_scan(a.image), segmenter.prep)[0]))
+    gflop = model_gflop(Segmenter(a.model, "cpu"), counts[0])
     peak = matmul_gflops()
     text = json.dumps({"imports_s": round(IMPORTS_S, 3), "runs": runs, "median_s": median,
                        "model_gflop": round(gflop, 1), "model_gflops_reached": round(gflop / median["model"], 1),

@@ -37,14 +37,10 @@ class ShuffledUpsample(nn.Module):
         return F.pixel_shuffle(self.conv(x), 2)
 
 
-def seconds_per_scan(session: ort.InferenceSession, x: np.ndarray, repeats: int) -> list:
+def seconds_per_scan(session: ort.InferenceSession, x: np.ndarray) -> float:
+    t = time.perf_counter()
     session.run(None, {"image": x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, {"image": x})
-        times.append((time.perf_counter() - t) / len(x) * SLICES)
-    return times
+    return (time.perf_counter() - t) / len(x) * SLICES
 
 
 def main() -> None:
@@ -63,10 +59,9 @@ def main() -> None:
             net.upsample[i] = ShuffledUpsample(up)
         shuffled = ort.InferenceSession(onnx_bytes(net), providers=["CPUExecutionProvider"])
         diff = float(np.abs(plain.run(None, {"image": x})[0] - shuffled.run(None, {"image": x})[0]).max())
-        a_times, b_times = [], []
-        for _ in range(a.repeats):   # alternating, so a change in the machine's speed hits both
-            a_times += seconds_per_scan(plain, x, 1)
-            b_times += seconds_per_scan(shuffled, x, 1)
+        pairs = [(seconds_per_scan(plain, x), seconds_per_scan(shuffled, x))   # alternating, so a change in the
+                 for _ in range(a.repeats)]                                      # machine's speed hits both
+        a_times, b_times = zip(*pairs)
         report["runs"].append({"width": width, "max_abs_diff": diff,
                                "convtranspose_s": round(float(np.median(a_times)), 3),
                                "conv_pixel_shuffle_s": round(float(np.median(b_times)), 3)})
