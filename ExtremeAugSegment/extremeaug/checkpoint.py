@@ -5,6 +5,7 @@ import io
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -12,6 +13,8 @@ from .dataset import Case
 from .errors import ExtremeAugError
 from .io import write_bytes
 from .model import ResUNet
+
+CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 
 
 def save(obj, path: Path) -> None:
@@ -27,12 +30,20 @@ def load(path: Path) -> dict:
         raise ExtremeAugError(f"{path}: not a readable extremeaug checkpoint ({type(e).__name__})") from None
 
 
-def out_of_memory(e: BaseException) -> bool:
-    """A device allocation failure, whichever library raised it."""
-    text = str(e)
-    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
-        m in text for m in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                            "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "CUDA error: out of memory"))
+def resume_state(out: Path, resume: bool, have_cases: bool) -> Optional[dict]:
+    """The checkpoint in `out` to continue from (its settings and cases win), or None for a fresh run."""
+    ckpt = out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise ExtremeAugError(f"--out {out} is a file; name a folder for the model")
+    if resume:
+        if not ckpt.exists():
+            raise ExtremeAugError(f"--resume: {ckpt} does not exist")
+        return load(ckpt)
+    if out.exists() and any((out / f).exists() for f in (CHECKPOINT, WEIGHTS, ONNX_FILE)):
+        raise ExtremeAugError(f"{out} already holds a model; pass --resume or choose another --out")
+    if not have_cases:
+        raise ExtremeAugError("no training scans given")
+    return None
 
 
 def load_weights(path: str | Path) -> ResUNet:

@@ -17,7 +17,7 @@ from .output import json_text
 
 
 TRAIN_FLAGS = [f.name for f in fields(TrainConfig)]
-RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes", "compile")
+RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes", "compile", "retry_smaller_batch")
 
 
 def _cases(images, labels, what: str):
@@ -219,15 +219,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except sqlite3.DatabaseError as e:   # damaged, or not writable, full or locked
         print(f"extremeaug {_name(args)}: error: {database_error_text(e)}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print(f"extremeaug {_name(args)}: error: out of memory", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError) as e:   # the disk, the file system or the memory said no: say what, in one line
-        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):   # torch's CPU allocator
+    except (OSError, RuntimeError, MemoryError) as e:   # the disk, the file system or the memory said no: one line
+        from .memory import out_of_memory
+
+        if not isinstance(e, OSError) and out_of_memory(e):
             needed = re.search(r"allocate (\d+) bytes", str(e))
             print(f"extremeaug {_name(args)}: error: out of memory" + (
                 f" ({int(needed.group(1)) / 2**30:.1f} GiB asked for at once)" if needed else "") +
-                "; lower --width or --batch-size", file=sys.stderr)
+                ("; lower --width or --batch-size" if args.command == "train" else ""), file=sys.stderr)
             return 2
         if isinstance(e, RuntimeError) and "Symlink loop" not in str(e):
             raise

@@ -197,6 +197,9 @@ class RunOptions:
                                          finite_float)
     compile: bool = _setting(True, "train with eager torch on CUDA too (torch.compile fuses the network's layers "
                              "there; it is never used on the CPU)", bool, "--no-compile")
+    retry_smaller_batch: bool = _setting(
+        True, "stop at out of memory instead of trying again at half the batch (from the last checkpoint when "
+        "there is one)", bool, "--no-retry-smaller-batch")
     resume: bool = False
     progress_file: Optional[str] = None
     show_progress: bool = True

@@ -1,8 +1,7 @@
 """Training progress for people (a tqdm bar) and for programs (JSON lines, one object per line).
 
-Each JSON line has `event` (start, progress, epoch, end) and `time` (Unix seconds). `progress` lines
-carry loss and Dice over the steps since the previous line; they
-come at most once per `interval` seconds and double as a heartbeat for background front ends.
+Each JSON line has `event` (events.py lists the kinds) and `time` (Unix seconds). `progress` lines carry
+loss and Dice over the steps since the previous line; they come at most once per `interval` seconds and double as a heartbeat for background front ends.
 """
 from __future__ import annotations
 

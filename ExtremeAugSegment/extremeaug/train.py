@@ -15,7 +15,7 @@ import torch
 from . import __version__, distributed
 from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
                       step_generator)
-from .checkpoint import load, located_case, out_of_memory, portable_case, save
+from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
 from .config import AugmentMode, Device, RunOptions, TrainConfig
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
@@ -23,12 +23,12 @@ from .export import export_onnx
 from .interrupts import StopFlag, raise_if_interrupted
 from .io import read_scan, write_bytes
 from .losses import segmentation_loss
+from .memory import SmallerBatch, memory_error, out_of_memory, release
 from .model import ResUNet
 from .preprocess import Preprocessing
 from .progress import EpochStats, ProgressReporter
 from .structures import Structure
 
-CHECKPOINT, WEIGHTS, ONNX_FILE, HISTORY = "checkpoint.pt", "model.pt", "model.onnx", "history.json"
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
 DEFAULT_BATCH = {"cuda": 256, "cpu": 16}   # a GPU needs large batches to be busy; a CPU gains nothing from them
 CURVE_SECONDS = 5.0
@@ -62,7 +62,7 @@ class Trainer:
         opts.check()
         self.out, self.opts = Path(out_dir), opts
         self.world, self.device = distributed.join(select_device(opts.device))
-        state = self._resume_state(train_cases)
+        state = resume_state(self.out, opts.resume, bool(train_cases))
         asked_batch = cfg.batch_size
         if state:
             cfg = TrainConfig(**state["config"])
@@ -138,21 +138,6 @@ class Trainer:
         epoch, k = divmod(state["step"], old)
         state["step"] = epoch * new + k * self.cfg.batch_size // batch_size
         self.cfg.batch_size = batch_size
-
-    def _resume_state(self, train_cases) -> Optional[dict]:
-        """The checkpoint to continue from (its settings and cases win), or None for a fresh run."""
-        ckpt = self.out / CHECKPOINT
-        if self.out.exists() and not self.out.is_dir():
-            raise ExtremeAugError(f"--out {self.out} is a file; name a folder for the model")
-        if self.opts.resume:
-            if not ckpt.exists():
-                raise ExtremeAugError(f"--resume: {ckpt} does not exist")
-            return load(ckpt)
-        if self.out.exists() and any((self.out / f).exists() for f in (CHECKPOINT, WEIGHTS, ONNX_FILE)):
-            raise ExtremeAugError(f"{self.out} already holds a model; pass --resume or choose another --out")
-        if not train_cases:
-            raise ExtremeAugError("no training scans given")
-        return None
 
     def _lr(self, elapsed: float) -> float:
         """Cosine decay over the run's progress: steps done or, under a time budget, time spent.
@@ -261,6 +246,7 @@ class Trainer:
         last_curve = 0.0
         stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None
         self.net.train()
+        training = True
         try:
             with StopFlag() as stop:
                 while self.step < self.total_steps:
@@ -296,7 +282,7 @@ class Trainer:
                             self._validate_and_keep_best(reporter)
                         self._checkpoint(self.elapsed_before + elapsed)
                         last_ckpt = time.monotonic()
-            elapsed = time.monotonic() - t0
+            elapsed, training = time.monotonic() - t0, False
             if main:
                 self._checkpoint(self.elapsed_before + elapsed)
                 result = self._publish(status, elapsed)
@@ -304,21 +290,26 @@ class Trainer:
                 result = TrainResult(status, self.out, self.step / self.steps_per_epoch, self.history,
                                      rank=self.world.rank)
             self.world.barrier()   # the other ranks wait for rank 0's model, then all leave together
-        except RuntimeError as e:   # torch's OutOfMemoryError is one; cuDNN and cuBLAS say it in their own words
+        except (RuntimeError, MemoryError) as e:   # torch's OutOfMemoryError is one; cuDNN and cuBLAS use their words
             if not out_of_memory(e):
                 raise
-            reporter.event("end", status="error", message="GPU out of memory")
-            reporter.close()
-            advice = (f"the last checkpoint in {self.out} is kept: continue it with --resume and a lower "
-                      "--batch-size, or --resume --device cpu") if (self.out / CHECKPOINT).exists() else \
-                "nothing was written yet: start again with a lower --batch-size"
-            raise ExtremeAugError(f"GPU out of memory at batch size {self.cfg.batch_size} and width "
-                                  f"{self.cfg.width}; {advice}") from None
+            raise self._out_of_memory(reporter, training) from None
         reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
                        onnx=str(self.out / ONNX_FILE),
                        stop_reason=self._stop_reason(stop.reason, status))
         reporter.close()
         return result
+
+    def _out_of_memory(self, reporter: ProgressReporter, training: bool) -> ExtremeAugError:
+        """A smaller batch to try (`train` tries it), or, with none left or retries off, the error and its advice."""
+        error = memory_error(self.cfg.batch_size, self.cfg.width, self.device.type, self.out / CHECKPOINT,
+                             training and self.opts.retry_smaller_batch and not self.world.distributed)
+        if isinstance(error, SmallerBatch):
+            reporter.event("retry", reason="out of memory", batch_size=error.batch_size, resume=error.resume)
+        else:
+            reporter.event("end", status="error", message=str(error))
+        reporter.close()
+        return error
 
     def _stop_reason(self, signal_name: Optional[str], status: str) -> Optional[str]:
         if signal_name or status != "stopped":
@@ -389,12 +380,19 @@ class Trainer:
 
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
           opts: Optional[RunOptions] = None, structures: Optional[Sequence[Structure]] = None) -> TrainResult:
-    """Train and export a model.
+    """Train and export a model; out of memory in training tries again at half the batch (one line on stderr).
 
     Args:
         structures: the label table to learn (a project's); default: --label-names, else the first mask's.
     """
+    opts, started = opts or RunOptions(), time.monotonic()
     try:
-        return Trainer(cfg, train_cases, val_cases, out_dir, opts or RunOptions(), structures).run()
+        while True:
+            try:
+                return Trainer(cfg, train_cases, val_cases, out_dir, opts, structures).run()
+            except SmallerBatch as smaller:
+                print(smaller.describe(), file=sys.stderr)
+                cfg, opts = smaller.retried(cfg, opts, time.monotonic() - started)
+            release()
     finally:
         distributed.close()
