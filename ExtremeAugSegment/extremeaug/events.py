@@ -1,9 +1,9 @@
 """JSON-lines events: the one writer and reader of progress files, and the one ETA format.
 
 Each line is one JSON object with `event` (start, progress, validation, epoch, end, and retry: out of
-memory, a new start follows at half the batch; the project adds `phase`) and `time` (Unix seconds). Training writes them, `project train --wait`, `project status` and the
-Slicer module read them while the file grows, so a reader takes complete lines only and skips a line that
-a killed writer cut short.
+memory, a new start follows at half the batch; the project adds `phase`) and `time` (Unix seconds).
+Training writes them, `project train --wait`, `project status` and the Slicer module read them while the
+file grows, so a reader takes complete lines only and skips a line that a killed writer cut short.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Training progress for people (a tqdm bar) and for programs (JSON lines, one object per line).
 
 Each JSON line has `event` (events.py lists the kinds) and `time` (Unix seconds). `progress` lines carry
-loss and Dice over the steps since the previous line; they come at most once per `interval` seconds and double as a heartbeat for background front ends.
+loss and Dice over the steps since the previous line; they come at most once per `interval` seconds and
+double as a heartbeat for background front ends.
 """
 from __future__ import annotations
 
