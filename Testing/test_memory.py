@@ -35,7 +35,7 @@ sys.exit(main(sys.argv[2:]))
 HEADROOM_MIB = 1536   # width 2: a batch of 512 patches does not fit, 256 does (measured on 2 cores)
 
 
-def capped_train(tmp_path: Path, phantom, *flags) -> subprocess.CompletedProcess:
+def capped_train(phantom, *flags) -> subprocess.CompletedProcess:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="1")
     command = [sys.executable, "-c", CAPPED, str(HEADROOM_MIB), "train", "--image", str(phantom[0]),
                "--label", str(phantom[1]), "--width", "2", "--batch-size", "512", "--augment", "5",
@@ -55,6 +55,8 @@ def test_out_of_memory_is_recognised_whichever_library_says_it():
                                       "allocate memory: you tried to allocate 134217728 bytes."))
     assert out_of_memory(RuntimeError("[enforce fail at ..\\c10\\core\\impl\\alloc_cpu.cpp:72] data. "
                                       "DefaultCPUAllocator: not enough memory: you tried to allocate 26214400 bytes."))
+    assert out_of_memory(RuntimeError("could not create a primitive"))   # oneDNN, whatever failed inside it
+    assert out_of_memory(RuntimeError("pthread_create failed, error code: 12 error msg: Cannot allocate memory"))
     assert out_of_memory(MemoryError())
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
@@ -63,7 +65,7 @@ def test_out_of_memory_is_recognised_whichever_library_says_it():
 def test_training_out_of_memory_tries_again_at_half_the_batch_until_it_fits(tmp_path, phantoms):
     """The time budget (1.2 s) is spent by the first attempt, so the one that fits trains one step and exports."""
     progress = tmp_path / "p.jsonl"
-    result = capped_train(tmp_path, phantoms[0], "--out", tmp_path / "m", "--progress-file", progress,
+    result = capped_train(phantoms[0], "--out", tmp_path / "m", "--progress-file", progress,
                           "--time-budget", "0.02")
     assert result.returncode == 0, result.stderr
     assert "out of memory at batch size 512 and width 2; trying again at batch size 256 from the start" in \
