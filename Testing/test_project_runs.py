@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import one_line_error, run_cli
+from conftest import MODULE_DIR, one_line_error, run_cli
 from extremeaug.events import tail_events
 from extremeaug.project import Project, RunSpec, TrainConfig
 from extremeaug.portable import process_alive
@@ -158,6 +158,32 @@ def test_a_stale_heartbeat_marks_the_run_dead(tmp_path):
                                                            "phase": "training"}))
         run = project.status().run
         assert run.status.value == "died" and "no heartbeat for" in run.message
+
+
+def test_a_run_that_ran_out_of_memory_says_so_while_it_trains_again(tmp_path):
+    """The engine's `retry` event (Testing/test_memory.py makes a real one) reaches status, the CLI and the panel."""
+    from extremeaug.events import append_event
+
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    from ExtremeAugSegmentLib import Tables
+
+    with Store.create(tmp_path / "proj") as store:
+        with store.write():
+            store.insert_run("r1", {}, [])
+            store.claim_run("r1", 0)   # pid 0: judged by its heartbeat alone
+    with Project.open(tmp_path / "proj") as project:
+        folder = project.run_folder("r1")
+        folder.mkdir(parents=True)
+        (folder / "heartbeat.json").write_text(json.dumps({"pid": 0, "time": time.time(), "phase": "training"}))
+        for event, fields in (("start", {"resumed_at_step": 0}), ("retry", {"batch_size": 128, "resume": False}),
+                              ("start", {"resumed_at_step": 0})):
+            append_event(folder / "progress.jsonl", event, **fields)
+        run = project.status().run
+        assert run.status.value == "running" and run.message == "out of memory: training again at batch size 128"
+        assert Tables.runText(run) == "training... · out of memory: training again at batch size 128"
+    assert "running (training, heartbeat" in ok("status", tmp_path / "proj")
+    assert ": out of memory: training again at batch size 128" in ok("status", tmp_path / "proj")
 
 
 PUBLISH_CRASH = """

@@ -55,10 +55,11 @@ def runText(run: Optional[RunState]) -> str:
         return text + ("; Resume continues it" if run.resumable else "")
     if run.phase == Phase.SCORING:
         return "training done; scoring on the validation cases..."
+    note = f" · {run.message}" if run.message else ""   # while training: a retry at a smaller batch
     if progress is None:
-        return f"{(run.phase or run.status).value}..."
+        return f"{(run.phase or run.status).value}...{note}"
     return (f"epoch {progress.epoch} · step {progress.step}/{progress.steps_total} · loss {progress.loss:.3f} · "
-            f"Dice {progress.dice:.3f} · ETA {format_eta(progress.eta_s)}")
+            f"Dice {progress.dice:.3f} · ETA {format_eta(progress.eta_s)}{note}")
 
 
 def jobText(job: JobState) -> str:

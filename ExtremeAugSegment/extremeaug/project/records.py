@@ -164,7 +164,7 @@ class RunState:
     status: RunStatus
     phase: Optional[Phase]
     pid: Optional[int]
-    message: Optional[str]
+    message: Optional[str]          # how it ended; while it trains, a retry at a smaller batch (out of memory)
     version: Optional[int]
     heartbeat_age_s: Optional[float]
     resumable: bool

@@ -161,8 +161,10 @@ def run_state(store: Store, run: RunRow) -> RunState:
     beat = heartbeat(store, run.id)
     progress = last.get("progress")
     epoch = last.get("epoch")
+    retry = last.get("retry") if run.status.active else None
+    message = f"out of memory: training again at batch size {retry['batch_size']}" if retry else run.message
     return RunState(run.id, run.status, Phase(beat["phase"]) if beat and beat.get("phase") else None, run.pid,
-                    run.message, run.version, round(time.time() - beat["time"], 1) if beat else None,
+                    message, run.version, round(time.time() - beat["time"], 1) if beat else None,
                     run.status.resumable and (folder / "train" / "checkpoint.pt").is_file(),
                     Progress(**{k: progress.get(k) for k in PROGRESS_FIELDS}) if progress else None,
                     EpochSummary(**{k: epoch.get(k) for k in EPOCH_FIELDS}) if epoch else None)
