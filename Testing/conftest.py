@@ -119,11 +119,23 @@ def scene():
 MODULE_DIR = Path(__file__).resolve().parents[1] / "ExtremeAugSegment"
 
 
+def module_lib_importable() -> None:
+    """ExtremeAugSegmentLib (the Slicer module's library) importable, as Slicer makes it."""
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+
+
+def raising(error: BaseException):
+    """A stand-in for the compiled network that fails as a real one would at its first call."""
+    def compiled(x):
+        raise error
+    return compiled
+
+
 @pytest.fixture
 def logic(scene, tmp_path):
     """The Slicer module's Logic on a new project, in the real MRML scene above."""
-    if str(MODULE_DIR) not in sys.path:
-        sys.path.insert(0, str(MODULE_DIR))
+    module_lib_importable()
     from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic
     logic = ExtremeAugSegmentLogic(scene)
     logic.openProject(str(tmp_path / "project"), create=True)

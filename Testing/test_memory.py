@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import raising
 from extremeaug.cli import RUN_FLAGS, parser
 from extremeaug.config import RunOptions, TrainConfig, from_arguments
 from extremeaug.dataset import Case
@@ -90,14 +91,11 @@ def test_without_retries_out_of_memory_ends_the_run_with_its_advice(tmp_path, ph
     progress = tmp_path / "p.jsonl"
     trainer = Trainer(TrainConfig(augment=2, epochs=1, width=4), [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
                       replace(opts, device="cpu", progress_file=str(progress)))
-    trainer.compiled = failing_allocation
+    trainer.compiled = raising(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                                            "can't allocate memory"))
     with pytest.raises(ExtremeAugError, match="out of memory at batch size 16 and width 4; nothing was written yet"):
         trainer.run()
     assert events(progress)[-1]["event"] == "end" and events(progress)[-1]["status"] == "error"
-
-
-def failing_allocation(x):
-    raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory")
 
 
 def test_out_of_memory_continues_the_checkpoint_with_what_is_left_of_the_time_budget(tmp_path):

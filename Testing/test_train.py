@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import raising
 from extremeaug.checkpoint import load_weights
 from extremeaug.dataset import Case
 from extremeaug.metadata import METADATA_KEY
@@ -265,19 +266,13 @@ def test_resume_at_a_smaller_batch_size_continues_the_same_epoch(tmp_path, phant
                                                              weights_only=True)["config"]["batch_size"] == 8
 
 
-def _raising(error):
-    def compiled(x):
-        raise error
-    return compiled
-
-
 def test_a_compiler_that_fails_falls_back_to_eager_with_one_line(tmp_path, phantoms, capfd):
     """torch.compile's failures (no C compiler, no Triton on Windows) come at the first compiled call."""
     from extremeaug.train import Trainer
 
     trainer = Trainer(TrainConfig(**TINY), [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
                       RunOptions(device="cpu", show_progress=False))
-    trainer.compiled = _raising(RuntimeError("BackendCompilerFailed: no working C compiler"))
+    trainer.compiled = raising(RuntimeError("BackendCompilerFailed: no working C compiler"))
     loss, _, _ = trainer.train_step(trainer.order.parts(0, 0), 0.0)
     assert torch.isfinite(loss) and trainer.compiled is None and trainer.step == 1
     assert "torch.compile failed (RuntimeError); training on without it" in capfd.readouterr().err
@@ -291,12 +286,12 @@ def test_out_of_memory_names_the_checkpoint_only_when_there_is_one(tmp_path, pha
     cases = [Case(*map(str, phantoms[0]))]
     fresh = Trainer(TrainConfig(**TINY), cases, [], tmp_path / "a", RunOptions(device="cpu", show_progress=False,
                                                                                retry_smaller_batch=False))
-    fresh.compiled = _raising(oom)
+    fresh.compiled = raising(oom)
     with pytest.raises(ExtremeAugError, match="nothing was written yet: start again with a lower --batch-size"):
         fresh.run()
     train(TrainConfig(**TINY), cases, [], tmp_path / "b", RunOptions(device="cpu", show_progress=False, max_steps=2))
     resumed = Trainer(TrainConfig(), [], [], tmp_path / "b", RunOptions(device="cpu", show_progress=False,
                                                                          resume=True, retry_smaller_batch=False))
-    resumed.compiled = _raising(oom)
+    resumed.compiled = raising(oom)
     with pytest.raises(ExtremeAugError, match="checkpoint in .* is kept: continue it with --resume and a lower"):
         resumed.run()
