@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import replace
@@ -32,6 +33,20 @@ torch.zeros(1)
 vm = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]) * 2**20, resource.RLIM_INFINITY))
 sys.exit(main(sys.argv[2:]))
+"""
+FREED_HEAP = """
+import re, torch
+from extremeaug.memory import release
+def rss_mib():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+freed, kept = [], []
+for _ in range(4000):   # 250 MiB in 64 KiB tensors (below glibc's mmap threshold), each before one that stays
+    freed.append(torch.ones(16 * 1024))
+    kept.append(torch.ones(16))
+del freed
+before = rss_mib()
+release()
+print(before, rss_mib())
 """
 HEADROOM_MIB = 1536   # width 2: a batch of 512 patches does not fit, 256 does (measured on 2 cores)
 
@@ -109,3 +124,11 @@ def test_out_of_memory_continues_the_checkpoint_with_what_is_left_of_the_time_bu
     last = memory_error(1, 16, "cuda", tmp_path / "checkpoint.pt", retry=True)
     assert not isinstance(last, SmallerBatch) and isinstance(last, ExtremeAugError)
     assert "one patch per step is the smallest batch" in str(last) and "--resume --device cpu" in str(last)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_gives_the_heap_pages_of_freed_tensors_back_to_the_system():
+    """Without it a CPU run that retried kept every failed attempt's freed memory resident until it ended."""
+    result = subprocess.run([sys.executable, "-c", FREED_HEAP], capture_output=True, text=True, timeout=120)
+    before, after = map(int, result.stdout.split())
+    assert before - after > 150, (before, after)

@@ -76,7 +76,7 @@ def test_time_budget_ends_gracefully(tmp_path, phantoms):
 def test_sigterm_stops_cleanly_keeps_model_and_resumes(tmp_path, phantoms):
     out, progress = tmp_path / "m", tmp_path / "p.jsonl"
     cmd = [sys.executable, "-m", "extremeaug", "train", "--image", str(phantoms[0][0]), "--label",
-           str(phantoms[0][1]), "--out", str(out), "--width", "4", "--augment", "3", "--epochs", "2",
+           str(phantoms[0][1]), "--out", str(out), "--width", "4", "--augment", "2", "--epochs", "1",
            "--progress-file", str(progress), "--quiet", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -241,7 +241,7 @@ def test_an_early_interrupt_swallowed_by_a_library_still_stops_training(tmp_path
 def test_demo_runs_and_reports(tmp_path):
     from extremeaug.demo import run_demo
 
-    summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=5, epochs=1, show_progress=False)
+    summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=3, epochs=1, show_progress=False)
     assert set(summary["scores"]) == {"phantom_2", "phantom_3"}
     assert summary["mean_dice"] > 0.5
     for key in ("model", "overlay", "training_curve"):
