@@ -37,7 +37,7 @@ def child(trim: bool, headroom_mib: int, argv: list) -> int:
 
     train.release = traced
     if not trim:
-        memory.trim_heap = lambda: False
+        memory.trim_heap = lambda: None
     torch.zeros(1)
     vm = int(re.search(r"VmSize:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + headroom_mib * 2 ** 20, resource.RLIM_INFINITY))

@@ -90,13 +90,12 @@ def release() -> None:
     trim_heap()
 
 
-def trim_heap() -> bool:
-    """glibc's `malloc_trim(0)`: free pages inside the heap go back to the system. False where the C library has
-    no such call (Windows, macOS, musl)."""
+def trim_heap() -> None:
+    """glibc's `malloc_trim(0)`: free pages inside the heap go back to the system. Nothing where the C library
+    has no such call (Windows, macOS, musl)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return
     try:
         ctypes.CDLL(None).malloc_trim(0)
-        return True
     except (OSError, AttributeError):
-        return False
+        pass
