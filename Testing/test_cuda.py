@@ -21,12 +21,12 @@ TINY = dict(width=8, augment=2, batch_size=64, epochs=3)
 
 def quiet(**kw) -> RunOptions:
     """Eager unless a test asks for compile: each compilation costs tens of seconds."""
-    return RunOptions(**{"device": "cuda", "show_progress": False, "compile": False, **kw})
+    return RunOptions(**{"device": "cuda", "show_progress": False, "compile": "off", **kw})
 
 
 def test_cuda_training_compiles_learns_and_exports(tmp_path, phantoms, capfd):
     cases = [Case(*map(str, phantoms[0]))]
-    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 6}), cases, [], tmp_path / "m", quiet(compile=True))
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 6}), cases, [], tmp_path / "m", quiet(compile="on"))
     result = trainer.run()
     assert trainer.compiled is not None and "torch.compile failed" not in capfd.readouterr().err
     assert result.status == "finished" and result.onnx_max_abs_diff < 1e-3

@@ -277,3 +277,20 @@ def test_a_run_asking_for_more_gpus_than_the_machine_has_fails_with_the_count(tm
     run = status(proj)["run"]
     assert r.returncode != 0 and run["status"] == "failed", r.stderr
     assert "--gpus 2: this machine has" in run["message"] and "CUDA device(s)" in run["message"]
+
+
+def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_the_engine(tmp_path):
+    """A resumed or torchrun run reads its spec back from the database: the choice must survive the round trip
+    (and a spec stored before the setting existed reads as the default)."""
+    from extremeaug.cli import parser
+    from extremeaug.config import Compile
+    from extremeaug.project.cli import run_spec
+
+    spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--compile", "on", "--gpus", "2"]))
+    assert spec.compile == Compile.ON and spec.gpus == 2
+    again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again.compile == Compile.ON and again.to_options().compile == Compile.ON
+    old = {k: v for k, v in spec.to_dict().items() if k != "compile"}
+    assert RunSpec.from_dict(old).compile == Compile.AUTO
+    with pytest.raises(SystemExit):
+        parser().parse_args(["project", "train", str(tmp_path), "--compile", "yes"])

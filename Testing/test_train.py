@@ -295,3 +295,22 @@ def test_out_of_memory_names_the_checkpoint_only_when_there_is_one(tmp_path, pha
     resumed.compiled = raising(oom)
     with pytest.raises(ExtremeAugError, match="checkpoint in .* is kept: continue it with --resume and a lower"):
         resumed.run()
+
+
+@pytest.mark.parametrize("compile_mode, compiled", [("on", True), ("auto", False), ("off", False)])
+def test_compile_on_puts_the_cpu_network_through_torch_compile_and_auto_or_off_keep_it_eager(
+        tmp_path, phantoms, compile_mode, compiled):
+    """Only the wrapper is checked here: a real first compilation on 2 cores takes about 100 s (docs/results.md §2),
+    and the compiled step itself runs in `pytest -m cuda`."""
+    from extremeaug.cli import RUN_FLAGS, parser
+    from extremeaug.config import Compile, from_arguments
+    from extremeaug.train import Trainer
+
+    args = parser().parse_args(["train", "--image", "s", "--label", "m", "--out", "o", "--device", "cpu",
+                                "--compile", compile_mode])
+    opts = from_arguments(RunOptions, args, RUN_FLAGS, show_progress=False)
+    assert opts.compile == Compile(compile_mode)
+    trainer = Trainer(TrainConfig(**TINY), [Case(*map(str, phantoms[0]))], [], tmp_path / "m", opts)
+    assert (trainer.compiled is not None) == compiled
+    if compiled:
+        assert trainer.compiled._orig_mod is trainer.net   # export and state_dict keep using the plain module

@@ -37,7 +37,7 @@ def sync(device):
 def training_speed(case: Case, device: str, width, batch: int, steps: int, work: Path) -> list:
     """Eager steps with augmentation on and off, timed in alternating blocks so drift hits both alike."""
     trainers = {aug: Trainer(TrainConfig(width=width, batch_size=batch, augmentation=aug), [case], [],
-                             work / f"speed_{aug}", RunOptions(device=device, show_progress=False, compile=False))
+                             work / f"speed_{aug}", RunOptions(device=device, show_progress=False, compile="off"))
                 for aug in (True, False)}
     dev = trainers[True].device
     parts = lambda t, k: t.order.parts(0, k)

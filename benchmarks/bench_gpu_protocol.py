@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit, segmentation_speed, sync, training_speed  # noqa: E402
 
 from extremeaug.augment import AugmentConfig, augmented_batch, sample_params  # noqa: E402
+from extremeaug.config import Compile  # noqa: E402
 from extremeaug.dataset import Case  # noqa: E402
 from extremeaug.phantom import write_phantoms  # noqa: E402
 from extremeaug.train import RunOptions, TrainConfig, Trainer, train  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="timed steps for B and C")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for B")
     p.add_argument("--stages", default="ABCD", help="which of A, B, C, D to run (default: all)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="train eagerly (torch.compile off)")
+    p.add_argument("--compile", default="auto", choices=Compile.values(), help="torch.compile (auto: on CUDA)")
     p.add_argument("--out")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="extremeaug-gpu-"))

@@ -25,7 +25,7 @@ from extremeaug.train import RunOptions, TrainConfig, Trainer  # noqa: E402
 
 def measure(case: Case, batch: int, mode: str, device: str, steps: int, work: Path) -> dict:
     trainer = Trainer(TrainConfig(augment=50, batch_size=batch, merge_labels=True), [case], [], work,
-                      RunOptions(device=device, show_progress=False, compile=False))
+                      RunOptions(device=device, show_progress=False, compile="off"))
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if mode != "eager":

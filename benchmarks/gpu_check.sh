@@ -35,9 +35,9 @@ timeout 130 python3 -m pytest -m cuda -q -p no:cacheprovider Testing/test_cuda.p
 timeout 170 python3 benchmarks/gpu_lr_check.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
   --test $D/case20_image.nii.gz $D/case20_mask.nii.gz --test $D/case25_image.nii.gz $D/case25_mask.nii.gz \
   --lr 3e-3 1e-2 --epochs 8 --out "$OUT/lr.json" > "$OUT/lr.log" 2>&1
-# 4. the same protocol eagerly (--no-compile), for the compile's share
+# 4. the same protocol eagerly (--compile off), for the compile's share
 timeout 70 python3 benchmarks/bench_gpu_protocol.py --image $D/case11_image.nii.gz --label $D/case11_mask.nii.gz \
-  --epochs 6 --steps 10 --stages A --no-compile --out "$OUT/protocol_eager.json" > "$OUT/protocol_eager.log" 2>&1
+  --epochs 6 --steps 10 --stages A --compile off --out "$OUT/protocol_eager.json" > "$OUT/protocol_eager.log" 2>&1
 tail -n 12 "$OUT"/pytest_cuda.txt; tail -c 600 "$OUT"/*.log
 # (docs/results.md section 3 also ran, in a call of its own: benchmarks/gpu_batch_sweep.py --image ... --label ...
 #  --config 512:default --config 256:reduce-overhead --steps 40)

@@ -53,6 +53,17 @@ class Device(Choice):
     CUDA = "cuda"
 
 
+class Compile(Choice):
+    """Whether training runs the network through torch.compile (fused kernels; the first compilation takes
+    minutes on the CPU, seconds when inductor's on-disk cache holds it)."""
+    AUTO = "auto"   # on CUDA only: a short CPU run would spend more on compiling than it gains
+    ON = "on"       # on the CPU too: pays off in long runs, and in repeated ones on one machine
+    OFF = "off"
+
+    def applies(self, device_type: str) -> bool:
+        return self == Compile.ON or (self == Compile.AUTO and device_type == "cuda")
+
+
 class Plane(Choice):
     AUTO = "auto"
     SAGITTAL = "sagittal"
@@ -195,8 +206,9 @@ class RunOptions:
     checkpoint_minutes: float = _setting(2.0, "checkpoint (and, with validation scans, validate) this often "
                                          "within an epoch, so a stopped run loses minutes, not an epoch",
                                          finite_float)
-    compile: bool = _setting(True, "train with eager torch on CUDA too (torch.compile fuses the network's layers "
-                             "there; it is never used on the CPU)", bool, "--no-compile")
+    compile: Compile = _setting(Compile.AUTO, "torch.compile the network: auto on CUDA only; on also on the CPU "
+                                "(steps 1.2x faster; the first compilation on a machine takes 1-2 minutes, later "
+                                "runs reuse inductor's cache); off trains eagerly", Compile)
     retry_smaller_batch: bool = _setting(
         True, "stop at out of memory instead of trying again at half the batch (from the last checkpoint when "
         "there is one)", bool, "--no-retry-smaller-batch")
@@ -207,7 +219,7 @@ class RunOptions:
     stop_file: Optional[str] = None     # stop cleanly once this file exists (a cancel that works on Windows too)
 
     def __post_init__(self):
-        self.device = Device.parse(self.device)
+        self.device, self.compile = Device.parse(self.device), Compile.parse(self.compile)
 
     def check(self) -> None:
         if self.time_budget_min is not None and not (self.time_budget_min > 0 and math.isfinite(self.time_budget_min)):

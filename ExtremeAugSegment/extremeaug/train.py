@@ -118,7 +118,7 @@ class Trainer:
             self.val_curve = state.get("val_curve", [])
 
     def _fast_models(self):
-        """The network as a step runs it: under DistributedDataParallel with several ranks, and compiled on CUDA.
+        """The network as a step runs it: under DistributedDataParallel with several ranks, and compiled as asked.
         A compiled model serves full batches only (an epoch's short last batch runs eagerly instead of
         compiling again); the weights are the same tensors, and export and state_dict use the plain `net`."""
         model = self.net
@@ -126,7 +126,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        compiled = torch.compile(model) if self.opts.compile and self.device.type == "cuda" else None
+        compiled = torch.compile(model) if self.opts.compile.applies(self.device.type) else None
         return model, compiled
 
     def _rebatch(self, state: dict, batch_size: int) -> None:

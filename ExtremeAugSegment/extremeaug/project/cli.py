@@ -15,7 +15,7 @@ from . import Device, LabelKind, Plane, Project, RunSpec, RunStatus, Split
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"   # the worker's ETA (it knows the budget)
 TRAIN_FLAGS = ("augment", "epochs", "batch_size", "width", "lr", "loss", "seed", "augment_mode", "intensity",
                "threshold", "min_component_mm3", "min_relative_size")
-RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes")
+RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes", "compile")
 
 
 def _print_json(value) -> None:
@@ -69,14 +69,17 @@ def cmd_cases(a) -> int:
     return 0
 
 
+def run_spec(a) -> RunSpec:
+    """What `project train`'s flags ask for."""
+    return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, **{n: getattr(a, n) for n in RUN_FLAGS})
+
+
 def cmd_train(a) -> int:
     with Project.open(a.dir) as project:
         if a.resume:
             run_id = project.resume(None if a.device == Device.AUTO else a.device, a.time_budget_min)
         else:
-            spec = RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), a.device, a.time_budget_min,
-                           a.checkpoint_minutes, a.gpus)
-            run_id = project.train(spec)
+            run_id = project.train(run_spec(a))
         print(f"training run {run_id} started in the background (log: {project.run_folder(run_id) / 'worker.log'})")
         if not a.wait:
             print(f"follow it with: extremeaug project status {project.root}")

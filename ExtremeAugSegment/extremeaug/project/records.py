@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
-from ..config import RUN_DEFAULTS, Choice, Device, RunOptions, TrainConfig
+from ..config import RUN_DEFAULTS, Choice, Compile, Device, RunOptions, TrainConfig
 from ..structures import Structure, default_structure
 from ..stats import Mean
 
@@ -190,23 +190,24 @@ class RunSpec:
     time_budget_min: Optional[float] = RUN_DEFAULTS.time_budget_min
     checkpoint_minutes: float = RUN_DEFAULTS.checkpoint_minutes
     gpus: int = 1        # > 1: the worker trains through torchrun, one process per GPU (CPU processes on --device cpu)
+    compile: Compile = RUN_DEFAULTS.compile
 
     def __post_init__(self):
-        self.device = Device.parse(self.device)
+        self.device, self.compile = Device.parse(self.device), Compile.parse(self.compile)
 
     def to_dict(self) -> dict:
         return {"train": self.train.to_dict(), "device": self.device.value, "time_budget_min": self.time_budget_min,
-                "checkpoint_minutes": self.checkpoint_minutes, "gpus": self.gpus}
+                "checkpoint_minutes": self.checkpoint_minutes, "gpus": self.gpus, "compile": self.compile.value}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
-                   d.get("gpus", 1))
+                   d.get("gpus", 1), d.get("compile", RUN_DEFAULTS.compile))
 
     def to_options(self, **engine) -> RunOptions:
         """The engine's options for this spec (`engine`: the worker's files and flags)."""
         return RunOptions(device=self.device, time_budget_min=self.time_budget_min,
-                          checkpoint_minutes=self.checkpoint_minutes, **engine)
+                          checkpoint_minutes=self.checkpoint_minutes, compile=self.compile, **engine)
 
 
 @dataclass(frozen=True)
