@@ -14,8 +14,8 @@ TRAIN_FLAGS=${TRAIN_FLAGS:-}
 case "$LABELS" in merge) MERGE=--merge-labels ;; each) MERGE= ;; *) echo "LABELS=merge or each" >&2; exit 2 ;; esac
 rm -rf "$OUT" && mkdir -p "$OUT"
 /usr/bin/time -v $EXTREMEAUG train --image "$DATA/case11_image.nii.gz" --label "$DATA/case11_mask.nii.gz" \
-  --out "$OUT/model" --time-budget "$BUDGET" --device "$DEVICE" --progress-file "$OUT/progress.jsonl" $MERGE $TRAIN_FLAGS \
-  --quiet 2> "$OUT/train_time.txt" | tee "$OUT/train.txt"
+  --out "$OUT/model" --time-budget "$BUDGET" --device "$DEVICE" --progress-file "$OUT/progress.jsonl" $MERGE \
+  $TRAIN_FLAGS --quiet 2> "$OUT/train_time.txt" | tee "$OUT/train.txt"
 for c in 20 25; do
   /usr/bin/time -f "%e s %M KB" -o "$OUT/case${c}_segment_time.txt" $EXTREMEAUG segment --model "$OUT/model/model.onnx" --image "$DATA/case${c}_image.nii.gz" \
     --out "$OUT/case${c}_pred.nii.gz" --probabilities "$OUT/case${c}_prob.nii.gz" --device "$DEVICE" \
