@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import locale
 import os
 import subprocess
 import sys
@@ -44,7 +45,19 @@ def oblique_direction(deg_a=20.0, deg_b=-12.0):
 
 
 def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
-    """One MR DICOM file per slice, with the position and orientation tags a scanner writes."""
+    """One MR DICOM file per slice, with the position and orientation tags a scanner writes.
+
+    SimpleITK's DICOM writer (GDCM) leaves the process in the C library's "C" locale, whose text encoding is
+    ASCII: later code that opens a file without naming an encoding (torch.compile's kernel templates) would
+    fail in this test process. The locale is put back."""
+    before = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_slices(image, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path) -> Path:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
