@@ -283,7 +283,7 @@ def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_
     """A resumed or torchrun run reads its spec back from the database: the choice must survive the round trip
     (and a spec stored before the setting existed reads as the default)."""
     from extremeaug.cli import parser
-    from extremeaug.config import Compile
+    from extremeaug.project import Compile
     from extremeaug.project.cli import run_spec
 
     spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--compile", "on", "--gpus", "2"]))
