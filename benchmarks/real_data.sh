@@ -17,7 +17,8 @@ rm -rf "$OUT" && mkdir -p "$OUT"
   --out "$OUT/model" --time-budget "$BUDGET" --device "$DEVICE" --progress-file "$OUT/progress.jsonl" $MERGE \
   $TRAIN_FLAGS --quiet 2> "$OUT/train_time.txt" | tee "$OUT/train.txt"
 for c in 20 25; do
-  /usr/bin/time -f "%e s %M KB" -o "$OUT/case${c}_segment_time.txt" $EXTREMEAUG segment --model "$OUT/model/model.onnx" --image "$DATA/case${c}_image.nii.gz" \
+  /usr/bin/time -f "%e s %M KB" -o "$OUT/case${c}_segment_time.txt" \
+    $EXTREMEAUG segment --model "$OUT/model/model.onnx" --image "$DATA/case${c}_image.nii.gz" \
     --out "$OUT/case${c}_pred.nii.gz" --probabilities "$OUT/case${c}_prob.nii.gz" --device "$DEVICE" \
     --seg-nrrd "$OUT/case${c}_pred.seg.nrrd"
   $EXTREMEAUG evaluate --prediction "$OUT/case${c}_pred.nii.gz" --reference "$DATA/case${c}_mask.nii.gz" \
