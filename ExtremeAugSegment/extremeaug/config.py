@@ -54,8 +54,8 @@ class Device(Choice):
 
 
 class Compile(Choice):
-    """Whether training runs the network through torch.compile (fused kernels; the first compilation takes
-    minutes on the CPU, seconds when inductor's on-disk cache holds it)."""
+    """Whether training runs the network through torch.compile (fused kernels; the first compilation takes 1-2
+    minutes on 2 CPU cores, seconds when inductor's on-disk cache holds it)."""
     AUTO = "auto"   # on CUDA only: a short CPU run would spend more on compiling than it gains
     ON = "on"       # on the CPU too: pays off in long runs, and in repeated ones on one machine
     OFF = "off"
