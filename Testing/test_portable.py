@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from extremeaug import io, portable
 from extremeaug.project import Phase, Project, runs, worker
-from extremeaug.project.jobs import spawn
+from extremeaug.portable import spawn
 from extremeaug.project.store import DB_FILE
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 
@@ -17,8 +18,8 @@ from extremeaug.portable import process_alive
 from extremeaug.project.store import Store
 
 
-def ok(*args):
-    r = run_cli("project", *args)
+def ok(*args, **kw):
+    r = run_cli("project", *args, **kw)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -244,28 +245,78 @@ def test_a_worker_whose_project_folder_moves_stops_and_says_so(tmp_path, phantom
     assert not proj.exists()
 
 
-def test_a_run_on_two_processes_cancels_resumes_and_publishes_once(tmp_path, phantoms):
-    """`project train --gpus 2` (CPU processes under torchrun here): the cancel file stops every rank, the
-    resumed run finishes, and rank 0 alone reports and writes the model the worker publishes."""
+NO_LIBUV = """
+import sys
+import torch.distributed as dist
+
+class TCPStore(dist.TCPStore):   # as torch's Windows wheels are built: without libuv
+    def __init__(self, *args, use_libuv=True, **kw):
+        if use_libuv:
+            raise RuntimeError("use_libuv was requested but PyTorch was built without libuv support")
+        super().__init__(*args, use_libuv=False, **kw)
+
+dist.TCPStore = sys.modules["torch.distributed.rendezvous"].TCPStore = TCPStore
+"""
+
+
+def _rank_pid(proj, rank: int) -> Optional[int]:
+    """The pid of the project's training process of rank `rank` (None: there is none), found through /proc."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"--rank" in command and str(proj).encode() in command and f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
+def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_a_dead_rank_and_a_dead_worker(
+        tmp_path, phantoms):
+    """`project train --gpus 2` (CPU processes here), on a torch whose TCPStore refuses libuv as its Windows
+    wheels do (torchrun cannot start there): the cancel file stops every rank; a rank killed as it starts takes
+    the other down and fails the run at once (not after rank 0's 30-minute wait for it), naming it; ranks whose
+    worker is killed stop with a checkpoint; the resumed run finishes, and rank 0 alone reports and writes the
+    model the worker publishes."""
+    (tmp_path / "no_libuv").mkdir()
+    (tmp_path / "no_libuv" / "sitecustomize.py").write_text(NO_LIBUV)
+    windows_torch = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(tmp_path / "no_libuv"), os.environ.get("PYTHONPATH")) if p))
     proj = tmp_path / "proj"
     ok("init", proj)
     ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
     one_line_error(run_cli("project", "train", proj, "--gpus", "0"), "--gpus must be at least 1")
     ok("train", proj, "--gpus", "2", "--device", "cpu", "--augment", "1", "--epochs", "300", "--width", "4",
-       "--batch-size", "32")
+       "--batch-size", "32", env=windows_torch)
     wait_for(lambda: training_step(proj) > 0, "the ranks to train")
     r = run_cli("project", "cancel", proj)
     assert r.returncode == 0, r.stderr
-    run = wait_for(lambda: (lambda r: r if r["status"] not in ("starting", "running") else None)(status(proj)["run"]),
-                   "the run to stop")
+    stopped = lambda: (lambda r: r if r["status"] not in ("starting", "running") else None)(status(proj)["run"])
+    run = wait_for(stopped, "the run to stop")
     assert run["status"] == "cancelled" and run["resumable"], run
-    r = run_cli("project", "train", proj, "--resume", "--time-budget", "0.2", "--wait")   # 12 s more, two ranks
+
+    ok("train", proj, "--resume", env=windows_torch)
+    os.kill(wait_for(lambda: _rank_pid(proj, 1), "rank 1 to start", 60), signal.SIGKILL)   # before it joins rank 0
+    run = wait_for(stopped, "the run to fail", 30)   # not after rank 0's 30-minute wait for it
+    assert run["status"] == "failed" and "process 1 exited with code -9" in run["message"], run
+    assert _rank_pid(proj, 0) is None
+
+    ok("train", proj, "--resume", env=windows_torch)
+    wait_for(lambda: training_step(proj) > 0, "the ranks to train again")
+    os.kill(status(proj)["run"]["pid"], signal.SIGKILL)   # the worker
+    wait_for(lambda: _rank_pid(proj, 0) is None and _rank_pid(proj, 1) is None, "the ranks to stop", 60)
+    run = status(proj)["run"]
+    assert run["status"] == "died" and run["resumable"], run
+
+    r = run_cli("project", "train", proj, "--resume", "--time-budget", "0.2", "--wait", env=windows_torch)
     final = status(proj)["run"]
     assert r.returncode == 0 and final["status"] == "finished" and status(proj)["versions"] == 1, r.stderr
     events = list(tail_events(proj / "runs" / final["id"] / "progress.jsonl"))
     starts = [e for e in events if e["event"] == "start"]
-    assert starts[-1]["resumed_at_step"] > 0 and [e["event"] for e in events].count("end") == len(starts)
-    assert all(e["processes"] == 2 for e in starts)
+    assert starts[-1]["resumed_at_step"] > 0 and all(e["processes"] == 2 for e in starts)
+    assert [e["event"] for e in events].count("end") == len(starts)   # the killed attempt never started
 
 
 @pytest.mark.skipif(__import__("torch").cuda.device_count() >= 2, reason="this machine has the GPUs")

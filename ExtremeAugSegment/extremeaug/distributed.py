@@ -9,12 +9,19 @@ process at batch B does, up to BatchNorm: its statistics are each rank's own (a 
 alone validates and writes checkpoints, progress and the model. Stop decisions (time budget, stop file,
 SIGTERM to any rank) are agreed across ranks every AGREE_EVERY steps, so no rank waits forever in a
 collective. Without torchrun's environment this is a world of one and nothing here costs anything.
+
+The project worker (`project train --gpus N`) starts its ranks itself, with the environment torchrun would give
+them (`rank_environment`): torchrun's own rendezvous asks for a libuv TCPStore whatever USE_LIBUV says, and
+torch's Windows wheels are built without libuv (pytorch/pytorch#148283), so torchrun cannot start on the
+Windows machines most clinicians use. `init_process_group`'s env:// rendezvous honours USE_LIBUV=0.
 """
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Dict, Mapping
 
 import torch
 import torch.distributed as dist
@@ -82,6 +89,22 @@ def join(device: torch.device):
         nccl = device.type == "cuda" and dist.is_nccl_available()   # Windows builds have gloo only
         dist.init_process_group("nccl" if nccl else "gloo", timeout=TIMEOUT)
     return world, device
+
+
+def rank_environment(rank: int, size: int, port: int, base: Mapping[str, str]) -> Dict[str, str]:
+    """`base` plus what torchrun sets for rank `rank` of `size` on one machine, rendezvous at 127.0.0.1:`port`
+    without libuv (which only pays beyond a thousand ranks)."""
+    env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), LOCAL_WORLD_SIZE=str(size),
+               GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), USE_LIBUV="0")
+    env.setdefault("OMP_NUM_THREADS", "1")   # as torchrun does: the ranks share the machine's cores
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for rank 0's rendezvous server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def close() -> None:

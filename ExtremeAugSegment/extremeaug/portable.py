@@ -6,16 +6,19 @@ Most clinicians run 3D Slicer on Windows, where (unlike POSIX):
   process has it open, e.g. the GUI reading heartbeat.json at the moment the worker replaces it;
 - there is no /proc and `os.kill(pid, 0)` would terminate the process: liveness needs the Win32 API;
 - a project folder may be on a network share (a UNC path or a mapped drive), where SQLite's WAL mode,
-  which needs shared memory between the processes, is unsafe.
+  which needs shared memory between the processes, is unsafe;
+- a console program started by a background process without a console opens a console window of its own.
 The Windows branches take their platform as an argument, so tests on Linux force them.
 """
 from __future__ import annotations
 
 import ntpath
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import IO, Callable, Mapping, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 RETRY_DELAYS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)   # 0.8 s in all: a reader holds a small file for microseconds
@@ -131,3 +134,25 @@ def _mount_type(folder: str, mounts: Optional[str] = None) -> Optional[str]:
         if inside and len(point) >= len(best):
             best, best_type = point, fields[2]
     return best_type
+
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
+def spawn(module_args: Sequence[str], stdout: Optional[IO], stderr: Optional[IO] = None,
+          environment: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+    """Start `python -m <module_args>` detached from the caller's terminal and signals, in `environment`
+    (this process's by default); `stdout` None shares this process's.
+
+    The working directory is the folder holding this package, never the project folder: `-m` puts the
+    working directory first on sys.path, so a file such as argparse.py in a (shared) project folder would
+    be imported and run. Inside 3D Slicer `sys.executable` is PythonSlicer, and the engine is not installed
+    but shipped in the module's folder, which is why that folder is also prepended to PYTHONPATH."""
+    kwargs = {"start_new_session": True} if os.name == "posix" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    environment = os.environ if environment is None else environment
+    env = dict(environment, PYTHONPATH=os.pathsep.join(
+        p for p in (str(PACKAGE_PARENT), environment.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=stderr if stderr is not None else subprocess.STDOUT, cwd=str(PACKAGE_PARENT),
+                            env=env, **kwargs)

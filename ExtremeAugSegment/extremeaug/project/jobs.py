@@ -1,4 +1,4 @@
-"""Background processes of a project: the training worker, and segmentation jobs a GUI polls.
+"""Segmentation jobs a GUI polls, in background processes (`portable.spawn`).
 
 A GUI must not run inference, the uncertainty's dilation or compressed writes on its own thread: a
 `SegmentJob` runs `extremeaug project segment ... --json` in a child process that stores each prediction
@@ -9,33 +9,12 @@ registered in one transaction), the rest is simply not done.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
-from typing import IO, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
+from ..portable import spawn
 from .records import CaseState, JobState, JobStatus, SegmentResult
-
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-
-
-def spawn(module_args: Sequence[str], stdout: IO, stderr: Optional[IO] = None) -> subprocess.Popen:
-    """Start `python -m <module_args>` detached from the caller's terminal and signals.
-
-    The working directory is the folder holding this package, never the project folder: `-m` puts the
-    working directory first on sys.path, so a file such as argparse.py in a (shared) project folder would
-    be imported and run. Inside 3D Slicer `sys.executable` is PythonSlicer, and the engine is not installed
-    but shipped in the module's folder, which is why that folder is also prepended to PYTHONPATH."""
-    kwargs = {"start_new_session": True} if os.name == "posix" else {
-        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p))
-    return subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=stderr if stderr is not None else subprocess.STDOUT, cwd=str(PACKAGE_PARENT),
-                            env=env, **kwargs)
-
 
 class SegmentJob:
     """Segment cases with a model version in a child process; `poll()` never blocks."""

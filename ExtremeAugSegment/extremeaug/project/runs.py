@@ -18,8 +18,7 @@ from typing import Optional
 
 from ..errors import ExtremeAugError
 from ..events import append_event, tail_events
-from ..portable import process_alive, read_bytes
-from .jobs import spawn
+from ..portable import process_alive, read_bytes, spawn
 from .records import EpochSummary, Phase, Progress, RunSpec, RunState, RunStatus, Split
 from .store import RunRow, Store
 

@@ -4,7 +4,7 @@ It trains on the run's labels with the engine, scores the result on the validati
 it as a new model version; all along it rewrites runs/<id>/heartbeat.json so front ends can tell a live
 worker from a dead one. The validation split is NOT used to pick the weights (no best-epoch selection),
 so a version's validation Dice is an honest held-out score. Like every front end, it uses the project
-only through `Project`. A run asked for several GPUs trains in torchrun's ranks (this module with --rank),
+only through `Project`. A run asked for several GPUs trains in one process per GPU (this module with --rank),
 while this process keeps the heartbeat and publishes.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import List, Optional
 from ..config import Device
 from ..errors import ExtremeAugError
 from ..io import write_bytes
+from ..portable import process_alive, spawn
 from . import Phase, Project, RunStatus
 
 HEARTBEAT_S = 2.0   # front ends call a run dead after 30 s without one (runs.STALE_S)
@@ -83,15 +83,27 @@ def _identity(root: Path) -> Optional[tuple]:
     return st.st_dev, st.st_ino
 
 
+def _stop_when_gone(worker: int, stop_file: Path) -> None:
+    """Have this rank stop, as a cancel would, once the worker that started it is gone (killed, or ended in the
+    Task Manager): nobody would publish what the ranks train, and a resume would start a second set of ranks
+    beside them, writing the same checkpoints. All ranks agree on the stop file, so all stop."""
+    def watch() -> None:
+        while process_alive(worker) is not False:
+            time.sleep(HEARTBEAT_S)
+        stop_file.write_text(str(time.time()))
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="extremeaug.project.worker")
     p.add_argument("project")
     p.add_argument("run_id")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)   # one of torchrun's ranks
+    p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)   # one of the ranks
     a = p.parse_args(argv)
     project = Project.open(a.project)
     if a.rank:
+        _stop_when_gone(os.getppid(), project.run_folder(a.run_id) / "cancel")
         train_run(project, a.run_id, a.resume, project.job(a.run_id))
         return 0
     cancelled = threading.Event()
@@ -142,7 +154,7 @@ def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heart
 
 
 def train_run(project: Project, run_id: str, resume: bool, job) -> str:
-    """The run's training (`job`: `Project.job`'s spec and inputs) in this process, or under torchrun this rank's
+    """The run's training (`job`: `Project.job`'s spec and inputs) in this process, or as one of several ranks its
     share of it; its end status."""
     from ..dataset import Case
     from ..train import train
@@ -156,27 +168,40 @@ def train_run(project: Project, run_id: str, resume: bool, job) -> str:
 
 
 def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled: threading.Event) -> str:
-    """torchrun with one rank per GPU, each running `train_run`; a cancel reaches every rank through the stop
-    file, which the ranks agree on (this worker writes it too when it is sent SIGTERM itself)."""
+    """One process per GPU, each running `train_run` as one of torchrun's ranks would (see `distributed` for why
+    not through torchrun); a cancel reaches every rank through the stop file, which the ranks agree on (this
+    worker writes it too when it is sent SIGTERM itself). A rank that dies takes the others down at once: they
+    would otherwise wait in their next collective for the process group's timeout."""
     import torch
 
+    from ..distributed import free_port, rank_environment
     from ..train import HISTORY
 
     folder = project.run_folder(run_id)
     if spec.device != Device.CPU and torch.cuda.device_count() < spec.gpus:
         raise ExtremeAugError(f"--gpus {spec.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.gpus),
-               "-m", "extremeaug.project.worker", str(project.root), run_id, "--rank"]
-    process = subprocess.Popen(command + (["--resume"] if resume else []), stdin=subprocess.DEVNULL)
-    while process.poll() is None:
-        if cancelled.is_set() and not (folder / "cancel").exists():
-            (folder / "cancel").write_text(str(time.time()))
-        time.sleep(0.5)
-    if process.returncode != 0:
-        raise ExtremeAugError(f"training on {spec.gpus} processes failed (torchrun exit {process.returncode}); "
-                              f"see {folder / 'worker.log'}")
+    command = ["extremeaug.project.worker", str(project.root), run_id, "--rank"] + (["--resume"] if resume else [])
+    port = free_port()
+    ranks = [spawn(command, None, environment=rank_environment(rank, spec.gpus, port, os.environ))
+             for rank in range(spec.gpus)]
+    try:
+        while True:
+            codes = [rank.poll() for rank in ranks]
+            failed = [f"process {i} exited with code {code}" for i, code in enumerate(codes) if code not in (None, 0)]
+            if failed:
+                raise ExtremeAugError(f"training on {spec.gpus} processes failed ({', '.join(failed)}); "
+                                      f"see {folder / 'worker.log'}")
+            if all(code == 0 for code in codes):
+                break
+            if cancelled.is_set() and not (folder / "cancel").exists():
+                (folder / "cancel").write_text(str(time.time()))
+            time.sleep(0.5)
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+            rank.wait()
     return json.loads((folder / "train" / HISTORY).read_text())["metadata"]["status"]
-
 
 if __name__ == "__main__":
     sys.exit(main())
