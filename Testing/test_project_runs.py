@@ -331,8 +331,8 @@ def test_a_run_asking_for_more_gpus_than_the_machine_has_fails_with_the_count(tm
 
 
 def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_the_engine(tmp_path):
-    """A resumed or torchrun run reads its spec back from the database: the choice must survive the round trip
-    (and a spec stored before the setting existed reads as the default)."""
+    """A resumed run, and each process of a --gpus run, reads its spec back from the database: the choice must
+    survive the round trip (and a spec stored before the setting existed reads as the default)."""
     from extremeaug.cli import parser
     from extremeaug.project import Compile
     from extremeaug.project.cli import run_spec

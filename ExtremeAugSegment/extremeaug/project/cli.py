@@ -261,7 +261,7 @@ def add_parser(sub) -> None:
     add_arguments(c, TrainConfig, TRAIN_FLAGS)
     add_arguments(c, RunOptions, RUN_FLAGS)
     c.add_argument("--gpus", type=int, default=RunSpec.gpus, metavar="N",
-                   help="train on N GPUs of this machine through torchrun (--batch-size is split between them)")
+                   help="train on N GPUs of this machine, one process each (--batch-size is split between them)")
     c.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run")
     c = cmd("status", cmd_status, "cases, versions and the current run (with a dead-worker check)")

@@ -189,7 +189,7 @@ class RunSpec:
     device: Device = RUN_DEFAULTS.device
     time_budget_min: Optional[float] = RUN_DEFAULTS.time_budget_min
     checkpoint_minutes: float = RUN_DEFAULTS.checkpoint_minutes
-    gpus: int = 1        # > 1: the worker trains through torchrun, one process per GPU (CPU processes on --device cpu)
+    gpus: int = 1        # > 1: the worker starts one training process per GPU (CPU processes on --device cpu)
     compile: Compile = RUN_DEFAULTS.compile
 
     def __post_init__(self):
