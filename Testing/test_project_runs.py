@@ -273,13 +273,13 @@ def _rank_pid(proj, rank: int) -> Optional[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
-def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_a_dead_rank_and_a_dead_worker(
+def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_dead_processes_and_a_moved_project(
         tmp_path, phantoms):
     """`project train --gpus 2` (CPU processes here), on a torch whose TCPStore refuses libuv as its Windows
     wheels do (torchrun cannot start there): the cancel file stops every rank; a rank killed as it starts takes
     the other down and fails the run at once (not after rank 0's 30-minute wait for it), naming it; ranks whose
-    worker is killed stop with a checkpoint; the resumed run finishes, and rank 0 alone reports and writes the
-    model the worker publishes."""
+    worker is killed stop with a checkpoint; ranks under a moved project folder end without recreating it; the run
+    resumed from the new place finishes, and rank 0 alone reports and writes the model the worker publishes."""
     (tmp_path / "no_libuv").mkdir()
     (tmp_path / "no_libuv" / "sitecustomize.py").write_text(NO_LIBUV)
     windows_torch = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -310,13 +310,24 @@ def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_a_dead_r
     run = status(proj)["run"]
     assert run["status"] == "died" and run["resumable"], run
 
-    r = run_cli("project", "train", proj, "--resume", "--time-budget", "0.2", "--wait", env=windows_torch)
-    final = status(proj)["run"]
-    assert r.returncode == 0 and final["status"] == "finished" and status(proj)["versions"] == 1, r.stderr
-    events = list(tail_events(proj / "runs" / final["id"] / "progress.jsonl"))
+    ok("train", proj, "--resume", env=windows_torch)
+    wait_for(lambda: training_step(proj) > 0, "the ranks to train once more")
+    moved = tmp_path / "moved"
+    proj.rename(moved)
+    wait_for(lambda: _rank_pid(proj, 0) is None and _rank_pid(proj, 1) is None, "the ranks to stop", 60)
+    time.sleep(3)   # longer than a heartbeat: nothing comes back at the old place
+    assert not proj.exists()
+    run = status(moved)["run"]
+    assert run["status"] == "failed" and "moved" in run["message"], run
+
+    r = run_cli("project", "train", moved, "--resume", "--time-budget", "0.2", "--wait", env=windows_torch)
+    final = status(moved)["run"]
+    assert r.returncode == 0 and final["status"] == "finished" and status(moved)["versions"] == 1, r.stderr
+    events = list(tail_events(moved / "runs" / final["id"] / "progress.jsonl"))
     starts = [e for e in events if e["event"] == "start"]
     assert starts[-1]["resumed_at_step"] > 0 and all(e["processes"] == 2 for e in starts)
-    assert [e["event"] for e in events].count("end") == len(starts)   # the killed attempt never started
+    # the attempt killed as it started never started; the moved one ended without a word
+    assert [e["event"] for e in events].count("end") == len(starts) - 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.device_count() >= 2, reason="this machine has the GPUs")

@@ -83,13 +83,25 @@ def _identity(root: Path) -> Optional[tuple]:
     return st.st_dev, st.st_ino
 
 
-def _stop_when_gone(worker: int, stop_file: Path) -> None:
+def _stop_when_gone(worker: int, project: Project, run_id: str) -> None:
     """Have this rank stop, as a cancel would, once the worker that started it is gone (killed, or ended in the
     Task Manager): nobody would publish what the ranks train, and a resume would start a second set of ranks
-    beside them, writing the same checkpoints. All ranks agree on the stop file, so all stop."""
+    beside them, writing the same checkpoints. All ranks agree on the stop file, so all stop. A project folder
+    moved under the ranks ends them at once, as it ends their worker (`Heartbeat.stop_if_moved`): their stop,
+    checkpoint and model would otherwise recreate the old place, after training unwatched to the end."""
+    root, identity, stop_file = project.root, _identity(project.root), project.run_folder(run_id) / "cancel"
+
+    def exit_moved() -> None:
+        print("the project folder was moved: stopping", file=sys.stderr, flush=True)
+        os._exit(3)
+
     def watch() -> None:
         while process_alive(worker) is not False:
+            if _identity(root) != identity:
+                exit_moved()
             time.sleep(HEARTBEAT_S)
+        if _identity(root) != identity:
+            exit_moved()
         stop_file.write_text(str(time.time()))
     threading.Thread(target=watch, daemon=True).start()
 
@@ -103,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     project = Project.open(a.project)
     if a.rank:
-        _stop_when_gone(os.getppid(), project.run_folder(a.run_id) / "cancel")
+        _stop_when_gone(os.getppid(), project, a.run_id)
         train_run(project, a.run_id, a.resume, project.job(a.run_id))
         return 0
     cancelled = threading.Event()
@@ -125,6 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         heart.set_phase(Phase.DONE)
         return 0
     except ExtremeAugError as e:
+        heart.stop_if_moved(project)   # ranks that saw the move before this worker did have ended themselves
         project.end_run(a.run_id, RunStatus.FAILED, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -202,6 +215,7 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
                 rank.kill()
             rank.wait()
     return json.loads((folder / "train" / HISTORY).read_text())["metadata"]["status"]
+
 
 if __name__ == "__main__":
     sys.exit(main())
