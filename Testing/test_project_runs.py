@@ -288,6 +288,8 @@ def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_dead_pro
     ok("init", proj)
     ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
     one_line_error(run_cli("project", "train", proj, "--gpus", "0"), "--gpus must be at least 1")
+    one_line_error(run_cli("project", "train", proj, "--gpus", "2", "--batch-size", "1"),   # before a worker starts
+                   "--batch-size 1 is the batch over all 2 processes")
     ok("train", proj, "--gpus", "2", "--device", "cpu", "--augment", "1", "--epochs", "300", "--width", "4",
        "--batch-size", "32", env=windows_torch)
     wait_for(lambda: training_step(proj) > 0, "the ranks to train")
@@ -320,14 +322,37 @@ def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_dead_pro
     run = status(moved)["run"]
     assert run["status"] == "failed" and "moved" in run["message"], run
 
-    r = run_cli("project", "train", moved, "--resume", "--time-budget", "0.2", "--wait", env=windows_torch)
+    one_line_error(run_cli("project", "train", moved, "--resume", "--width", "8", "--gpus", "2"),
+                   "--width, --gpus cannot be given with it (only --batch-size, --device and --time-budget can)")
+    # a smaller batch is how a run goes on after out of memory (which the ranks do not retry on their own)
+    r = run_cli("project", "train", moved, "--resume", "--time-budget", "0.2", "--batch-size", "16", "--wait",
+                env=windows_torch)
     final = status(moved)["run"]
     assert r.returncode == 0 and final["status"] == "finished" and status(moved)["versions"] == 1, r.stderr
     events = list(tail_events(moved / "runs" / final["id"] / "progress.jsonl"))
     starts = [e for e in events if e["event"] == "start"]
     assert starts[-1]["resumed_at_step"] > 0 and all(e["processes"] == 2 for e in starts)
+    assert [e["batch_size"] for e in starts] == [32] * (len(starts) - 1) + [16]
     # the attempt killed as it started never started; the moved one ended without a word
     assert [e["event"] for e in events].count("end") == len(starts) - 1
+
+
+def test_a_failing_rank_gives_the_run_its_own_one_line_error(tmp_path, phantoms):
+    """What a rank ends with (out of memory and its advice, a scan damaged since it was added) is the run's message,
+    as it is for a run on one process, not the ranks' exit codes and a log to read."""
+    proj = tmp_path / "proj"
+    ok("init", proj)
+    ok("add", proj, phantoms[0][0], "--label", phantoms[0][1], "--id", "p0")
+    scan = next((proj / "cases" / "p0").glob("scan-*"))
+    with open(scan, "r+b") as f:
+        f.truncate(scan.stat().st_size // 2)
+    r = run_cli("project", "train", proj, "--gpus", "2", "--device", "cpu", "--augment", "1", "--epochs", "1",
+                "--width", "4", "--wait")
+    run = status(proj)["run"]
+    assert r.returncode != 0 and run["status"] == "failed", r.stderr
+    said = f": {scan}: not an image SimpleITK can read (NIfTI, NRRD, MHA, DICOM)"
+    assert run["message"] in (f"process 0 of 2{said}", f"process 1 of 2{said}"), run   # both fail; the first seen
+    assert "Traceback" not in (proj / "runs" / run["id"] / "worker.log").read_text()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.device_count() >= 2, reason="this machine has the GPUs")

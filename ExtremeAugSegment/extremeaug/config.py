@@ -228,13 +228,20 @@ class RunOptions:
             raise ExtremeAugError("--checkpoint-minutes must be positive")
 
 
+def check_global_batch(batch_size: Optional[int], processes: int) -> None:
+    """--batch-size is the batch over all processes (torchrun's, or `project train --gpus`'s): each needs a patch."""
+    if batch_size is not None and batch_size < processes:
+        raise ExtremeAugError(f"--batch-size {batch_size} is the batch over all {processes} processes: give at least "
+                              "one patch to each")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Iterable[str], **defaults) -> None:
     """Flags for the named fields of TrainConfig or RunOptions, with the fields' defaults (or those given,
     for a command whose own default differs on purpose, such as the demo's short time budget)."""
     by_name = {f.name: f for f in fields(cls)}
     for name in names:
         f = by_name[name]
-        kind, flag = f.metadata["type"], f.metadata["flag"] or "--" + name.replace("_", "-")
+        kind, flag = f.metadata["type"], flag_of(cls, name)
         default = defaults.get(name, f.default if f.default is not MISSING else None)
         if kind is bool:   # a flag that turns the default off
             parser.add_argument(flag, dest=name, action="store_false" if default else "store_true",
@@ -245,6 +252,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, names: Iterable[st
         else:
             parser.add_argument(flag, dest=name, type=kind, default=default, metavar=f.metadata["metavar"],
                                 help=f.metadata["help"] + ("" if default is None else " (default: %(default)s)"))
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The command-line flag of a TrainConfig or RunOptions field."""
+    return next(f.metadata["flag"] for f in fields(cls) if f.name == name) or "--" + name.replace("_", "-")
 
 
 def from_arguments(cls: type, args: argparse.Namespace, names: Sequence[str], **extra):

@@ -16,7 +16,7 @@ from . import __version__, distributed
 from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
                       step_generator)
 from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
-from .config import AugmentMode, Device, RunOptions, TrainConfig
+from .config import AugmentMode, Device, RunOptions, TrainConfig, check_global_batch
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
@@ -75,9 +75,7 @@ class Trainer:
             cfg.width = DEFAULT_WIDTH[self.device.type]
         if cfg.batch_size is None:
             cfg.batch_size = DEFAULT_BATCH[self.device.type]
-        if cfg.batch_size < self.world.size:
-            raise ExtremeAugError(f"--batch-size {cfg.batch_size} is the batch over all {self.world.size} "
-                                  "processes: give at least one patch to each")
+        check_global_batch(cfg.batch_size, self.world.size)
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
@@ -241,7 +239,7 @@ class Trainer:
                                     self.opts.show_progress and main, initial=self.step, budget_s=budget_s)
         reporter.event("start", device=str(self.device), width=self.cfg.width, augment=self.cfg.augment,
                        epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
-                       resumed_at_step=self.step, processes=self.world.size)
+                       resumed_at_step=self.step, processes=self.world.size, batch_size=self.cfg.batch_size)
         t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
         last_curve = 0.0
         stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None

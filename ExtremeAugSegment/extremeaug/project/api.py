@@ -184,11 +184,12 @@ class Project:
         project_plane = Plane.parse(self._store.setting("plane"))
         return runs.start(self._store, replace(spec, train=replace(spec.train, plane=project_plane)))
 
-    def resume(self, device: Optional[Device] = None, time_budget_min: Optional[float] = None) -> str:
-        """Continue the last cancelled, failed or dead run from its checkpoint (a new device or budget
+    def resume(self, device: Optional[Device] = None, time_budget_min: Optional[float] = None,
+               batch_size: Optional[int] = None) -> str:
+        """Continue the last cancelled, failed or dead run from its checkpoint (a new device, budget or batch size
         may be given; everything else is the run's own)."""
         return runs.start(self._store, None, resume=True, device=None if device is None else Device.parse(device).value,
-                          time_budget_min=time_budget_min)
+                          time_budget_min=time_budget_min, batch_size=batch_size)
 
     def cancel(self, wait_s: float = 120.0) -> RunState:
         """Ask the running worker to stop (it checkpoints); waits up to `wait_s` for it."""

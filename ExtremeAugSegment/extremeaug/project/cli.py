@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..config import RunOptions, TrainConfig, add_arguments, from_arguments, int_list
+from ..config import RunOptions, TrainConfig, add_arguments, flag_of, from_arguments, int_list
 from ..structures import describe, parse_table
 from ..errors import ExtremeAugError
 from ..events import format_eta
@@ -74,10 +74,26 @@ def run_spec(a) -> RunSpec:
     return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, **{n: getattr(a, n) for n in RUN_FLAGS})
 
 
+RESUME_FLAGS = ("batch_size", "device", "time_budget_min")   # what --resume may change; the run keeps the rest
+
+
+def _refuse_unused_on_resume(a) -> None:
+    """A flag given with --resume that the run would not follow is refused, not ignored."""
+    asked, default = run_spec(a), RunSpec()
+    unused = [flag_of(TrainConfig, name) for name in TRAIN_FLAGS if name not in RESUME_FLAGS
+              and getattr(asked.train, name) != getattr(default.train, name)]
+    unused += [flag_of(RunOptions, name) for name in RUN_FLAGS if name not in RESUME_FLAGS
+               and getattr(asked, name) != getattr(default, name)] + ["--gpus"] * (asked.gpus != default.gpus)
+    if unused:
+        raise ExtremeAugError(f"--resume continues the run with its own settings: {', '.join(unused)} cannot be "
+                              "given with it (only --batch-size, --device and --time-budget can)")
+
+
 def cmd_train(a) -> int:
     with Project.open(a.dir) as project:
         if a.resume:
-            run_id = project.resume(None if a.device == Device.AUTO else a.device, a.time_budget_min)
+            _refuse_unused_on_resume(a)
+            run_id = project.resume(None if a.device == Device.AUTO else a.device, a.time_budget_min, a.batch_size)
         else:
             run_id = project.train(run_spec(a))
         print(f"training run {run_id} started in the background (log: {project.run_folder(run_id) / 'worker.log'})")
@@ -263,7 +279,8 @@ def add_parser(sub) -> None:
     c.add_argument("--gpus", type=int, default=RunSpec.gpus, metavar="N",
                    help="train on N GPUs of this machine, one process each (--batch-size is split between them)")
     c.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
-    c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run")
+    c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run (a new "
+                   "--batch-size, --device or --time-budget may be given)")
     c = cmd("status", cmd_status, "cases, versions and the current run (with a dead-worker check)")
     c.add_argument("--json", action="store_true")
     cmd("cancel", cmd_cancel, "stop the running training (it checkpoints; --resume continues)")

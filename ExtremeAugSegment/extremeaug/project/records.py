@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
-from ..config import RUN_DEFAULTS, Choice, Compile, Device, RunOptions, TrainConfig
+from ..config import RUN_DEFAULTS, Choice, Compile, Device, RunOptions, TrainConfig, check_global_batch
+from ..errors import ExtremeAugError
 from ..structures import Structure, default_structure
 from ..stats import Mean
 
@@ -203,6 +204,14 @@ class RunSpec:
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
                    d.get("gpus", 1), d.get("compile", RUN_DEFAULTS.compile))
+
+    def check(self) -> None:
+        """Refuse, before a worker starts, what the engine or its processes would refuse."""
+        self.train.check()
+        self.to_options().check()
+        if self.gpus < 1:
+            raise ExtremeAugError("--gpus must be at least 1")
+        check_global_batch(self.train.batch_size, self.gpus)
 
     def to_options(self, **engine) -> RunOptions:
         """The engine's options for this spec (`engine`: the worker's files and flags)."""

@@ -66,14 +66,12 @@ def reap(store: Store) -> None:
 
 
 def start(store: Store, spec: Optional[RunSpec], resume: bool = False, device: Optional[str] = None,
-          time_budget_min: Optional[float] = None) -> str:
+          time_budget_min: Optional[float] = None, batch_size: Optional[int] = None) -> str:
     """Register a run (refused while another one is alive) and start its worker process. A resume takes
-    the last run's own spec; only the device and the time budget may change."""
+    the last run's own spec; only the device, the time budget and the batch size (the way on after out of
+    memory: the engine continues the same epoch at the new size) may change."""
     if spec is not None:
-        spec.train.check()
-        spec.to_options().check()   # refused here, before a worker starts
-        if spec.gpus < 1:
-            raise ExtremeAugError("--gpus must be at least 1")
+        spec.check()   # refused here, before a worker starts
     reap(store)
     with store.write():
         active = store.active_run()
@@ -89,7 +87,9 @@ def start(store: Store, spec: Optional[RunSpec], resume: bool = False, device: O
             run_id, merged = run.id, dict(run.spec)
             changes = {"device": device, "time_budget_min": time_budget_min}
             merged.update({k: v for k, v in changes.items() if v is not None})
-            RunSpec.from_dict(merged).to_options().check()
+            if batch_size is not None:
+                merged["train"] = dict(merged["train"], batch_size=batch_size)
+            RunSpec.from_dict(merged).check()
             store.restart_run(run_id, merged)
         else:
             labels = store.human_labels(Split.TRAIN)

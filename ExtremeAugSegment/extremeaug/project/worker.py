@@ -116,7 +116,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     project = Project.open(a.project)
     if a.rank:
         _stop_when_gone(os.getppid(), project, a.run_id)
-        train_run(project, a.run_id, a.resume, project.job(a.run_id))
+        try:
+            train_run(project, a.run_id, a.resume, project.job(a.run_id))
+        except ExtremeAugError as e:   # out of memory with its advice, say: the worker makes it the run's message
+            write_bytes(str(e).encode(), _rank_error(project.run_folder(a.run_id), int(os.environ["RANK"])))
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     cancelled = threading.Event()
     # before the claim: `cancel` signals only a claimed ('running') run, so the handler is always in place
@@ -194,6 +199,8 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
     if spec.device != Device.CPU and torch.cuda.device_count() < spec.gpus:
         raise ExtremeAugError(f"--gpus {spec.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     command = ["extremeaug.project.worker", str(project.root), run_id, "--rank"] + (["--resume"] if resume else [])
+    for rank in range(spec.gpus):
+        _rank_error(folder, rank).unlink(missing_ok=True)   # an earlier attempt's
     port = free_port()
     ranks = [spawn(command, None, environment=rank_environment(rank, spec.gpus, port, os.environ))
              for rank in range(spec.gpus)]
@@ -202,7 +209,9 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
             codes = [rank.poll() for rank in ranks]
             failed = [f"process {i} exited with code {code}" for i, code in enumerate(codes) if code not in (None, 0)]
             if failed:
-                raise ExtremeAugError(f"training on {spec.gpus} processes failed ({', '.join(failed)}); "
+                said = [(i, _rank_error(folder, i)) for i in range(spec.gpus) if _rank_error(folder, i).exists()]
+                raise ExtremeAugError(f"process {said[0][0]} of {spec.gpus}: {said[0][1].read_text()}" if said else
+                                      f"training on {spec.gpus} processes failed ({', '.join(failed)}); "
                                       f"see {folder / 'worker.log'}")
             if all(code == 0 for code in codes):
                 break
@@ -215,6 +224,11 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
                 rank.kill()
             rank.wait()
     return json.loads((folder / "train" / HISTORY).read_text())["metadata"]["status"]
+
+
+def _rank_error(folder: Path, rank: int) -> Path:
+    """Where a rank leaves the one-line error it ended with (its log is the worker's, shared by every rank)."""
+    return folder / f"rank{rank}.error"
 
 
 if __name__ == "__main__":
