@@ -322,11 +322,12 @@ def test_a_run_on_two_processes_meets_without_libuv_and_survives_cancel_dead_pro
     run = status(moved)["run"]
     assert run["status"] == "failed" and "moved" in run["message"], run
 
-    one_line_error(run_cli("project", "train", moved, "--resume", "--width", "8", "--gpus", "2"),
-                   "--width, --gpus cannot be given with it (only --batch-size, --device and --time-budget can)")
-    # a smaller batch is how a run goes on after out of memory (which the ranks do not retry on their own)
-    r = run_cli("project", "train", moved, "--resume", "--time-budget", "0.2", "--batch-size", "16", "--wait",
-                env=windows_torch)
+    one_line_error(run_cli("project", "train", moved, "--resume", "--width", "8", "--gpus", "2"),   # not ignored
+                   "own settings: --width 8 (the run's: 4) cannot change (only --batch-size, --device and")
+    # a smaller batch is how a run goes on after out of memory (which the ranks do not retry on their own); the
+    # run's own command again is no change
+    r = run_cli("project", "train", moved, "--resume", "--time-budget", "0.2", "--batch-size", "16", "--gpus", "2",
+                "--width", "4", "--wait", env=windows_torch)
     final = status(moved)["run"]
     assert r.returncode == 0 and final["status"] == "finished" and status(moved)["versions"] == 1, r.stderr
     events = list(tail_events(moved / "runs" / final["id"] / "progress.jsonl"))

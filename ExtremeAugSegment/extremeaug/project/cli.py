@@ -74,25 +74,33 @@ def run_spec(a) -> RunSpec:
     return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, **{n: getattr(a, n) for n in RUN_FLAGS})
 
 
-RESUME_FLAGS = ("batch_size", "device", "time_budget_min")   # what --resume may change; the run keeps the rest
+RESUME_FLAGS = ("--batch-size", "--device", "--time-budget")   # what --resume may change; the run keeps the rest
 
 
-def _refuse_unused_on_resume(a) -> None:
-    """A flag given with --resume that the run would not follow is refused, not ignored."""
-    asked, default = run_spec(a), RunSpec()
-    unused = [flag_of(TrainConfig, name) for name in TRAIN_FLAGS if name not in RESUME_FLAGS
-              and getattr(asked.train, name) != getattr(default.train, name)]
-    unused += [flag_of(RunOptions, name) for name in RUN_FLAGS if name not in RESUME_FLAGS
-               and getattr(asked, name) != getattr(default, name)] + ["--gpus"] * (asked.gpus != default.gpus)
-    if unused:
-        raise ExtremeAugError(f"--resume continues the run with its own settings: {', '.join(unused)} cannot be "
-                              "given with it (only --batch-size, --device and --time-budget can)")
+def _refuse_changes_on_resume(project: Project, a) -> None:
+    """A flag given with --resume that differs from the run's own setting is refused, not ignored (the run's own
+    command again, with --resume, is fine)."""
+    last = project.run()
+    if last is None:
+        return   # resume says there is nothing to resume
+    asked, default, own = run_spec(a), RunSpec(), project.job(last.id)[0]
+    settings = [(flag_of(TrainConfig, n), lambda s, n=n: getattr(s.train, n)) for n in TRAIN_FLAGS] + [
+        (flag_of(RunOptions, n), lambda s, n=n: getattr(s, n)) for n in RUN_FLAGS] + [("--gpus", lambda s: s.gpus)]
+    changed = [f"{flag} {_shown(get(asked))} (the run's: {_shown(get(own))})" for flag, get in settings
+               if flag not in RESUME_FLAGS and get(default) != get(asked) != get(own)]
+    if changed:
+        raise ExtremeAugError(f"--resume continues run {last.id} with its own settings: {', '.join(changed)} cannot "
+                              "change (only --batch-size, --device and --time-budget can)")
+
+
+def _shown(value) -> str:
+    return "default" if value is None else str(getattr(value, "value", value))
 
 
 def cmd_train(a) -> int:
     with Project.open(a.dir) as project:
         if a.resume:
-            _refuse_unused_on_resume(a)
+            _refuse_changes_on_resume(project, a)
             run_id = project.resume(None if a.device == Device.AUTO else a.device, a.time_budget_min, a.batch_size)
         else:
             run_id = project.train(run_spec(a))
