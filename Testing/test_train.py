@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import raising
+from conftest import one_line_error, raising
 from extremeaug.checkpoint import load_weights
 from extremeaug.dataset import Case
 from extremeaug.metadata import METADATA_KEY
@@ -74,7 +74,7 @@ def test_time_budget_ends_gracefully(tmp_path, phantoms):
     assert (tmp_path / "m" / "model.onnx").is_file()
 
 
-def test_sigterm_stops_cleanly_keeps_model_and_resumes(tmp_path, phantoms):
+def test_sigterm_stops_cleanly_keeps_model_and_resumes_with_its_own_settings(tmp_path, phantoms):
     out, progress = tmp_path / "m", tmp_path / "p.jsonl"
     cmd = [sys.executable, "-m", "extremeaug", "train", "--image", str(phantoms[0][0]), "--label",
            str(phantoms[0][1]), "--out", str(out), "--width", "4", "--augment", "2", "--epochs", "1",
@@ -92,8 +92,12 @@ def test_sigterm_stops_cleanly_keeps_model_and_resumes(tmp_path, phantoms):
     end = events(progress)[-1]
     assert end["event"] == "end" and end["status"] == "stopped" and end["stop_reason"] == "SIGTERM"
     assert (out / "model.onnx").is_file()
-    resumed = subprocess.run(cmd[:4] + ["--out", str(out), "--resume", "--quiet", "--progress-file", str(progress)],
-                             capture_output=True, text=True, timeout=300)
+    before = (out / "checkpoint.pt").read_bytes()
+    one_line_error(subprocess.run(cmd + ["--resume", "--epochs", "3", "--width", "8"], capture_output=True, text=True,
+                                  timeout=300),   # not ignored: refused, naming both values
+                   "own settings: --epochs 3 (the run's: 1), --width 8 (the run's: 4) cannot change")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)   # its own command
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith("finished") and events(progress)[-1]["status"] == "finished"
 

@@ -259,6 +259,20 @@ def flag_of(cls: type, name: str) -> str:
     return next(f.metadata["flag"] for f in fields(cls) if f.name == name) or "--" + name.replace("_", "-")
 
 
+def changed_settings(cls: type, asked, own, names: Iterable[str]) -> List[str]:
+    """`--flag value (the run's: value)` for each named setting (fields of `cls`, TrainConfig or RunOptions) that
+    `asked` sets away from its default and from the run's `own`: what a resume, which continues a run with its own
+    settings, refuses rather than ignores (the run's own command again is no change)."""
+    default, changed = cls(), []
+    for name in names:
+        value, theirs = getattr(asked, name), getattr(own, name)
+        if getattr(default, name) != value != theirs:
+            shown = [str(getattr(v, "value", "default" if v is None else v)) for v in (value, theirs)]
+            changed.append(f"{flag_of(cls, name)} (the run's: without it)" if isinstance(value, bool) else
+                           f"{flag_of(cls, name)} {shown[0]} (the run's: {shown[1]})")
+    return changed
+
+
 def from_arguments(cls: type, args: argparse.Namespace, names: Sequence[str], **extra):
     """The dataclass built from the parsed flags `add_arguments` made (plus `extra` fields)."""
     return cls(**{n: getattr(args, n) for n in names}, **extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..config import RunOptions, TrainConfig, add_arguments, flag_of, from_arguments, int_list
+from ..config import RunOptions, TrainConfig, add_arguments, changed_settings, from_arguments, int_list
 from ..structures import describe, parse_table
 from ..errors import ExtremeAugError
 from ..events import format_eta
@@ -74,7 +74,7 @@ def run_spec(a) -> RunSpec:
     return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, **{n: getattr(a, n) for n in RUN_FLAGS})
 
 
-RESUME_FLAGS = ("--batch-size", "--device", "--time-budget")   # what --resume may change; the run keeps the rest
+RESUME_FLAGS = ("batch_size", "device", "time_budget_min")   # what --resume may change; the run keeps the rest
 
 
 def _refuse_changes_on_resume(project: Project, a) -> None:
@@ -83,18 +83,14 @@ def _refuse_changes_on_resume(project: Project, a) -> None:
     last = project.run()
     if last is None:
         return   # resume says there is nothing to resume
-    asked, default, own = run_spec(a), RunSpec(), project.job(last.id)[0]
-    settings = [(flag_of(TrainConfig, n), lambda s, n=n: getattr(s.train, n)) for n in TRAIN_FLAGS] + [
-        (flag_of(RunOptions, n), lambda s, n=n: getattr(s, n)) for n in RUN_FLAGS] + [("--gpus", lambda s: s.gpus)]
-    changed = [f"{flag} {_shown(get(asked))} (the run's: {_shown(get(own))})" for flag, get in settings
-               if flag not in RESUME_FLAGS and get(default) != get(asked) != get(own)]
+    asked, own = run_spec(a), project.job(last.id)[0]
+    changed = changed_settings(TrainConfig, asked.train, own.train, [n for n in TRAIN_FLAGS if n not in RESUME_FLAGS])
+    changed += changed_settings(RunOptions, asked, own, [n for n in RUN_FLAGS if n not in RESUME_FLAGS])
+    if RunSpec.gpus != asked.gpus != own.gpus:
+        changed.append(f"--gpus {asked.gpus} (the run's: {own.gpus})")
     if changed:
         raise ExtremeAugError(f"--resume continues run {last.id} with its own settings: {', '.join(changed)} cannot "
                               "change (only --batch-size, --device and --time-budget can)")
-
-
-def _shown(value) -> str:
-    return "default" if value is None else str(getattr(value, "value", value))
 
 
 def cmd_train(a) -> int:
