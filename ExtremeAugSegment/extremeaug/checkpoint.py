@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .config import TrainConfig, changed_settings
 from .dataset import Case
 from .errors import ExtremeAugError
 from .io import write_bytes
@@ -30,15 +31,22 @@ def load(path: Path) -> dict:
         raise ExtremeAugError(f"{path}: not a readable extremeaug checkpoint ({type(e).__name__})") from None
 
 
-def resume_state(out: Path, resume: bool, have_cases: bool) -> Optional[dict]:
-    """The checkpoint in `out` to continue from (its settings and cases win), or None for a fresh run."""
+def resume_state(out: Path, resume: bool, have_cases: bool, asked: TrainConfig) -> Optional[dict]:
+    """The checkpoint in `out` to continue from (its settings and cases win: a setting `asked` differently, other
+    than the batch size, is refused rather than ignored), or None for a fresh run."""
     ckpt = out / CHECKPOINT
     if out.exists() and not out.is_dir():
         raise ExtremeAugError(f"--out {out} is a file; name a folder for the model")
     if resume:
         if not ckpt.exists():
             raise ExtremeAugError(f"--resume: {ckpt} does not exist")
-        return load(ckpt)
+        state = load(ckpt)
+        changed = changed_settings(TrainConfig, asked, TrainConfig(**state["config"]),
+                                   [f.name for f in fields(TrainConfig) if f.name != "batch_size"])
+        if changed:
+            raise ExtremeAugError(f"--resume continues the run in {out} with its own settings: {', '.join(changed)} "
+                                  "cannot change (--batch-size and the run's options can)")
+        return state
     if out.exists() and any((out / f).exists() for f in (CHECKPOINT, WEIGHTS, ONNX_FILE)):
         raise ExtremeAugError(f"{out} already holds a model; pass --resume or choose another --out")
     if not have_cases:

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,7 +16,7 @@ from . import __version__, distributed
 from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
                       step_generator)
 from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
-from .config import AugmentMode, Device, RunOptions, TrainConfig, changed_settings, check_global_batch
+from .config import AugmentMode, Device, RunOptions, TrainConfig, check_global_batch
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .errors import ExtremeAugError
 from .export import export_onnx
@@ -62,14 +62,9 @@ class Trainer:
         opts.check()
         self.out, self.opts = Path(out_dir), opts
         self.world, self.device = distributed.join(select_device(opts.device))
-        state = resume_state(self.out, opts.resume, bool(train_cases))
+        state = resume_state(self.out, opts.resume, bool(train_cases), cfg)
         asked_batch = cfg.batch_size
         if state:
-            changed = changed_settings(TrainConfig, cfg, TrainConfig(**state["config"]),
-                                       [f.name for f in fields(TrainConfig) if f.name != "batch_size"])
-            if changed:
-                raise ExtremeAugError(f"--resume continues the run in {self.out} with its own settings: "
-                                      f"{', '.join(changed)} cannot change (--batch-size and the run's options can)")
             cfg = TrainConfig(**state["config"])
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
             train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
