@@ -91,17 +91,14 @@ def _stop_when_gone(worker: int, project: Project, run_id: str) -> None:
     checkpoint and model would otherwise recreate the old place, after training unwatched to the end."""
     root, identity, stop_file = project.root, _identity(project.root), project.run_folder(run_id) / "cancel"
 
-    def exit_moved() -> None:
-        print("the project folder was moved: stopping", file=sys.stderr, flush=True)
-        os._exit(3)
-
     def watch() -> None:
-        while process_alive(worker) is not False:
+        while True:   # the move first: a moved project's worker is gone too
             if _identity(root) != identity:
-                exit_moved()
+                print("the project folder was moved: stopping", file=sys.stderr, flush=True)
+                os._exit(3)
+            if process_alive(worker) is False:
+                break
             time.sleep(HEARTBEAT_S)
-        if _identity(root) != identity:
-            exit_moved()
         stop_file.write_text(str(time.time()))
     threading.Thread(target=watch, daemon=True).start()
 
@@ -209,8 +206,9 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
             codes = [rank.poll() for rank in ranks]
             failed = [f"process {i} exited with code {code}" for i, code in enumerate(codes) if code not in (None, 0)]
             if failed:
-                said = [(i, _rank_error(folder, i)) for i in range(spec.gpus) if _rank_error(folder, i).exists()]
-                raise ExtremeAugError(f"process {said[0][0]} of {spec.gpus}: {said[0][1].read_text()}" if said else
+                said = [(i, path.read_text(encoding="utf-8"))
+                        for i, path in enumerate(_rank_error(folder, r) for r in range(spec.gpus)) if path.exists()]
+                raise ExtremeAugError(f"process {said[0][0]} of {spec.gpus}: {said[0][1]}" if said else
                                       f"training on {spec.gpus} processes failed ({', '.join(failed)}); "
                                       f"see {folder / 'worker.log'}")
             if all(code == 0 for code in codes):
