@@ -110,3 +110,52 @@ def test_a_provider_that_did_not_start_is_said_in_one_line_never_silently():
     assert "\n" not in warning
     assert providers_for("cpu") == ["CPUExecutionProvider"]
     assert provider_warning(providers_for("cpu"), ["CPUExecutionProvider"]) is None
+
+
+def test_segment_at_a_smaller_slice_size_runs_the_model_on_slices_of_that_size(tmp_path, phantoms, random_model):
+    """--slice-size 224: the slices are resampled to 224 x 224, the model runs on them, and the probabilities come
+    back on the scan's own grid; computed here by hand from the same steps at 224, and unlike the 256 result."""
+    from dataclasses import replace
+
+    from extremeaug.preprocess import scan_to_slices, slices_to_scan
+
+    scan = sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32)
+    trained = Segmenter(random_model, "cpu")
+    smaller = Segmenter(random_model, "cpu", slice_size=224)
+    slices, grid = scan_to_slices(scan, replace(trained.prep, slice_size=224))
+    assert slices.shape[1:] == (224, 224)
+    net = trained.session.run(None, {"image": slices[:, None]})[0][:, 0]
+    by_hand = sitk.GetArrayFromImage(slices_to_scan(net, grid, trained.prep.axis, scan))
+    got = smaller.class_probabilities(scan)[0]
+    assert got.shape == by_hand.shape == sitk.GetArrayViewFromImage(scan).shape
+    assert np.allclose(got, by_hand, atol=1e-5)
+    assert not np.allclose(got, trained.class_probabilities(scan)[0], atol=1e-3)
+    info = segment_file(str(random_model), str(phantoms[1][0]), str(tmp_path / "mask.nii.gz"), device="cpu",
+                        slice_size=224)
+    assert info["slice_size"] == 224 and sitk.ReadImage(str(tmp_path / "mask.nii.gz")).GetSize() == scan.GetSize()
+
+
+def test_a_slice_size_the_model_was_not_trained_for_is_refused_naming_the_closest(tmp_path, phantoms, random_model):
+    """Sizes the network cannot take (not a multiple of 32) or whose scale training never showed it (outside the
+    augmentation's 0.8-1.2) are refused before anything is written; a model trained without augmentation keeps its
+    own size."""
+    from conftest import one_line_error, run_cli
+    from extremeaug.errors import ExtremeAugError
+    from extremeaug.export import with_metadata
+
+    out = tmp_path / "mask.nii.gz"
+    one_line_error(run_cli("segment", "--model", random_model, "--image", phantoms[1][0], "--out", out,
+                           "--slice-size", 200), "slice size 200", "224, 256, 288", "the closest is 224")
+    assert not out.exists()
+    with pytest.raises(ExtremeAugError, match="0.8-1.2x the 256 it was trained on.*the closest is 224"):
+        Segmenter(random_model, "cpu", slice_size=192)
+    with pytest.raises(ExtremeAugError, match="the closest is 288"):
+        Segmenter(random_model, "cpu", slice_size=320)
+    meta = dict(Segmenter(random_model, "cpu").metadata, augmentation=False)
+    plain = tmp_path / "no_augmentation.onnx"
+    plain.write_bytes(with_metadata(random_model.read_bytes(), meta))
+    with pytest.raises(ExtremeAugError, match="trained without augmentation, so it segments at its own 256 only"):
+        Segmenter(plain, "cpu", slice_size=224)
+    assert Segmenter(plain, "cpu", slice_size=256).prep.slice_size == 256
+    done = run_cli("segment", "--model", random_model, "--image", phantoms[1][0], "--out", out, "--slice-size", 224)
+    assert done.returncode == 0 and "on 224 x 224 slices" in done.stdout, done.stderr

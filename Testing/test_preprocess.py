@@ -90,3 +90,25 @@ def test_mask_slices_follow_the_image():
     m = mask_to_slices(mask, grid, prep.axis)
     assert m.shape == slices.shape and set(np.unique(m)) == {0.0, 1.0}
     assert slices[m > 0].mean() > 0.9 and slices[m == 0].mean() < 0.5
+
+
+@pytest.mark.parametrize("kind", ["normal", "four values", "a tiny spread (equal edges)", "long-tailed"])
+def test_histogram_bins_found_by_arithmetic_equal_a_binary_search(kind):
+    """`bin_index` must put every voxel in the bin np.searchsorted finds among the float32 edges, the edges
+    themselves and their float32 neighbours included, or the quantiles (and every normalised slice) would move."""
+    from extremeaug.histogram import bin_index
+
+    f32, rng = np.float32, np.random.default_rng(0)
+    values = {"normal": rng.normal(100, 30, 20000), "four values": rng.choice([0.0, 10.0, 20.0, 30.0], 20000),
+              "a tiny spread (equal edges)": rng.random(20000) * 1e-3 + 7, "long-tailed": rng.lognormal(3, 2, 20000)}
+    v = values[kind].astype(f32)
+    for levels in (2, 16, 1024, 4096):
+        threshold, vmax = f32(v.mean(dtype=np.float64)), f32(v.max())
+        interval = f32((vmax - threshold) / f32(levels))
+        mins = (threshold + np.arange(levels, dtype=f32) * interval).astype(f32)
+        mins[0] = v.min()
+        edges = mins[mins >= threshold]
+        counted = np.concatenate([v, edges, np.nextafter(edges, f32(np.inf)), np.nextafter(edges, f32(-np.inf))])
+        counted = counted[(counted >= threshold) & (counted <= vmax)].astype(f32)
+        assert np.array_equal(bin_index(counted, mins, threshold, interval),
+                              np.searchsorted(mins[1:], counted, side="right"))

@@ -23,15 +23,17 @@ from extremeaug.experiment import discover
 from extremeaug.infer import Segmenter
 from extremeaug.io import read_binary, read_scan
 
-# name: (test-time augmentation, decision settings); the model runs once per TTA mode, the rest is decided from
-# the same probabilities. relative: keep components >= this share of the largest; threshold: instead of 0.5.
+# name: (test-time augmentation, decision settings[, slice size]); the model runs once per TTA mode and slice size,
+# the rest is decided from the same probabilities. relative: keep components >= this share of the largest;
+# threshold: instead of 0.5; size-N: slices resampled to N x N instead of the trained 256 (`segment --slice-size`).
 # The threshold-* settings also give an upper bound: the best threshold per model, picked on its held-out scans.
 SETTINGS = {"plain": (False, {}), "relative-0.2": (False, {"min_relative": 0.2}),
             "threshold-0.4": (False, {"threshold": 0.4}), "threshold-0.3": (False, {"threshold": 0.3}),
             "tta": (True, {}), "tta+relative-0.2": (True, {"min_relative": 0.2}),
             "tta+threshold-0.4": (True, {"threshold": 0.4}),
             "threshold-0.6": (False, {"threshold": 0.6}), "threshold-0.7": (False, {"threshold": 0.7}),
-            "tta+threshold-0.3": (True, {"threshold": 0.3}), "tta+threshold-0.6": (True, {"threshold": 0.6})}
+            "tta+threshold-0.3": (True, {"threshold": 0.3}), "tta+threshold-0.6": (True, {"threshold": 0.6}),
+            "size-224": (False, {}, 224), "size-288": (False, {}, 288), "tta+size-224": (True, {}, 224)}
 ORACLE = {"plain": ("plain", "threshold-0.3", "threshold-0.4", "threshold-0.6", "threshold-0.7"),
           "tta": ("tta", "tta+threshold-0.3", "tta+threshold-0.4", "tta+threshold-0.6")}
 METRICS = ("dice", "dice_labeled_extent", "hd95_mm", "assd_mm", "prediction_voxels", "reference_voxels", "found",
@@ -40,24 +42,32 @@ METRICS = ("dice", "dice_labeled_extent", "hd95_mm", "assd_mm", "prediction_voxe
 
 def score_model(model: Path, train_ids: list, scans: dict, settings) -> dict:
     """{setting: rows} for one model on every scan it was not trained on."""
-    segmenter = Segmenter(model, "cpu")
+    segmenters: dict = {}
     rows = {name: [] for name in settings}
+    runs = sorted({_run_of(name) for name in settings}, key=lambda run: (run[0], run[1] or 0))
     for test_id, scan_info in scans.items():
         if test_id in train_ids:
             continue
         scan, ref = read_scan(scan_info.image), read_binary(scan_info.label)
-        for tta in sorted({SETTINGS[name][0] for name in settings}):
+        for tta, size in runs:
+            if size not in segmenters:
+                segmenters[size] = Segmenter(model, "cpu", slice_size=size)
             t0 = time.perf_counter()
-            probs = segmenter.class_probabilities(scan, tta)
+            probs = segmenters[size].class_probabilities(scan, tta)
             model_seconds = time.perf_counter() - t0
-            for name in (n for n in settings if SETTINGS[n][0] == tta):
+            for name in (n for n in settings if _run_of(n) == (tta, size)):
                 t1 = time.perf_counter()
-                mask, _, unsure = segmenter.decide(probs, scan, **SETTINGS[name][1])
+                mask, _, unsure = segmenters[size].decide(probs, scan, **SETTINGS[name][1])
                 m = evaluate(mask, ref)
                 rows[name].append({"train": "+".join(train_ids), "test": test_id, "setting": name,
                                    "seconds": round(model_seconds + time.perf_counter() - t1, 2),
                                    **{k: m[k] for k in METRICS}, **uncertainty_scores(unsure, mask, ref)})
     return rows
+
+
+def _run_of(setting: str) -> tuple:
+    """(TTA, slice size or None for the trained one): what the model runs for a setting."""
+    return SETTINGS[setting][0], (SETTINGS[setting][2] if len(SETTINGS[setting]) > 2 else None)
 
 
 def collect(variant: Path, scans: dict, out: Path, settings) -> list:
@@ -150,7 +160,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--settings", default=",".join(SETTINGS),
+    ap.add_argument("--settings", default=",".join(n for n in SETTINGS if len(SETTINGS[n]) == 2),
                     help="segmentation settings, from: " + ", ".join(SETTINGS))
     ap.add_argument("variants", nargs="+", help="folders written by `extremeaug experiment --scans 1`")
     a = ap.parse_args()

@@ -35,3 +35,5 @@ $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-15min" --setti
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-two" --settings $SETTINGS "$OUT"/two-scans
 $PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-width4" --settings $SETTINGS "$OUT"/baseline \
   "$OUT"/baseline-seed1 "$OUT"/width4 "$OUT"/width4-seed1
+$PYTHON "$(dirname "$0")/loo.py" --data "$DATA" --out "$OUT/table-size" \
+  --settings plain,size-224,size-288,tta,tta+size-224 "$OUT"/baseline "$OUT"/baseline-seed1   # segment --slice-size

@@ -3,7 +3,7 @@ separately (any model of the width in question will do: its weights do not chang
 reports the floor under the model stage: the network's floating-point operations for the scan (torch's flop
 counter on the same architecture) over this machine's float32 matrix-multiply rate (numpy, 2048 x 2048).
 
-    python benchmarks/segment_profile.py --model MODEL.onnx --image SCAN [--repeats 3] [--out FILE.json]
+    python benchmarks/segment_profile.py --model MODEL.onnx --image SCAN [--repeats 3] [--slice-size N] [--out FILE]
 
 The whole command, imports and file writing included, is timed from the shell:
     /usr/bin/time -f "%e s" extremeaug segment --model MODEL.onnx --image SCAN --out mask.nii.gz
@@ -26,7 +26,7 @@ from extremeaug.preprocess import scan_to_slices, slices_to_scan  # noqa: E402
 IMPORTS_S = time.perf_counter() - t_start
 
 
-def stages(model: str, image: str, out: Path) -> tuple:
+def stages(model: str, image: str, out: Path, slice_size=None) -> tuple:
     """({stage: seconds}, the number of slices the model ran on)."""
     seconds, t = {}, time.perf_counter()
 
@@ -36,7 +36,7 @@ def stages(model: str, image: str, out: Path) -> tuple:
         seconds[name] = round(now - t, 3)
         t = now
 
-    segmenter = Segmenter(model, "cpu")
+    segmenter = Segmenter(model, "cpu", slice_size)
     lap("onnxruntime session")
     scan = read_scan(image)
     lap("read scan")
@@ -88,12 +88,14 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--slice-size", type=int, help="as `segment --slice-size` (default: the model's)")
     p.add_argument("--out")
     a = p.parse_args()
-    runs, counts = zip(*(stages(a.model, a.image, Path("segment_profile_mask.nii.gz")) for _ in range(a.repeats)))
+    runs, counts = zip(*(stages(a.model, a.image, Path("segment_profile_mask.nii.gz"), a.slice_size)
+                         for _ in range(a.repeats)))
     Path("segment_profile_mask.nii.gz").unlink()
     median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    gflop = model_gflop(Segmenter(a.model, "cpu"), counts[0])
+    gflop = model_gflop(Segmenter(a.model, "cpu", a.slice_size), counts[0])
     peak = matmul_gflops()
     text = json.dumps({"imports_s": round(IMPORTS_S, 3), "runs": runs, "median_s": median,
                        "model_gflop": round(gflop, 1), "model_gflops_reached": round(gflop / median["model"], 1),

@@ -13,6 +13,8 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
+from .config import SCALE_RANGE
+
 PATCH = 128
 STRIDE = 64
 POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (fresh) draws
@@ -21,7 +23,7 @@ POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (f
 @dataclass(frozen=True)
 class AugmentConfig:
     max_rotation_deg: float = 20.0
-    scale_range: Tuple[float, float] = (0.8, 1.2)
+    scale_range: Tuple[float, float] = SCALE_RANGE
     max_shift_px: float = 50.0
     enabled: bool = True
 

@@ -20,6 +20,7 @@ from .output import plain
 
 C = TypeVar("C", bound="Choice")
 MAX_CONTEXT = 5   # --context: neighbouring slices on each side
+SCALE_RANGE = (0.8, 1.2)   # the augmentation's random scale of a patch's content (the paper's)
 
 
 class Choice(str, Enum):

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DEPTH = 5
+from .preprocess import NETWORK_DEPTH as DEPTH
+
 MULTIPLE = 2 ** DEPTH
 
 
