@@ -52,7 +52,8 @@ def bin_index(values: np.ndarray, mins: np.ndarray, threshold: np.float32, inter
         up = (guess < last) & (values >= mins[np.minimum(guess + 1, last)])
         if not (down.any() or up.any()):
             return guess
-        guess += up.view(np.int8).astype(np.intp) - down
+        guess += up
+        guess -= down
 
 
 def _quantile(counts: np.ndarray, total: float, mins: np.ndarray, maxs: np.ndarray, p: float) -> float:
