@@ -23,16 +23,18 @@ from extremeaug.experiment import discover
 from extremeaug.infer import Segmenter
 from extremeaug.io import read_binary, read_scan
 
-# name: (test-time augmentation, decision settings[, slice size]); the model runs once per TTA mode and slice size,
-# the rest is decided from the same probabilities. relative: keep components >= this share of the largest;
-# threshold: instead of 0.5; size-N: slices resampled to N x N instead of the trained 256 (`segment --slice-size`).
-# The threshold-* settings also give an upper bound: the best threshold per model, picked on its held-out scans.
-SETTINGS = {"plain": (False, {}), "relative-0.2": (False, {"min_relative": 0.2}),
-            "threshold-0.4": (False, {"threshold": 0.4}), "threshold-0.3": (False, {"threshold": 0.3}),
-            "tta": (True, {}), "tta+relative-0.2": (True, {"min_relative": 0.2}),
-            "tta+threshold-0.4": (True, {"threshold": 0.4}),
-            "threshold-0.6": (False, {"threshold": 0.6}), "threshold-0.7": (False, {"threshold": 0.7}),
-            "tta+threshold-0.3": (True, {"threshold": 0.3}), "tta+threshold-0.6": (True, {"threshold": 0.6}),
+# name: (test-time augmentation, decision settings, slice size or None for the trained one); the model runs once
+# per TTA mode and slice size, the rest is decided from the same probabilities. relative: keep components >= this
+# share of the largest; threshold: instead of 0.5; size-N: slices resampled to N x N instead of the trained 256
+# (`segment --slice-size`). The threshold-* settings also give an upper bound: the best threshold per model,
+# picked on its held-out scans.
+SETTINGS = {"plain": (False, {}, None), "relative-0.2": (False, {"min_relative": 0.2}, None),
+            "threshold-0.4": (False, {"threshold": 0.4}, None), "threshold-0.3": (False, {"threshold": 0.3}, None),
+            "tta": (True, {}, None), "tta+relative-0.2": (True, {"min_relative": 0.2}, None),
+            "tta+threshold-0.4": (True, {"threshold": 0.4}, None),
+            "threshold-0.6": (False, {"threshold": 0.6}, None), "threshold-0.7": (False, {"threshold": 0.7}, None),
+            "tta+threshold-0.3": (True, {"threshold": 0.3}, None),
+            "tta+threshold-0.6": (True, {"threshold": 0.6}, None),
             "size-224": (False, {}, 224), "size-288": (False, {}, 288), "tta+size-224": (True, {}, 224)}
 ORACLE = {"plain": ("plain", "threshold-0.3", "threshold-0.4", "threshold-0.6", "threshold-0.7"),
           "tta": ("tta", "tta+threshold-0.3", "tta+threshold-0.4", "tta+threshold-0.6")}
@@ -67,7 +69,7 @@ def score_model(model: Path, train_ids: list, scans: dict, settings) -> dict:
 
 def _run_of(setting: str) -> tuple:
     """(TTA, slice size or None for the trained one): what the model runs for a setting."""
-    return SETTINGS[setting][0], (SETTINGS[setting][2] if len(SETTINGS[setting]) > 2 else None)
+    return SETTINGS[setting][0], SETTINGS[setting][2]
 
 
 def collect(variant: Path, scans: dict, out: Path, settings) -> list:
@@ -160,7 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--settings", default=",".join(n for n in SETTINGS if len(SETTINGS[n]) == 2),
+    ap.add_argument("--settings", default=",".join(n for n in SETTINGS if SETTINGS[n][2] is None),
                     help="segmentation settings, from: " + ", ".join(SETTINGS))
     ap.add_argument("variants", nargs="+", help="folders written by `extremeaug experiment --scans 1`")
     a = ap.parse_args()
