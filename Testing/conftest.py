@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.export import export_onnx
-from extremeaug.model import ResUNet
-from extremeaug.phantom import write_phantoms
-from extremeaug.preprocess import Preprocessing, make_template
+from extremeaug.data.phantom import write_phantoms
+from extremeaug.data.preprocess import Preprocessing, make_template
+from extremeaug.networks.export import export_onnx
+from extremeaug.networks.model import ResUNet
 
 # the real MRI set lives beside the repository (never inside it); EXTREMEAUG_IVD_DATA points elsewhere
 REAL_DATA = Path(os.environ.get("EXTREMEAUG_IVD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.augment import (AugmentConfig, IntensityConfig, augmented_batch, intensity_jitter, patch_corners,
-                                patch_table, sample_params, step_generator)
+from extremeaug.training.augment import (AugmentConfig, IntensityConfig, augmented_batch, intensity_jitter,
+                                         patch_corners, patch_table, sample_params, step_generator)
 
 CPU = torch.device("cpu")
 
@@ -126,7 +126,7 @@ def test_matches_simpleitk_resampling(seed):
 
 PEAK_SCRIPT = """
 import resource, sys, torch
-from extremeaug.augment import AugmentConfig, EpochOrder, augmented_batch, patch_table, sample_params, step_generator
+from extremeaug.training.augment import AugmentConfig, EpochOrder, augmented_batch, patch_table, sample_params, step_generator
 torch.set_num_threads(1)
 n, size, augment = 4, 256, int(sys.argv[1])
 images, masks = torch.rand(n, size, size), (torch.rand(n, size, size) > 0.9).float()
@@ -157,7 +157,7 @@ def test_memory_flat_in_augmentation_level():
 
 
 def test_epoch_order_covers_every_patch_n_times():
-    from extremeaug.augment import EpochOrder
+    from extremeaug.training.augment import EpochOrder
 
     order = EpochOrder(37, 7, 16, 0, CPU)
     seen = torch.cat([order.batch(2, k) for k in range(order.steps)])
@@ -169,7 +169,7 @@ def test_epoch_order_covers_every_patch_n_times():
 
 def _transforms_seen(order, pool, epoch):
     """{(patch, copy): angle} over one epoch; pool=None draws fresh per-step parameters."""
-    from extremeaug.augment import AugmentConfig, sample_params, step_generator
+    from extremeaug.training.augment import AugmentConfig, sample_params, step_generator
 
     seen = {}
     for k in range(order.steps):
@@ -184,7 +184,7 @@ def _transforms_seen(order, pool, epoch):
 
 
 def test_pool_mode_reuses_n_fixed_transforms_per_patch():
-    from extremeaug.augment import AugmentConfig, EpochOrder, PoolParams
+    from extremeaug.training.augment import AugmentConfig, EpochOrder, PoolParams
 
     order, pool = EpochOrder(23, 4, 8, 0, CPU), PoolParams(23, AugmentConfig(), 0, CPU)
     first, second = _transforms_seen(order, pool, 0), _transforms_seen(order, pool, 1)

@@ -133,7 +133,7 @@ def test_segment_leaves_the_project_package_unloaded_and_help_still_lists_the_pr
     """`segment` is the command a clinician waits for: the project's commands are built only when one of them (or
     the whole help) is asked for, since importing the project package costs 0.06-0.09 s of a 2-second command."""
     args = ["segment", "--model", str(random_model), "--image", str(phantoms[1][0]), "--out", str(tmp_path / "m.nrrd")]
-    code = (f"import sys; from extremeaug.cli import main; assert main({args!r}) == 0; "
+    code = (f"import sys; from extremeaug.cli.main import main; assert main({args!r}) == 0; "
             "assert 'extremeaug.project' not in sys.modules, 'the project package was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -142,3 +142,22 @@ def test_segment_leaves_the_project_package_unloaded_and_help_still_lists_the_pr
     assert listed.returncode == 0 and "project" in listed.stdout
     project = run_cli("project", "--help")
     assert project.returncode == 0 and "init" in project.stdout
+
+
+def test_every_command_says_in_its_help_what_it_is_for():
+    import argparse
+
+    from extremeaug.cli.main import parser
+
+    def commands(p, prefix=""):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield prefix + name, sub
+                    yield from commands(sub, prefix + name + " ")
+
+    found = dict(commands(parser()))
+    assert {"train", "segment", "evaluate", "demo", "experiment", "project", "project accept"} <= set(found)
+    missing = [name for name, sub in found.items() if not sub.description or "\n" in sub.description.strip()]
+    assert not missing, f"commands whose --help does not open with one line saying what they are for: {missing}"
+    assert parser().description and "\n" not in parser().description

@@ -9,11 +9,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from extremeaug.dataset import Case
-from extremeaug.errors import ExtremeAugError
-from extremeaug.infer import Segmenter
-from extremeaug.io import read_scan
-from extremeaug.train import RunOptions, TrainConfig, Trainer, train
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import read_scan
+from extremeaug.inference.segmenter import Segmenter
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 TINY = dict(width=8, augment=2, batch_size=64, epochs=3)

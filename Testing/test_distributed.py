@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from extremeaug.distributed import World
+from extremeaug.training.distributed import World
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -20,8 +20,8 @@ TINY = ["--augment", "1", "--width", "4", "--batch-size", "32", "--device", "cpu
 
 STEPS = """
 import json, sys, torch
-from extremeaug.dataset import Case
-from extremeaug.train import RunOptions, TrainConfig, Trainer
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 image, label, out = sys.argv[1:4]
 t = Trainer(TrainConfig(augment=1, width=4, batch_size=32, lr=0.01), [Case(image, label)], [], out,
             RunOptions(device="cpu", show_progress=False))

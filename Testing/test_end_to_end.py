@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import REAL_DATA, one_line_error, run_cli
-from extremeaug.phantom import STRUCTURES, write_phantoms
+from extremeaug.data.phantom import STRUCTURES, write_phantoms
 
 
 @pytest.mark.slow

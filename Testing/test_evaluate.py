@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from extremeaug.evaluate import evaluate
+from extremeaug.evaluation.metrics import evaluate
 
 
 def cube(shape, lo, hi):

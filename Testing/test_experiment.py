@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, one_line_error, run_cli
-from extremeaug.errors import ExtremeAugError
-from extremeaug.experiment import SPIDER_DISC_LABELS, discover, grid, training_sets
-from extremeaug.io import read_binary
-from extremeaug.phantom import write_phantoms
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import read_binary
+from extremeaug.data.phantom import write_phantoms
+from extremeaug.experiments.grid import SPIDER_DISC_LABELS, discover, grid, training_sets
 
 
 def test_discover_spider_layout_takes_discs_only(tmp_path):
@@ -58,7 +58,7 @@ def test_match_steps_scales_epochs():
 
 
 def test_shards_split_the_grid_without_overlap():
-    from extremeaug.experiment import shard
+    from extremeaug.experiments.grid import shard
 
     cells = grid([(("a",), ("b",)), (("b",), ("a",))], [5, 20, 50], ["fresh", "pool"], 1, match_steps=False)
     parts = [shard(cells, f"{i}/3") for i in range(3)]
@@ -104,7 +104,7 @@ def test_experiment_bad_arguments(tmp_path, phantoms):
 
 
 def test_table_one_uses_the_last_full_epoch_or_the_end_of_a_budgeted_run():
-    from extremeaug.experiment_report import final_train_dice
+    from extremeaug.experiments.report import final_train_dice
 
     windows = [{"step": s, "train_dice": d} for s, d in ((10, 0.1), (50, 0.5), (85, 0.8), (100, 0.9))]
     full = {"curve": [{"epochs_done": 1.0, "train_dice": 0.4}, {"epochs_done": 2.0, "train_dice": 0.7}],

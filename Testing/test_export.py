@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from extremeaug.errors import ExtremeAugError
-from extremeaug.export import PARITY_TOLERANCE, export_onnx, onnx_bytes, parity, torchscript_exporter
-from extremeaug.metadata import METADATA_KEY
-from extremeaug.infer import Segmenter
-from extremeaug.model import ProbabilityModel, ResUNet
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.inference.segmenter import Segmenter
+from extremeaug.networks.export import PARITY_TOLERANCE, export_onnx, onnx_bytes, parity, torchscript_exporter
+from extremeaug.networks.metadata import METADATA_KEY
+from extremeaug.networks.model import ProbabilityModel, ResUNet
 
 
 def trained_ish(width=4) -> ResUNet:
@@ -65,7 +65,7 @@ def test_segmentation_needs_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, extremeaug.infer, extremeaug.evaluate; print('torch' in sys.modules)"
+    code = "import sys, extremeaug.inference.segmenter, extremeaug.evaluation.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -74,7 +74,8 @@ def test_a_2_5d_model_segments_the_same_through_onnx_as_in_torch(tmp_path, phant
     """Three input channels (a slice and its two neighbours): the ONNX file, its metadata and the Segmenter's
     stacking of neighbours give what torch gives on the same inputs."""
     import SimpleITK as sitk
-    from extremeaug.preprocess import Preprocessing, make_template, scan_to_slices, with_context
+
+    from extremeaug.data.preprocess import Preprocessing, make_template, scan_to_slices, with_context
 
     torch.manual_seed(2)
     net = ResUNet(4, in_channels=3).eval()

@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import one_line_error, run_cli, write_dicom_series
-from extremeaug import guard
-from extremeaug.errors import ExtremeAugError
-from extremeaug.io import check_outputs, read_scan
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data import guard
+from extremeaug.data.io import check_outputs, read_scan
 from extremeaug.project import Project
 
 
@@ -230,8 +230,8 @@ def test_a_full_disk_during_add_is_one_line_and_leaves_no_case_behind(tmp_path, 
 def test_a_model_with_damaged_metadata_is_refused_in_one_line(tmp_path, random_model, change, needle):
     import onnx
 
-    from extremeaug.export import METADATA_KEY, with_metadata
-    from extremeaug.infer import Segmenter
+    from extremeaug.inference.segmenter import Segmenter
+    from extremeaug.networks.export import METADATA_KEY, with_metadata
     proto = onnx.load(str(random_model))
     metadata = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
     change(metadata)

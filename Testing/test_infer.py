@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, oblique_direction
-from extremeaug.infer import Segmenter, clean_structures, segment_file
-from extremeaug.structures import default_structure
-from extremeaug.io import write_image
+from extremeaug.common.structures import default_structure
+from extremeaug.data.io import write_image
+from extremeaug.inference.segmenter import Segmenter, clean_structures, segment_file
 
 
 def scan_like(phantom_path, spacing, direction, origin=(12.5, -40.0, 7.25)):
@@ -50,7 +50,7 @@ def physical_points(image: sitk.Image) -> np.ndarray:
 def test_slice_values_land_on_the_voxels_they_came_from(phantoms, random_model, plane):
     """A linear function of world position, written on the slice grid and put back on an oblique,
     anisotropic scan grid, must equal the function at the scan's voxels (linear interpolation is exact)."""
-    from extremeaug.preprocess import Preprocessing, scan_to_slices, slices_to_scan
+    from extremeaug.data.preprocess import Preprocessing, scan_to_slices, slices_to_scan
 
     scan = scan_like(phantoms[1][0], (0.9, 1.3, 4.0), oblique_direction(25, 10))
     prep = Preprocessing(plane, template=Segmenter(random_model, "cpu").prep.template)
@@ -84,8 +84,8 @@ def test_runtime_failure_is_a_clear_error(tmp_path, phantoms, random_model):
     import onnxruntime as ort
     import torch
 
-    from extremeaug.errors import ExtremeAugError
-    from extremeaug.export import torchscript_exporter, with_metadata
+    from extremeaug.common.errors import ExtremeAugError
+    from extremeaug.networks.export import torchscript_exporter, with_metadata
 
     meta = _json.loads(ort.InferenceSession(str(random_model), providers=["CPUExecutionProvider"])
                        .get_modelmeta().custom_metadata_map["extremeaug"])
@@ -101,7 +101,7 @@ def test_runtime_failure_is_a_clear_error(tmp_path, phantoms, random_model):
 
 
 def test_a_provider_that_did_not_start_is_said_in_one_line_never_silently():
-    from extremeaug.infer import CUDA_OPTIONS, provider_warning, providers_for
+    from extremeaug.inference.segmenter import CUDA_OPTIONS, provider_warning, providers_for
 
     asked = [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
     assert provider_warning(asked, ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
@@ -117,7 +117,7 @@ def test_segment_at_a_smaller_slice_size_runs_the_model_on_slices_of_that_size(t
     back on the scan's own grid; computed here by hand from the same steps at 224, and unlike the 256 result."""
     from dataclasses import replace
 
-    from extremeaug.preprocess import scan_to_slices, slices_to_scan
+    from extremeaug.data.preprocess import scan_to_slices, slices_to_scan
 
     scan = sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32)
     trained = Segmenter(random_model, "cpu")
@@ -140,8 +140,8 @@ def test_a_slice_size_the_model_was_not_trained_for_is_refused_naming_the_closes
     augmentation's 0.8-1.2) are refused before anything is written; a model trained without augmentation keeps its
     own size."""
     from conftest import one_line_error, run_cli
-    from extremeaug.errors import ExtremeAugError
-    from extremeaug.export import with_metadata
+    from extremeaug.common.errors import ExtremeAugError
+    from extremeaug.networks.export import with_metadata
 
     out = tmp_path / "mask.nii.gz"
     one_line_error(run_cli("segment", "--model", random_model, "--image", phantoms[1][0], "--out", out,

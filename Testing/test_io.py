@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, oblique_direction, write_dicom_series
-from extremeaug.errors import ExtremeAugError
-from extremeaug.io import read_binary, read_mask, read_scan, write_image
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import read_binary, read_mask, read_scan, write_image
 
 
 @pytest.fixture

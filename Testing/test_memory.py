@@ -18,17 +18,17 @@ import pytest
 import torch
 
 from conftest import raising
-from extremeaug.cli import RUN_FLAGS, parser
-from extremeaug.config import RunOptions, TrainConfig, from_arguments
-from extremeaug.dataset import Case
-from extremeaug.errors import ExtremeAugError
-from extremeaug.memory import SmallerBatch, memory_error, out_of_memory
-from extremeaug.train import Trainer
+from extremeaug.cli.main import RUN_FLAGS, parser
+from extremeaug.common.config import RunOptions, TrainConfig, from_arguments
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.training.dataset import Case
+from extremeaug.training.memory import SmallerBatch, memory_error, out_of_memory
+from extremeaug.training.train import Trainer
 
 CAPPED = """
 import re, resource, sys
-import extremeaug.train, torch
-from extremeaug.cli import main
+import extremeaug.training.train, torch
+from extremeaug.cli.main import main
 torch.zeros(1)
 vm = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]) * 2**20, resource.RLIM_INFINITY))
@@ -36,7 +36,7 @@ sys.exit(main(sys.argv[2:]))
 """
 FREED_HEAP = """
 import re, torch
-from extremeaug.memory import release
+from extremeaug.training.memory import release
 def rss_mib():
     return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
 freed, kept = [], []

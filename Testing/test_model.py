@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extremeaug.model import ResUNet, pad_to_multiple, parameter_count
+from extremeaug.networks.model import ResUNet, pad_to_multiple, parameter_count
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 128, 128), (1, 1, 256, 256), (3, 1, 64, 192), (1, 1, 160, 96)])

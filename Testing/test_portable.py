@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from extremeaug import io, portable
+from extremeaug.common import portable
+from extremeaug.common.portable import spawn
+from extremeaug.data import io
 from extremeaug.project import Phase, Project, runs, worker
-from extremeaug.portable import spawn
 from extremeaug.project.store import DB_FILE
 
 

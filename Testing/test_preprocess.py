@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REAL_DATA, make_image
-from extremeaug.errors import ExtremeAugError
-from extremeaug.preprocess import (Preprocessing, make_template, normalise, resolve_plane, scan_to_slices,
-                                   mask_to_slices)
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.preprocess import (Preprocessing, make_template, mask_to_slices, normalise, resolve_plane,
+                                        scan_to_slices)
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # index axes i, j, k along world y, z, x
 
@@ -96,7 +96,7 @@ def test_mask_slices_follow_the_image():
 def test_histogram_bins_found_by_arithmetic_equal_a_binary_search(kind):
     """`bin_index` must put every voxel in the bin np.searchsorted finds among the float32 edges, the edges
     themselves and their float32 neighbours included, or the quantiles (and every normalised slice) would move."""
-    from extremeaug.histogram import bin_index
+    from extremeaug.data.histogram import bin_index
 
     f32, rng = np.float32, np.random.default_rng(0)
     values = {"normal": rng.normal(100, 30, 20000), "four values": rng.choice([0.0, 10.0, 20.0, 30.0], 20000),

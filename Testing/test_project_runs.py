@@ -12,9 +12,9 @@ from typing import Optional
 import pytest
 
 from conftest import module_lib_importable, one_line_error, run_cli
-from extremeaug.events import tail_events
+from extremeaug.common.events import tail_events
+from extremeaug.common.portable import process_alive
 from extremeaug.project import Project, RunSpec, TrainConfig
-from extremeaug.portable import process_alive
 from extremeaug.project.store import Store
 
 
@@ -163,7 +163,7 @@ def test_a_stale_heartbeat_marks_the_run_dead(tmp_path):
 
 def test_a_run_that_ran_out_of_memory_says_so_while_it_trains_again(tmp_path):
     """The engine's `retry` event (Testing/test_memory.py makes a real one) reaches status, the CLI and the panel."""
-    from extremeaug.events import append_event
+    from extremeaug.common.events import append_event
 
     module_lib_importable()
     from ExtremeAugSegmentLib import Tables
@@ -207,8 +207,8 @@ project.publish('r1', Path(sys.argv[2]), 'cpu')
 def test_a_crash_while_publishing_leaves_no_version(tmp_path, phantoms):
     import subprocess as sp
 
-    from extremeaug.dataset import Case
-    from extremeaug.train import RunOptions, train
+    from extremeaug.training.dataset import Case
+    from extremeaug.training.train import RunOptions, train
 
     model = tmp_path / "model"
     train(TrainConfig(width=4, augment=1, epochs=1), [Case(str(phantoms[0][0]), str(phantoms[0][1]))], [], model,
@@ -370,9 +370,9 @@ def test_a_run_asking_for_more_gpus_than_the_machine_has_fails_with_the_count(tm
 def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_the_engine(tmp_path):
     """A resumed run, and each process of a --gpus run, reads its spec back from the database: the choice must
     survive the round trip (and a spec stored before the setting existed reads as the default)."""
-    from extremeaug.cli import parser
+    from extremeaug.cli.main import parser
+    from extremeaug.cli.project import run_spec
     from extremeaug.project import Compile
-    from extremeaug.project.cli import run_spec
 
     spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--compile", "on", "--gpus", "2"]))
     assert spec.compile == Compile.ON and spec.gpus == 2

@@ -18,13 +18,13 @@ import vtk  # noqa: E402  (installed with slicer-core)
 
 sys.path.insert(0, str(MODULE_DIR))
 
+from extremeaug.common.errors import ExtremeAugError  # noqa: E402
+from extremeaug.project import DEFAULT_STRUCTURE, CaseState, Project, RunSpec, Split, TrainConfig  # noqa: E402
 from ExtremeAugSegmentLib import Results, SceneIO  # noqa: E402
 from ExtremeAugSegmentLib.InstallLogic import (InstallLogic, Purpose, cudaSessionWorks, installPlan,  # noqa: E402
                                                missingModules, modulesToInstall, outdatedModules)
 from ExtremeAugSegmentLib.Logic import CASE_ATTRIBUTE, ExtremeAugSegmentLogic  # noqa: E402
 from ExtremeAugSegmentLib.SelfTest import runLoop, waitForTraining  # noqa: E402
-from extremeaug.errors import ExtremeAugError  # noqa: E402
-from extremeaug.project import DEFAULT_STRUCTURE, CaseState, Project, RunSpec, Split, TrainConfig  # noqa: E402
 
 
 def oblique_scan(seed=0, shape=(9, 24, 32)):
@@ -262,7 +262,7 @@ def test_install_plan_prefers_pytorchutils_and_matches_onnxruntime_to_the_gpu():
 
 def test_install_upgrades_packages_older_than_the_engine_floor():
     """An old torch is not 'installed' for the engine: it is upgraded like a missing one."""
-    from extremeaug.requirements import MINIMUM
+    from extremeaug.common.requirements import MINIMUM
     versions = {"torch": "2.0.1+cu118", "onnxruntime": "1.15.1", "onnx": "1.16.0", "tqdm": "4.66.1",
                 "matplotlib": "3.8.0"}
     present = lambda name: object()   # noqa: E731
@@ -292,7 +292,7 @@ def test_onnxruntime_gpu_without_working_cuda_is_replaced_by_the_cpu_build(monke
     """The machine has an NVIDIA driver, so onnxruntime-gpu is installed; its CUDA session does not work
     (the probe says so), so the CPU build replaces it. pip is the installer's seam (no network in tests)."""
     import ExtremeAugSegmentLib.InstallLogic as install
-    from extremeaug.requirements import MINIMUM
+    from extremeaug.common.requirements import MINIMUM
     pip, logged = [], []
     monkeypatch.setattr(install, "modulesToInstall", lambda purpose=None, **_: [] if pip else ["onnxruntime"])
     monkeypatch.setattr(install, "cudaAvailable", lambda: True)

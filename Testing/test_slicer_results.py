@@ -21,14 +21,15 @@ import vtk  # noqa: E402  (installed with slicer-core)
 
 sys.path.insert(0, str(MODULE_DIR))
 
+from test_slicer_logic import labeled_volume, oblique_scan  # noqa: E402
+
+from extremeaug.common.errors import ExtremeAugError  # noqa: E402
+from extremeaug.common.portable import process_alive  # noqa: E402
+from extremeaug.data.phantom import write_phantoms  # noqa: E402
+from extremeaug.project import CaseState, RunSpec, Structure, TrainConfig  # noqa: E402
 from ExtremeAugSegmentLib import Results, SceneIO  # noqa: E402
 from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic  # noqa: E402
 from ExtremeAugSegmentLib.SelfTest import waitForTraining  # noqa: E402
-from extremeaug.errors import ExtremeAugError  # noqa: E402
-from extremeaug.phantom import write_phantoms  # noqa: E402
-from extremeaug.portable import process_alive  # noqa: E402
-from extremeaug.project import CaseState, RunSpec, Structure, TrainConfig  # noqa: E402
-from test_slicer_logic import labeled_volume, oblique_scan  # noqa: E402
 
 
 def stored_prediction(logic, volume, mask: sitk.Image, name="m.nrrd") -> tuple:

@@ -81,7 +81,7 @@ def test_training_parameters_take_their_names_and_defaults_from_the_engine():
     engine's TrainConfig/RunOptions fields and their defaults are read from TRAIN_DEFAULTS/RUN_DEFAULTS."""
     from dataclasses import fields as dataclass_fields
 
-    from extremeaug.config import RunOptions, TrainConfig
+    from extremeaug.common.config import RunOptions, TrainConfig
     cls = next(n for n in ast.parse((LIB / "Parameter.py").read_text(encoding="utf-8")).body
                if isinstance(n, ast.ClassDef))
     engine = {f.name for f in dataclass_fields(TrainConfig)} | {f.name for f in dataclass_fields(RunOptions)}
@@ -106,7 +106,7 @@ def test_table_columns_match_the_ui():
         assert headers == list(columns), table
 
 
-FRONT_ENDS = [MODULE / "extremeaug" / "cli.py", MODULE / "extremeaug" / "project" / "cli.py",
+FRONT_ENDS = [MODULE / "extremeaug" / "cli" / "main.py", MODULE / "extremeaug" / "cli" / "project.py",
               MODULE / "extremeaug" / "project" / "worker.py",
               *[LIB / n for n in ("Logic.py", "TrainingMonitor.py", "Tables.py", "SelfTest.py", "Widget.py",
                                   "Results.py", "PhantomSample.py")]]
@@ -116,7 +116,7 @@ FRONT_ENDS = [MODULE / "extremeaug" / "cli.py", MODULE / "extremeaug" / "project
 def test_front_ends_use_the_project_api_only(path):
     """The command line, the worker and the Slicer module reach the project through `extremeaug.project`
     (Project, records, choices) and never into its store, cases, runs, versions or suggest modules."""
-    here = {"project": "extremeaug.project", "extremeaug": "extremeaug"}.get(path.parent.name, path.parent.name)
+    here = ".".join(path.parent.relative_to(MODULE).parts)   # the file's package
     reached = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
@@ -128,7 +128,7 @@ def test_front_ends_use_the_project_api_only(path):
         elif isinstance(node, ast.Import):
             reached |= {a.name for a in node.names}
     project = {m for m in reached if m.startswith("extremeaug.project")}
-    assert project <= {"extremeaug.project", "extremeaug.project.cli"}, project
+    assert project <= {"extremeaug.project"}, project
 
 
 def test_cmake_lists_every_python_file_and_resource():
@@ -194,7 +194,7 @@ def test_nothing_the_panel_calls_runs_inference_or_waits(name):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             problems += [f"imports {n}" for n in names if n.split(".")[0] in ("torch", "onnxruntime") or
-                         n in ("extremeaug.infer", "extremeaug.train", "subprocess")]
+                         n in ("extremeaug.inference.segmenter", "extremeaug.training.train", "subprocess")]
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         method, keywords = node.func.attr, {k.arg: k.value for k in node.keywords}

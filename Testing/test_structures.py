@@ -9,13 +9,13 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_image, one_line_error, run_cli
-from extremeaug.augment import AffineParams, augmented_batch, patch_table
-from extremeaug.errors import ExtremeAugError
-from extremeaug.evaluate import evaluate_files
-from extremeaug.infer import clean_structures
-from extremeaug.io import read_label_arrays, read_structures, write_image
-from extremeaug.labels import with_segment_fields
-from extremeaug.structures import Structure, parse_table
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.common.structures import Structure, parse_table
+from extremeaug.data.io import read_label_arrays, read_structures, write_image
+from extremeaug.data.labels import with_segment_fields
+from extremeaug.evaluation.metrics import evaluate_files
+from extremeaug.inference.segmenter import clean_structures
+from extremeaug.training.augment import AffineParams, augmented_batch, patch_table
 
 DISC_TERM = ("SCT^123037004^Anatomical Structure~SCT^244563003^Intervertebral disc~^^~"
              "Anatomic codes - DICOM master list~^^~^^")

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import one_line_error, raising
-from extremeaug.checkpoint import load_weights
-from extremeaug.dataset import Case
-from extremeaug.metadata import METADATA_KEY
-from extremeaug.train import RunOptions, TrainConfig, train
+from extremeaug.networks.metadata import METADATA_KEY
+from extremeaug.training.checkpoint import load_weights
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, train
 
 TINY = dict(width=4, augment=1, batch_size=16, epochs=2, lr=3e-3)
 
@@ -105,7 +105,7 @@ def test_sigterm_stops_cleanly_keeps_model_and_resumes_with_its_own_settings(tmp
 def test_figures_are_written(tmp_path, phantoms):
     import SimpleITK as sitk
 
-    from extremeaug.figures import overlay_png, training_curve_png
+    from extremeaug.experiments.figures import overlay_png, training_curve_png
 
     history = [{"epochs_done": 1.0, "val_dice": 0.8, "train_dice": 0.9, "loss": 0.1}]
     curve = [{"epochs_done": 0.5, "step": 10, "loss": 0.4, "train_dice": 0.6},
@@ -118,7 +118,7 @@ def test_figures_are_written(tmp_path, phantoms):
 
 
 def test_several_training_scans(tmp_path, phantoms):
-    from extremeaug.train import Trainer
+    from extremeaug.training.train import Trainer
 
     cases = [Case(*map(str, phantoms[0])), Case(*map(str, phantoms[3]))]
     trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1}), cases, [], tmp_path / "m",
@@ -131,8 +131,8 @@ def test_several_training_scans(tmp_path, phantoms):
 
 
 def test_2_5d_takes_each_slices_neighbours_from_its_own_scan_and_exports_them(tmp_path, phantoms):
-    from extremeaug.infer import Segmenter
-    from extremeaug.train import Trainer
+    from extremeaug.inference.segmenter import Segmenter
+    from extremeaug.training.train import Trainer
 
     cases = [Case(*map(str, phantoms[0])), Case(*map(str, phantoms[3]))]
     trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1, "context": 1}), cases, [Case(*map(str, phantoms[1]))],
@@ -164,7 +164,7 @@ def test_validation_between_epoch_ends_keeps_the_best(tmp_path, phantoms):
 
 def test_learning_rate_schedule_continues_after_resume(tmp_path, phantoms):
     """A run stopped by its time budget has decayed its rate; resuming must not jump back to the peak."""
-    from extremeaug.train import Trainer
+    from extremeaug.training.train import Trainer
 
     cfg = TrainConfig(**{**TINY, "epochs": 1000})
     train(cfg, [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
@@ -178,7 +178,7 @@ def test_learning_rate_schedule_continues_after_resume(tmp_path, phantoms):
 
 
 def test_epoch_stats_window_and_epoch():
-    from extremeaug.progress import EpochStats
+    from extremeaug.training.progress import EpochStats
 
     stats = EpochStats(torch.device("cpu"))
     stats.add(torch.tensor(0.8), torch.tensor(0.0), torch.tensor(10.0))
@@ -221,9 +221,9 @@ def test_an_early_interrupt_swallowed_by_a_library_still_stops_training(tmp_path
     remembered: training then refuses to start and writes nothing (CI once lost one and trained on)."""
     import os
 
-    from extremeaug import interrupts
-    from extremeaug.dataset import Case
-    from extremeaug.train import RunOptions, TrainConfig, train
+    from extremeaug.training import interrupts
+    from extremeaug.training.dataset import Case
+    from extremeaug.training.train import RunOptions, TrainConfig, train
 
     previous = signal.getsignal(signal.SIGINT)
     interrupts.watch()
@@ -244,7 +244,7 @@ def test_an_early_interrupt_swallowed_by_a_library_still_stops_training(tmp_path
 
 @pytest.mark.slow
 def test_demo_runs_and_reports(tmp_path):
-    from extremeaug.demo import run_demo
+    from extremeaug.experiments.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=3, epochs=1, show_progress=False)
     assert set(summary["scores"]) == {"phantom_2", "phantom_3"}
@@ -277,7 +277,8 @@ def test_compile_on_without_a_cpp_compiler_falls_back_to_eager_with_one_line(tmp
     20 s in on 2 cores; the step is then taken eagerly and the rest of the run stays eager."""
     import torch._dynamo
     import torch._inductor.config as inductor
-    from extremeaug.train import Trainer
+
+    from extremeaug.training.train import Trainer
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))   # no kernels from an earlier run
     monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
@@ -294,8 +295,8 @@ def test_compile_on_without_a_cpp_compiler_falls_back_to_eager_with_one_line(tmp
 
 
 def test_out_of_memory_names_the_checkpoint_only_when_there_is_one(tmp_path, phantoms):
-    from extremeaug.errors import ExtremeAugError
-    from extremeaug.train import Trainer
+    from extremeaug.common.errors import ExtremeAugError
+    from extremeaug.training.train import Trainer
 
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
     cases = [Case(*map(str, phantoms[0]))]
@@ -317,9 +318,9 @@ def test_compile_on_puts_the_cpu_network_through_torch_compile_and_auto_or_off_k
         tmp_path, phantoms, compile_mode, compiled):
     """Only the wrapper is checked here: a real first compilation on 2 cores takes about 100 s (docs/results.md §2),
     and the compiled step itself runs in `pytest -m cuda`."""
-    from extremeaug.cli import RUN_FLAGS, parser
-    from extremeaug.config import Compile, from_arguments
-    from extremeaug.train import Trainer
+    from extremeaug.cli.main import RUN_FLAGS, parser
+    from extremeaug.common.config import Compile, from_arguments
+    from extremeaug.training.train import Trainer
 
     args = parser().parse_args(["train", "--image", "s", "--label", "m", "--out", "o", "--device", "cpu",
                                 "--compile", compile_mode])

@@ -6,13 +6,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, oblique_direction, run_cli
-from extremeaug.errors import ExtremeAugError
-from extremeaug.evaluate import evaluate, uncertainty_scores
-from extremeaug.export import with_metadata
-from extremeaug.infer import Segmenter, clean_structures, uncertainty_map
-from extremeaug.io import image_like, write_image
-from extremeaug.preprocess import Preprocessing, make_template
-from extremeaug.structures import default_structure
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.common.structures import default_structure
+from extremeaug.data.io import image_like, write_image
+from extremeaug.data.preprocess import Preprocessing, make_template
+from extremeaug.evaluation.metrics import evaluate, uncertainty_scores
+from extremeaug.inference.segmenter import Segmenter, clean_structures, uncertainty_map
+from extremeaug.networks.export import with_metadata
 
 
 def threshold_model(path, scan: sitk.Image, steepness: float = 12.0, **metadata):

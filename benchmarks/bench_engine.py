@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from extremeaug.augment import AugmentConfig, augmented_batch, sample_params, step_generator
-from extremeaug.dataset import Case
-from extremeaug.infer import Segmenter
-from extremeaug.io import write_image
-from extremeaug.phantom import make_phantom, write_phantoms
-from extremeaug.preprocess import scan_to_slices, slices_to_scan
-from extremeaug.train import DEFAULT_WIDTH, RunOptions, TrainConfig, Trainer
+from extremeaug.data.io import write_image
+from extremeaug.data.phantom import make_phantom, write_phantoms
+from extremeaug.data.preprocess import scan_to_slices, slices_to_scan
+from extremeaug.inference.segmenter import Segmenter
+from extremeaug.training.augment import AugmentConfig, augmented_batch, sample_params, step_generator
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import DEFAULT_WIDTH, RunOptions, TrainConfig, Trainer
 
 
 def sync(device):
@@ -74,8 +74,8 @@ def training_speed(case: Case, device: str, width, batch: int, steps: int, work:
 
 PEAK = """
 import json, resource, sys, torch
-from extremeaug.dataset import Case
-from extremeaug.train import RunOptions, TrainConfig, Trainer
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 image, label, out, device, augment, width, batch = sys.argv[1:8]
 t = Trainer(TrainConfig(augment=int(augment), width=None if width == 'None' else int(width), batch_size=int(batch)),
             [Case(image, label)], [], out, RunOptions(device=device, show_progress=False))
@@ -104,8 +104,8 @@ def onnx_device(device: str) -> str:
 
 
 def segmentation_speed(model: Path, scan_path: Path, device: str, repeats: int = 3) -> dict:
-    from extremeaug.io import read_scan
-    from extremeaug.checkpoint import load_weights
+    from extremeaug.data.io import read_scan
+    from extremeaug.training.checkpoint import load_weights
 
     scan = read_scan(scan_path)
     seg = Segmenter(model, onnx_device(device))

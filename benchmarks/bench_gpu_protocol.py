@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit, segmentation_speed, sync, training_speed  # noqa: E402
 
-from extremeaug.augment import AugmentConfig, augmented_batch, sample_params  # noqa: E402
-from extremeaug.config import Compile  # noqa: E402
-from extremeaug.dataset import Case  # noqa: E402
-from extremeaug.phantom import write_phantoms  # noqa: E402
-from extremeaug.train import RunOptions, TrainConfig, Trainer, train  # noqa: E402
+from extremeaug.common.config import Compile  # noqa: E402
+from extremeaug.data.phantom import write_phantoms  # noqa: E402
+from extremeaug.training.augment import AugmentConfig, augmented_batch, sample_params  # noqa: E402
+from extremeaug.training.dataset import Case  # noqa: E402
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train  # noqa: E402
 
 PAPER_EPOCHS = 100
 

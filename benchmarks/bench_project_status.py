@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from extremeaug.events import append_event
+from extremeaug.common.events import append_event
 from extremeaug.project import LabelKind, Project
 from extremeaug.project.cases import sha256
 from extremeaug.project.store import Store
-
 
 TIMER = """
 import json, subprocess, sys, time

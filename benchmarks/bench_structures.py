@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from extremeaug.dataset import Case
-from extremeaug.phantom import write_phantoms
-from extremeaug.train import RunOptions, TrainConfig, Trainer
+from extremeaug.data.phantom import write_phantoms
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from bench_engine import emit
-from extremeaug.dataset import Case
-from extremeaug.phantom import write_phantoms
-from extremeaug.train import RunOptions, TrainConfig, train
+
+from extremeaug.data.phantom import write_phantoms
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, train
 
 SMALL = dict(width=4, augment=1, batch_size=16, epochs=2)
 

@@ -10,10 +10,10 @@ import argparse
 import time
 
 import torch
-
-from extremeaug.losses import segmentation_loss
-from extremeaug.model import ResUNet
 from bench_engine import emit
+
+from extremeaug.networks.model import ResUNet
+from extremeaug.training.losses import segmentation_loss
 
 WARMUP_STEPS = 3
 

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python}
 set -x
 # 1. phantoms: 1, 3, 5, 9 training scans, validation on 3 fixed phantoms; pool mode (the paper's N fixed
 #    copies) under the same time budget per model, so the levels differ only in transform diversity
-$PYTHON -c "from extremeaug.phantom import write_phantoms; write_phantoms('$OUT/phantoms', 12)"
+$PYTHON -c "from extremeaug.data.phantom import write_phantoms; write_phantoms('$OUT/phantoms', 12)"
 $EXTREMEAUG experiment --data "$OUT/phantoms" --out "$OUT/phantoms-grid" --scans 1,3,5,9 --augment 5,20,50 \
   --augment-mode pool --time-budget 1 --val phantom_9,phantom_10,phantom_11 --device "$DEVICE" --quiet
 # 2. real data, the paper's protocol (pool, fixed epochs: 50x = 10x the steps of 5x): one scan, each in turn

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from extremeaug.dataset import Case
-from extremeaug.model import ResUNet
-from extremeaug.phantom import write_phantoms
-from extremeaug.train import RunOptions, TrainConfig, Trainer
+from extremeaug.data.phantom import write_phantoms
+from extremeaug.networks.model import ResUNet
+from extremeaug.training.dataset import Case
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 
 VARIANTS = ("sigmoid-dice", "sigmoid-dice+bce", "softmax-dice", "softmax-dice+ce")
 

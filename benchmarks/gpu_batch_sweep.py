@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit, sync  # noqa: E402
 
-from extremeaug.dataset import Case  # noqa: E402
-from extremeaug.train import RunOptions, TrainConfig, Trainer  # noqa: E402
+from extremeaug.training.dataset import Case  # noqa: E402
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer  # noqa: E402
 
 
 def measure(case: Case, batch: int, mode: str, device: str, steps: int, work: Path) -> dict:

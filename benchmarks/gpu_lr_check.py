@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit  # noqa: E402
 
-from extremeaug.dataset import Case  # noqa: E402
-from extremeaug.evaluate import evaluate  # noqa: E402
-from extremeaug.infer import Segmenter  # noqa: E402
-from extremeaug.io import read_binary, read_scan  # noqa: E402
-from extremeaug.train import RunOptions, TrainConfig, train  # noqa: E402
+from extremeaug.data.io import read_binary, read_scan  # noqa: E402
+from extremeaug.evaluation.metrics import evaluate  # noqa: E402
+from extremeaug.inference.segmenter import Segmenter  # noqa: E402
+from extremeaug.training.dataset import Case  # noqa: E402
+from extremeaug.training.train import RunOptions, TrainConfig, train  # noqa: E402
 
 
 def main() -> None:

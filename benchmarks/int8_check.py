@@ -16,10 +16,10 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from extremeaug.evaluate import evaluate
-from extremeaug.infer import Segmenter
-from extremeaug.io import read_binary, read_scan
-from extremeaug.preprocess import scan_to_slices
+from extremeaug.data.io import read_binary, read_scan
+from extremeaug.data.preprocess import scan_to_slices
+from extremeaug.evaluation.metrics import evaluate
+from extremeaug.inference.segmenter import Segmenter
 
 
 class Slices(CalibrationDataReader):

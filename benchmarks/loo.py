@@ -18,10 +18,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from extremeaug.evaluate import evaluate, uncertainty_scores
-from extremeaug.experiment import discover
-from extremeaug.infer import Segmenter
-from extremeaug.io import read_binary, read_scan
+from extremeaug.data.io import read_binary, read_scan
+from extremeaug.evaluation.metrics import evaluate, uncertainty_scores
+from extremeaug.experiments.grid import discover
+from extremeaug.inference.segmenter import Segmenter
 
 # name: (test-time augmentation, decision settings, slice size or None for the trained one); the model runs once
 # per TTA mode and slice size, the rest is decided from the same probabilities. relative: keep components >= this

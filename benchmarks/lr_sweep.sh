@@ -6,7 +6,7 @@ OUT=${1:-bench-out/lr_sweep}
 EXTREMEAUG=${EXTREMEAUG:-extremeaug}
 PYTHON=${PYTHON:-python3}
 rm -rf "$OUT" && mkdir -p "$OUT"
-$PYTHON -c "from extremeaug.phantom import write_phantoms; write_phantoms('$OUT/data', 3)"
+$PYTHON -c "from extremeaug.data.phantom import write_phantoms; write_phantoms('$OUT/data', 3)"
 for setting in "1e-3 dice" "1e-3 dice+bce" "3e-3 dice" "3e-3 dice+bce"; do
   set -- $setting
   $EXTREMEAUG train --image "$OUT/data/phantom_0_image.nii.gz" --label "$OUT/data/phantom_0_mask.nii.gz" \

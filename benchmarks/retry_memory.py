@@ -24,9 +24,9 @@ def resident_mib() -> int:
 def child(trim: bool, headroom_mib: int, argv: list) -> int:
     import torch
 
-    import extremeaug.memory as memory
-    import extremeaug.train as train
-    from extremeaug.cli import main
+    import extremeaug.training.memory as memory
+    import extremeaug.training.train as train
+    from extremeaug.cli.main import main
 
     release = memory.release
 
@@ -48,7 +48,7 @@ def run() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--headroom-mib", type=int, default=1536)
     a = p.parse_args()
-    from extremeaug.phantom import write_phantoms
+    from extremeaug.data.phantom import write_phantoms
 
     with tempfile.TemporaryDirectory() as tmp:
         image, mask = write_phantoms(tmp, 1)[0]

@@ -19,9 +19,9 @@ t_start = time.perf_counter()
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from extremeaug.infer import Segmenter  # noqa: E402
-from extremeaug.io import read_scan, write_image  # noqa: E402
-from extremeaug.preprocess import scan_to_slices, slices_to_scan  # noqa: E402
+from extremeaug.data.io import read_scan, write_image  # noqa: E402
+from extremeaug.data.preprocess import scan_to_slices, slices_to_scan  # noqa: E402
+from extremeaug.inference.segmenter import Segmenter  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - t_start
 
@@ -59,7 +59,7 @@ def model_gflop(segmenter: Segmenter, n_slices: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from extremeaug.model import ResUNet
+    from extremeaug.networks.model import ResUNet
 
     net = ResUNet(int(segmenter.metadata["width"]), segmenter.session.get_inputs()[0].shape[1],
                   classes=len(segmenter.labels)).eval()

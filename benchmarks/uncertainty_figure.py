@@ -14,10 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from extremeaug.evaluate import uncertainty_scores  # noqa: E402
-from extremeaug.infer import Segmenter  # noqa: E402
-from extremeaug.io import read_binary, read_scan  # noqa: E402
-from extremeaug.preprocess import orient  # noqa: E402
+from extremeaug.data.io import read_binary, read_scan  # noqa: E402
+from extremeaug.data.preprocess import orient  # noqa: E402
+from extremeaug.evaluation.metrics import uncertainty_scores  # noqa: E402
+from extremeaug.inference.segmenter import Segmenter  # noqa: E402
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from extremeaug.export import onnx_bytes
-from extremeaug.model import ResUNet
 from bench_engine import emit
+
+from extremeaug.networks.export import onnx_bytes
+from extremeaug.networks.model import ResUNet
 
 SLICES = 67   # the real scans' sagittal slice count
 

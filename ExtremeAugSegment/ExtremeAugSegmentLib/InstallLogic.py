@@ -7,7 +7,7 @@ PyTorchUtils, which picks the build that matches the machine's CUDA (pip's defau
 Windows and may not match the CUDA on Linux): without that extension the user is offered to install it
 from the Extensions Manager and restart (what SlicerNNUnet does), plain pip only if they decline.
 onnxruntime-gpu is chosen when a CUDA GPU is present, else onnxruntime; the rest comes from pip.
-A package installed below the engine's floor (extremeaug.requirements) is upgraded the same way.
+A package installed below the engine's floor (extremeaug.common.requirements) is upgraded the same way.
 A package already imported in this process cannot be replaced in place: then Slicer must restart.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, List, Optional, Protocol
 
-from extremeaug.requirements import MINIMUM, installed_version, requirement, too_old
+from extremeaug.common.requirements import MINIMUM, installed_version, requirement, too_old
 
 PIP_MODULES = ("onnx", "tqdm", "matplotlib")   # torch and onnxruntime are chosen per machine, see installPlan
 NEEDED = ("torch", "onnxruntime", *PIP_MODULES)

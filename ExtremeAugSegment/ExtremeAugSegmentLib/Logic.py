@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from extremeaug.errors import ExtremeAugError
-from extremeaug.io import image_sha256
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import image_sha256
 from extremeaug.project import (DEFAULT_STRUCTURE, Case, CaseInfo, Device, JobState, JobStatus, LabelKind, Plane,
                                 Project, ProjectStatus, RunSpec, RunState, SegmentJob, Split, Suggestion, Version)
 
@@ -24,6 +24,7 @@ from . import Results, SceneIO
 from .Results import (CASE_ATTRIBUTE, PREDICTION_ATTRIBUTE, PROJECT_ATTRIBUTE, SHOWN_ATTRIBUTE, STORED_ATTRIBUTE,
                       VERSION_ATTRIBUTE, VOLUME_ROLE)
 from .TrainingMonitor import TrainingMonitor, TrainingState
+
 BUSY_TIMEOUT_S = 1.0   # a busy database makes the GUI's poll skip a tick or a button report "busy", never freeze
 
 

@@ -2,7 +2,7 @@
 
 Every field connected to a widget has the same name as that widget's `SlicerParameterName` property in
 Resources/UI/ExtremeAugSegment.ui (a test checks both ways). Training settings carry the names and
-defaults of the engine's one definition (extremeaug.config). The project folder is not connected: opening
+defaults of the engine's one definition (extremeaug.common.config). The project folder is not connected: opening
 a project is an action (it can fail), so the widget writes it here only once the project is open.
 No `from __future__ import annotations` here: the wrapper reads the annotations as types, not strings.
 """
@@ -11,7 +11,7 @@ from typing import Annotated
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from extremeaug.config import RUN_DEFAULTS, TRAIN_DEFAULTS, Device
+from extremeaug.common.config import RUN_DEFAULTS, TRAIN_DEFAULTS, Device
 
 
 @parameterNodeWrapper

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from extremeaug.phantom import STRUCTURES as PHANTOM_STRUCTURES
-from extremeaug.phantom import write_phantoms
+from extremeaug.data.phantom import STRUCTURES as PHANTOM_STRUCTURES, write_phantoms
 from extremeaug.project import Structure
 
 from . import SceneIO

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from extremeaug.errors import ExtremeAugError
+from extremeaug.common.errors import ExtremeAugError
 from extremeaug.project import Project, Structure
 
 from . import SceneIO

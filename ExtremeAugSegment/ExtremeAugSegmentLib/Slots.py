@@ -24,7 +24,7 @@ def action(method):
             with slicer.util.WaitCursor():   # the short GUI-thread parts (reading, storing a label)
                 return method(self, *args[:accepted])
         except Exception as e:   # shown to the user; the panel stays usable
-            from extremeaug.errors import ExtremeAugError
+            from extremeaug.common.errors import ExtremeAugError
             if isinstance(e, (ExtremeAugError, ValueError)):
                 slicer.util.errorDisplay(str(e), windowTitle=MODULE_NAME)
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from extremeaug.events import format_eta
+from extremeaug.common.events import format_eta
 from extremeaug.project import (CaseInfo, JobState, JobStatus, Phase, ProjectStatus, RunState, RunStatus, Suggestion,
                                 Version)
 

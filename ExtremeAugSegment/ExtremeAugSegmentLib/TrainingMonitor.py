@@ -11,8 +11,8 @@ from typing import List, Optional, Tuple
 
 import vtk
 
-from extremeaug.errors import ProjectBusy
-from extremeaug.events import EventReader
+from extremeaug.common.errors import ProjectBusy
+from extremeaug.common.events import EventReader
 from extremeaug.project import Project, RunState
 
 from .Tables import runText

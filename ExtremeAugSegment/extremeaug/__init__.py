@@ -1,12 +1,13 @@
 """ExtremeAugSegment engine: train a residual U-Net from one labeled scan with extreme augmentation.
 
-Pipeline modules: io -> preprocess -> augment -> model -> train -> export -> infer -> evaluate.
+Stage packages, each importing only those before it: common -> data -> networks -> training -> inference ->
+evaluation -> experiments -> project -> cli.
 The engine imports neither Slicer nor Qt, so the CLI, the background trainer and the Slicer module share it.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ExtremeAugError
+from .common.errors import ExtremeAugError
 
 __all__ = ["ExtremeAugError", "__version__"]

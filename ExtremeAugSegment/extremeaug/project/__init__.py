@@ -4,7 +4,7 @@ crash-safe store (SQLite registry + files) with a background training worker.
 Front ends use `Project` and the records and choices below, nothing else from this package:
 records -> schema -> store (all SQL) -> cases, jobs, runs, versions, suggest -> api (`Project`) -> cli, worker.
 """
-from ..config import Compile, Device, Plane, RunOptions, TrainConfig
+from ..common.config import Compile, Device, Plane, RunOptions, TrainConfig
 from .api import Project
 from .jobs import SegmentJob
 from .records import (DEFAULT_STRUCTURE, Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary,

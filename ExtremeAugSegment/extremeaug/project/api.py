@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from ..config import Device, Plane
-from ..errors import ExtremeAugError, ProjectBusy
-from ..events import EventReader, append_event
-from ..structures import DEFAULT_NAME, check_table, describe
+from ..common.config import Device, Plane
+from ..common.errors import ExtremeAugError, ProjectBusy
+from ..common.events import EventReader, append_event
+from ..common.structures import DEFAULT_NAME, check_table, describe
 from . import runs
 from .jobs import SegmentJob
 from .records import (Case, CaseInfo, ImageInput, Label, LabelKind, Phase, ProjectStatus, RunSpec, RunState, RunStatus,
@@ -156,7 +156,7 @@ class Project:
         return cases.find_scan(self._store, scan)
 
     def case_with_scan(self, scan_sha256: str) -> Optional[str]:
-        """`find_scan` for a front end that keeps the scan's `extremeaug.io.image_sha256` already."""
+        """`find_scan` for a front end that keeps the scan's `extremeaug.data.io.image_sha256` already."""
         return self._store.case_with_scan(scan_sha256)
 
     def new_case_id(self, name: str) -> str:
@@ -244,7 +244,7 @@ class Project:
         handover, jobs = None, self._store.root / "jobs"
         cases.sweep_leftovers(jobs)   # scans handed to jobs of a GUI that died
         if add is not None and not isinstance(add, (str, os.PathLike)):
-            from ..io import write_image
+            from ..data.io import write_image
             handover = write_image(add, jobs / f".scan-{secrets.token_hex(4)}.nrrd", compress=False)
         return SegmentJob(self._store.root, ids, model.version, Device.parse(device).value,
                           handover or add, add_id, source, handover)

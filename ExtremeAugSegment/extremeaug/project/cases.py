@@ -18,10 +18,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import ExtremeAugError
-from ..io import image_sha256, read_scan, read_structures, write_image
-from ..labels import label_map, with_segment_fields
-from ..structures import Structure, describe
+from ..common.errors import ExtremeAugError
+from ..common.structures import Structure, describe
+from ..data.io import image_sha256, read_scan, read_structures, write_image
+from ..data.labels import label_map, with_segment_fields
 from .records import Case, Correction, ImageInput, Label, LabelKind, Split
 from .store import Store
 

@@ -13,8 +13,9 @@ import secrets
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..portable import spawn
+from ..common.portable import spawn
 from .records import CaseState, JobState, JobStatus, SegmentResult
+
 
 class SegmentJob:
     """Segment cases with a model version in a child process; `poll()` never blocks."""

@@ -9,11 +9,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
-from ..config import RUN_DEFAULTS, Choice, Compile, Device, RunOptions, TrainConfig, check_global_batch
-from ..errors import ExtremeAugError
-from ..structures import Structure, default_structure
-from ..stats import Mean
-
+from ..common.config import RUN_DEFAULTS, Choice, Compile, Device, RunOptions, TrainConfig, check_global_batch
+from ..common.errors import ExtremeAugError
+from ..common.structures import Structure, default_structure
+from ..evaluation.stats import Mean
 
 ImageInput = Union[str, os.PathLike, "SimpleITK.Image"]   # a file, a DICOM folder, or an image in memory
 

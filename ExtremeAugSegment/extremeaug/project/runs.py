@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ExtremeAugError
-from ..events import append_event, tail_events
-from ..portable import process_alive, read_bytes, spawn
+from ..common.errors import ExtremeAugError
+from ..common.events import append_event, tail_events
+from ..common.portable import process_alive, read_bytes, spawn
 from .records import EpochSummary, Phase, Progress, RunSpec, RunState, RunStatus, Split
 from .store import RunRow, Store
 

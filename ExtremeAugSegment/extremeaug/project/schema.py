@@ -9,7 +9,6 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, List, Optional
 
-
 # Step 1: the schema of the first release (its projects have user_version 0 and settings.schema_version 1).
 SCHEMA_1 = """
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,7 +58,7 @@ CREATE TABLE scores (
     version INTEGER NOT NULL REFERENCES versions(version),
     label_id INTEGER NOT NULL REFERENCES labels(id),
     case_id TEXT NOT NULL,
-    metrics TEXT NOT NULL,         -- JSON from extremeaug.evaluate
+    metrics TEXT NOT NULL,         -- JSON from extremeaug.evaluation.metrics
     created REAL NOT NULL,
     PRIMARY KEY (version, label_id)
 );
@@ -89,7 +88,7 @@ def _hash_stored_scans(conn: sqlite3.Connection, root: Path) -> None:
 
 def _scan_digest(path: Path) -> Optional[str]:
     """None for a scan that is missing or unreadable: `verify` names it, nothing else is held up."""
-    from ..io import image_sha256, read_scan   # SimpleITK: only an old project's migration needs it here
+    from ..data.io import image_sha256, read_scan  # SimpleITK: only an old project's migration needs it here
     try:
         return image_sha256(read_scan(path, keep_type=True))
     except Exception:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import ExtremeAugError, ProjectBusy, database_error_text
-from ..portable import on_network_share
+from ..common.errors import ExtremeAugError, ProjectBusy, database_error_text
+from ..common.portable import on_network_share
 from . import schema
 from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split, Structure
 

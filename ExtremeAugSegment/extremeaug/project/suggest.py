@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..infer import Segmenter
-from ..io import read_scan, write_image
+from ..data.io import read_scan, write_image
+from ..inference.segmenter import Segmenter
 from .cases import sha256
 from .records import LabelKind, SegmentResult, Suggestion
 from .store import Store

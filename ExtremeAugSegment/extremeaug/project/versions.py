@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ExtremeAugError
-from ..evaluate import evaluate_files
-from ..infer import Segmenter
-from ..io import read_scan, write_bytes
-from ..portable import replace
-from ..stats import mean
+from ..common.errors import ExtremeAugError
+from ..common.portable import replace
+from ..data.io import read_scan, write_bytes
+from ..evaluation.metrics import evaluate_files
+from ..evaluation.stats import mean
+from ..inference.segmenter import Segmenter
 from .cases import sha256
 from .records import CorrectionSummary, Label, RunStatus, Scores, Split, Version
 from .store import Store, VersionRow

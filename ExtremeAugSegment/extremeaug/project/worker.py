@@ -20,10 +20,10 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-from ..config import Device
-from ..errors import ExtremeAugError
-from ..io import write_bytes
-from ..portable import process_alive, spawn
+from ..common.config import Device
+from ..common.errors import ExtremeAugError
+from ..common.portable import process_alive, spawn
+from ..data.io import write_bytes
 from . import Phase, Project, RunStatus
 
 HEARTBEAT_S = 2.0   # front ends call a run dead after 30 s without one (runs.STALE_S)
@@ -171,8 +171,8 @@ def _train_and_publish(project: Project, run_id: str, resume: bool, heart: Heart
 def train_run(project: Project, run_id: str, resume: bool, job) -> str:
     """The run's training (`job`: `Project.job`'s spec and inputs) in this process, or as one of several ranks its
     share of it; its end status."""
-    from ..dataset import Case
-    from ..train import train
+    from ..training.dataset import Case
+    from ..training.train import train
 
     spec, inputs = job
     folder = project.run_folder(run_id)
@@ -189,8 +189,8 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
     would otherwise wait in their next collective for the process group's timeout."""
     import torch
 
-    from ..distributed import free_port, rank_environment
-    from ..train import HISTORY
+    from ..training.distributed import free_port, rank_environment
+    from ..training.train import HISTORY
 
     folder = project.run_folder(run_id)
     if spec.device != Device.CPU and torch.cuda.device_count() < spec.gpus:

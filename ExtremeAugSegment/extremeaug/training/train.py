@@ -1,0 +1,397 @@
+"""Training: on-the-fly extreme augmentation, Dice loss, Adam, checkpoints, resume, clean stops."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .. import __version__
+from ..common.config import AugmentMode, Device, RunOptions, TrainConfig, check_global_batch
+from ..common.errors import ExtremeAugError
+from ..common.structures import Structure
+from ..data.io import read_scan, write_bytes
+from ..data.preprocess import Preprocessing
+from ..networks.export import export_onnx
+from ..networks.model import ResUNet
+from . import distributed
+from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
+                      step_generator)
+from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
+from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
+from .interrupts import StopFlag, raise_if_interrupted
+from .losses import segmentation_loss
+from .memory import SmallerBatch, memory_error, out_of_memory, release
+from .progress import EpochStats, ProgressReporter
+
+DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
+DEFAULT_BATCH = {"cuda": 256, "cpu": 16}   # a GPU needs large batches to be busy; a CPU gains nothing from them
+CURVE_SECONDS = 5.0
+
+
+@dataclass
+class TrainResult:
+    status: str                      # finished, time_budget, stopped, max_steps
+    out_dir: Path
+    epochs_done: float
+    history: list = field(default_factory=list)
+    best_val_dice: Optional[float] = None
+    onnx_max_abs_diff: float = 0.0
+    curve: list = field(default_factory=list)
+    val_curve: list = field(default_factory=list)
+    rank: int = 0                    # under torchrun, rank 0 alone writes the model
+
+
+def select_device(name: str) -> torch.device:
+    device = Device.parse(name)
+    if device == Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == Device.CUDA and not torch.cuda.is_available():
+        raise ExtremeAugError(f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu or auto")
+    return torch.device(device.value)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
+                 opts: RunOptions, structures: Optional[Sequence[Structure]] = None):
+        opts.check()
+        self.out, self.opts = Path(out_dir), opts
+        self.world, self.device = distributed.join(select_device(opts.device))
+        state = resume_state(self.out, opts.resume, bool(train_cases), cfg)
+        asked_batch = cfg.batch_size
+        if state:
+            cfg = TrainConfig(**state["config"])
+            cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
+            train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
+            val_cases = [located_case(c, state, self.out) for c in state["val_cases"]]
+        cfg.check()
+        check_cases(list(train_cases) + list(val_cases))
+        if cfg.width is None:
+            cfg.width = DEFAULT_WIDTH[self.device.type]
+        if cfg.batch_size is None:
+            cfg.batch_size = DEFAULT_BATCH[self.device.type]
+        check_global_batch(cfg.batch_size, self.world.size)
+        self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
+        first_scan = read_scan(self.train_cases[0].image)
+        self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
+            first_scan, cfg.plane)
+        table = [Structure.from_dict(d) for d in state["labels"]] if state and state.get("labels") else (
+            list(structures) if structures else cfg.table())
+        first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
+        self.labels = first.labels   # the first mask fixes the structures; the others are matched to them
+        self.train_set = SliceSet([first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                                             for c in self.train_cases[1:]], self.device, cfg.context)
+        self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                                 for c in val_cases], self.device, cfg.context) if val_cases else None
+        torch.manual_seed(cfg.seed)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"   # fixed 128x128 shapes: autotune once
+        self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
+            self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
+        self.model, self.compiled = self._fast_models()
+        if state and asked_batch and asked_batch != cfg.batch_size:
+            self._rebatch(state, asked_batch)
+        self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
+        self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
+                               self.device) if cfg.augment_mode == AugmentMode.POOL else None
+        self.steps_per_epoch = self.order.steps
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.step, self.history, self.best, self.elapsed_before = 0, [], None, 0.0
+        self.best_weights: Optional[dict] = None   # on the device; written to best.pt at checkpoints and the end
+        self.lr_progress = self.lr_progress_before = 0.0
+        self.curve: list = []     # training loss/Dice over short windows, for the training-curve figure
+        self.val_curve: list = []  # validations between epoch ends
+        if state:
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.history, self.elapsed_before = state["step"], state["history"], state["elapsed_s"]
+            self.best = state.get("best")
+            self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
+            self.curve = state.get("curve", [])
+            self.val_curve = state.get("val_curve", [])
+
+    def _fast_models(self):
+        """The network as a step runs it: under DistributedDataParallel with several ranks, and compiled as asked.
+        A compiled model serves full batches only (an epoch's short last batch runs eagerly instead of
+        compiling again); the weights are the same tensors, and export and state_dict use the plain `net`."""
+        model = self.net
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        compiled = torch.compile(model) if self.opts.compile.applies(self.device.type) else None
+        return model, compiled
+
+    def _rebatch(self, state: dict, batch_size: int) -> None:
+        """Continue a checkpoint at another batch size: the same epoch, from the first batch that holds the next
+        unseen patch of its order (the rest of the run is no longer the one an uninterrupted run would draw)."""
+        n = len(self.train_set.patches)
+        old = EpochOrder(n, self.cfg.augment, self.cfg.batch_size, self.cfg.seed, self.device).steps
+        new = EpochOrder(n, self.cfg.augment, batch_size, self.cfg.seed, self.device).steps
+        epoch, k = divmod(state["step"], old)
+        state["step"] = epoch * new + k * self.cfg.batch_size // batch_size
+        self.cfg.batch_size = batch_size
+
+    def _lr(self, elapsed: float) -> float:
+        """Cosine decay over the run's progress: steps done or, under a time budget, time spent.
+
+        A resumed run's budget covers what is left of the schedule, so the rate does not jump back up."""
+        frac = max(self.step / self.total_steps, self.lr_progress_before)
+        if self.opts.time_budget_min:
+            left = 1.0 - self.lr_progress_before
+            frac = max(frac, self.lr_progress_before + left * elapsed / (self.opts.time_budget_min * 60))
+        self.lr_progress = min(frac, 1.0)
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self.lr_progress)))
+
+    def train_step(self, parts, elapsed: float):
+        rows = self.train_set.patches[torch.cat([idx for _, idx in parts])]
+        generator = step_generator(self.cfg.seed, self.step, self.device)
+        if self.pool is not None:
+            params = self.pool.for_parts(parts)
+        else:
+            params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation), generator, self.device)
+        if self.world.distributed:   # every rank drew the global batch's transforms; each takes its share
+            share = self.world.shard(len(rows))
+            rows, params = rows[share], params[share]
+        x, y = augmented_batch(self.train_set.inputs, self.train_set.masks, rows, params)
+        if self.cfg.intensity:   # drawn after the geometry, so --intensity leaves the geometric draws as they were
+            x = intensity_jitter(x, generator)
+        return self.optimise(x, y, elapsed)
+
+    def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
+        """One optimiser step on a batch of patches (benchmarks feed it from other pipelines too)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(elapsed)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self._forward(x)
+        loss = segmentation_loss(logits, y, self.cfg.loss, self.world.global_sums)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        with torch.no_grad():
+            pred = (logits > 0).float()
+            inter, total = (pred * y).sum(), pred.sum() + y.sum()
+        return loss.detach(), inter, total
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None or len(x) != self._full_share:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except Exception as e:   # no C compiler, no Triton (Windows): compiling fails before anything has run
+            if out_of_memory(e):
+                raise
+            print(f"torch.compile failed ({type(e).__name__}); training on without it", file=sys.stderr)
+            self.compiled = None
+            return self.model(x)
+
+    @property
+    def _full_share(self) -> int:
+        share = self.world.shard(self.cfg.batch_size)
+        return share.stop - share.start
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        if self.val_set is None or not self.world.main:
+            return None
+        self.net.eval()
+        scores = []
+        for _, sl in self.val_set.per_case():
+            inter = total = torch.zeros(len(self.labels), device=self.device)
+            for s in range(sl.start, sl.stop, 8):
+                x = self.val_set.inputs[s:min(s + 8, sl.stop)]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    pred = (self.net(x.contiguous(memory_format=torch.channels_last)) > 0).float()
+                y = self.val_set.masks[s:min(s + 8, sl.stop)].float()
+                inter = inter + (pred * y).sum((0, 2, 3))
+                total = total + (pred + y).sum((0, 2, 3))
+            per_structure = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+            scores.append(float(per_structure.mean()))   # a structure absent from both counts as right
+        self.net.train()
+        return sum(scores) / len(scores)
+
+    def _checkpoint(self, elapsed: float) -> None:
+        if self.best_weights is not None:   # first, so a checkpoint never names a best that is not on disk
+            save(self.best_weights, self.out / "best.pt")
+            self.best_weights = None
+        save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
+              "train_cases": [portable_case(c, self.out) for c in self.train_cases],
+              "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
+              "labels": [lab.to_dict() for lab in self.labels],
+              "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+              "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
+              "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
+              "version": __version__}, self.out / CHECKPOINT)
+
+    def run(self) -> TrainResult:
+        raise_if_interrupted()   # a Ctrl-C swallowed during set-up still means: write nothing
+        self.out.mkdir(parents=True, exist_ok=True)
+        budget_s = self.opts.time_budget_min * 60 if self.opts.time_budget_min else None
+        main = self.world.main
+        reporter = ProgressReporter(self.opts.progress_file if main else None, self.total_steps,
+                                    self.opts.show_progress and main, initial=self.step, budget_s=budget_s)
+        reporter.event("start", device=str(self.device), width=self.cfg.width, augment=self.cfg.augment,
+                       epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
+                       resumed_at_step=self.step, processes=self.world.size, batch_size=self.cfg.batch_size)
+        t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
+        last_curve = 0.0
+        stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None
+        self.net.train()
+        training = True
+        try:
+            with StopFlag() as stop:
+                while self.step < self.total_steps:
+                    epoch, k = divmod(self.step, self.steps_per_epoch)
+                    if stats is None:
+                        stats = EpochStats(self.device)
+                    loss, inter, total = self.train_step(self.order.parts(epoch, k), time.monotonic() - t0)
+                    stats.add(loss, inter, total)
+                    window = reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
+                    if window and time.monotonic() - last_curve >= CURVE_SECONDS:
+                        self.curve.append({"epochs_done": round(self.step / self.steps_per_epoch, 4), "step": self.step,
+                                           "loss": round(window[0], 5), "train_dice": round(window[1], 5)})
+                        last_curve = time.monotonic()
+                    ended_epoch = self.step % self.steps_per_epoch == 0
+                    elapsed = time.monotonic() - t0
+                    if budget_s and elapsed >= budget_s:
+                        status = "time_budget"
+                        self._lr(elapsed)   # the schedule is spent: a resumed run goes on at its floor
+                    if stop_at is not None and self.step >= stop_at and self.step < self.total_steps:
+                        status = "max_steps"
+                    if stop.reason or (self.opts.stop_file and os.path.exists(self.opts.stop_file)):
+                        status = "stopped"
+                    status = self._agreed(status)
+                    if ended_epoch or status != "finished":
+                        self._end_epoch(epoch, stats, reporter, elapsed)
+                        stats = None
+                    if status != "finished":
+                        break
+                    # on the timer only: a GPU ends an epoch every few seconds, and 100 fsynced checkpoints of
+                    # model + Adam state would cost more than the training
+                    if main and time.monotonic() - last_ckpt > self.opts.checkpoint_minutes * 60:
+                        if not ended_epoch:   # long epochs (CPU, 50x): validate between epochs too
+                            self._validate_and_keep_best(reporter)
+                        self._checkpoint(self.elapsed_before + elapsed)
+                        last_ckpt = time.monotonic()
+            elapsed, training = time.monotonic() - t0, False
+            if main:
+                self._checkpoint(self.elapsed_before + elapsed)
+                result = self._publish(status, elapsed)
+            else:
+                result = TrainResult(status, self.out, self.step / self.steps_per_epoch, self.history,
+                                     rank=self.world.rank)
+            self.world.barrier()   # the other ranks wait for rank 0's model, then all leave together
+        except (RuntimeError, MemoryError) as e:   # torch's OutOfMemoryError is one; cuDNN and cuBLAS use their words
+            if not out_of_memory(e):
+                raise
+            raise self._out_of_memory(reporter, training) from None
+        reporter.event("end", status=status, epochs_done=result.epochs_done, best_val_dice=result.best_val_dice,
+                       onnx=str(self.out / ONNX_FILE),
+                       stop_reason=self._stop_reason(stop.reason, status))
+        reporter.close()
+        return result
+
+    def _out_of_memory(self, reporter: ProgressReporter, training: bool) -> ExtremeAugError:
+        """A smaller batch to try (`train` tries it), or, with none left or retries off, the error and its advice."""
+        error = memory_error(self.cfg.batch_size, self.cfg.width, self.device.type, self.out / CHECKPOINT,
+                             training and self.opts.retry_smaller_batch and not self.world.distributed)
+        if isinstance(error, SmallerBatch):
+            reporter.event("retry", reason="out of memory", batch_size=error.batch_size, resume=error.resume)
+        else:
+            reporter.event("end", status="error", message=str(error))
+        reporter.close()
+        return error
+
+    def _stop_reason(self, signal_name: Optional[str], status: str) -> Optional[str]:
+        if signal_name or status != "stopped":
+            return signal_name
+        return "stop file" if self.opts.stop_file and os.path.exists(self.opts.stop_file) else "another rank stopped"
+
+    def _agreed(self, status: str) -> str:
+        """Under torchrun, a stop (budget, stop file, signal) that any rank saw, at the same step on every rank;
+        between agreements a rank goes on, and max_steps and the epochs end every rank at the same step."""
+        if not self.world.distributed or status == "max_steps":
+            return status
+        if self.step % distributed.AGREE_EVERY and self.step < self.total_steps:
+            return "finished"
+        codes = ("finished", "time_budget", "stopped")
+        return codes[self.world.agree(codes.index(status), self.device)]
+
+    def _end_epoch(self, epoch: int, stats: "EpochStats", reporter: ProgressReporter, elapsed: float) -> None:
+        val = self.validate()
+        done = self.step / self.steps_per_epoch
+        loss, dice = stats.summary()
+        row = {"epoch": epoch + 1, "epochs_done": round(done, 4), "step": self.step, "loss": loss,
+               "train_dice": dice, "val_dice": val, "elapsed_s": round(self.elapsed_before + elapsed, 2),
+               "patches_per_s": round(stats.steps * self.cfg.batch_size / stats.seconds(), 1)}
+        self.history.append(row)
+        reporter.event("epoch", **row)
+        self._keep_if_best(val, done)
+
+    def _validate_and_keep_best(self, reporter: ProgressReporter) -> None:
+        val = self.validate()
+        if val is not None:
+            done = round(self.step / self.steps_per_epoch, 4)
+            self.val_curve.append({"epochs_done": done, "step": self.step, "val_dice": val})
+            reporter.event("validation", epochs_done=done, step=self.step, val_dice=val)
+            self._keep_if_best(val, done)
+
+    def _keep_if_best(self, val: Optional[float], done: float) -> None:
+        if val is not None and (self.best is None or val > self.best["val_dice"]):
+            self.best = {"val_dice": val, "epochs_done": done}
+            self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def _publish(self, status: str, elapsed: float) -> TrainResult:
+        """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
+        if self.best is not None and (self.out / "best.pt").exists():
+            self.net.load_state_dict(load(self.out / "best.pt"))
+        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        done = self.step / self.steps_per_epoch
+        meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
+                "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
+                "keep_largest": self.cfg.keep_largest, "min_relative_size": self.cfg.min_relative_size,
+                "labels": [lab.to_dict() for lab in self.labels], "merge_labels": self.cfg.merge_labels,
+                "training_cases": [c.name for c in self.train_cases],
+                "validation_cases": [c.name for c in self.val_cases],
+                "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,
+                "intensity": self.cfg.intensity, "context": self.cfg.context,
+                "augment_mode": self.cfg.augment_mode, "epochs_planned": self.cfg.epochs,
+                "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
+                "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
+                "last_epoch": self.history[-1] if self.history else None,
+                "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
+        save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
+        diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
+        write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
+                                "val_curve": self.val_curve, "onnx_max_abs_diff": diff}, indent=1).encode(),
+                    self.out / HISTORY)
+        return TrainResult(status, self.out, done, self.history,
+                           self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
+
+
+def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
+          opts: Optional[RunOptions] = None, structures: Optional[Sequence[Structure]] = None) -> TrainResult:
+    """Train and export a model; out of memory in training tries again at half the batch (one line on stderr).
+
+    Args:
+        structures: the label table to learn (a project's); default: --label-names, else the first mask's.
+    """
+    opts, started = opts or RunOptions(), time.monotonic()
+    try:
+        while True:
+            try:
+                return Trainer(cfg, train_cases, val_cases, out_dir, opts, structures).run()
+            except SmallerBatch as smaller:
+                print(smaller.describe(), file=sys.stderr)
+                cfg, opts = smaller.retried(cfg, opts, time.monotonic() - started)
+            release()
+    finally:
+        distributed.close()
