@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import locale
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,56 @@ def one_line_error(result, *needles):
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """Real failing file systems: a read-only bind mount of a folder, and a tiny tmpfs disk that `fill` fills to
+    a chosen number of free bytes (needs root; skipped, with the reason, where mounting is refused)."""
+    mounted = []
+
+    def run(*args):
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot {' '.join(args[:3])} here: {result.stderr.strip()}")
+        return result
+
+    def read_only(source):
+        target = tmp_path / "read-only"
+        target.mkdir()
+        run("mount", "--bind", str(source), str(target))
+        mounted.append(target)
+        run("mount", "-o", "remount,ro,bind", str(target))
+        return target
+
+    def tiny_disk(kib):
+        target = tmp_path / "tiny"
+        target.mkdir()
+        run("mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(target))
+        mounted.append(target)
+        return target
+
+    def fill(disk, leave=0):
+        """Fill `disk` with a filler file until `leave` bytes (rounded to its pages) stay free; returns the file,
+        whose removal frees the space again."""
+        filler = disk / "filler"
+        with open(filler, "ab") as f:
+            while True:
+                room = shutil.disk_usage(disk).free - leave
+                if room <= 0:
+                    break
+                try:
+                    f.write(b"\0" * min(room, 1 << 20))
+                    f.flush()
+                except OSError:
+                    break
+        return filler
+
+    yield type("Mount", (), {"read_only": staticmethod(read_only), "tiny_disk": staticmethod(tiny_disk),
+                             "fill": staticmethod(fill)})
+    for target in reversed(mounted):   # lazily when a file is still open there: no mount outlives the test
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-import subprocess
 
 import numpy as np
 import pytest
@@ -156,69 +155,6 @@ def test_a_dicom_series_with_a_missing_or_truncated_slice_is_refused(tmp_path):
     cut.write_bytes(cut.read_bytes()[:-200])
     with pytest.raises(ExtremeAugError, match="not evenly spaced"):
         read_scan(str(folder))
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """Mount helpers for a read-only folder and a tiny disk (needs root; skipped where mounting is refused)."""
-    mounted = []
-
-    def run(*args):
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot {' '.join(args[:3])} here: {result.stderr.strip()}")
-        return result
-
-    def read_only(source):
-        target = tmp_path / "read-only"
-        target.mkdir()
-        run("mount", "--bind", str(source), str(target))
-        mounted.append(target)
-        run("mount", "-o", "remount,ro,bind", str(target))
-        return target
-
-    def tiny_disk(kib):
-        target = tmp_path / "tiny"
-        target.mkdir()
-        run("mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(target))
-        mounted.append(target)
-        return target
-
-    yield type("Mount", (), {"read_only": staticmethod(read_only), "tiny_disk": staticmethod(tiny_disk)})
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], capture_output=True)
-
-
-def test_a_read_only_project_is_read_and_refuses_writes_without_calling_itself_damaged(tmp_path, mount):
-    scan = write(tmp_path, "a.nii.gz", scan_array())
-    with Project.create(tmp_path / "p") as project:
-        project.add(str(scan), case_id="a")
-    folder = mount.read_only(tmp_path / "p")
-    status = run_cli("project", "status", folder, "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["cases"] == 1, status.stderr
-    assert run_cli("project", "cases", folder).returncode == 0
-    other = write(tmp_path, "b.nii.gz", scan_array(shape=(6, 20, 25)))
-    result = run_cli("project", "add", folder, other)
-    one_line_error(result, "read-only")
-    assert "damaged" not in result.stderr
-
-
-def test_a_read_only_file_system_is_named_in_one_line(tmp_path, mount):
-    scan = write(tmp_path, "v.nii.gz", scan_array())
-    folder = mount.read_only(tmp_path)   # the same folder, seen through a read-only mount
-    one_line_error(run_cli("project", "init", folder / "new"), "read-only")
-    one_line_error(run_cli("train", "--image", scan, "--label", scan, "--out", folder / "m"), "read-only")
-
-
-def test_a_full_disk_during_add_is_one_line_and_leaves_no_case_behind(tmp_path, mount):
-    disk = mount.tiny_disk(256)
-    assert run_cli("project", "init", disk / "p").returncode == 0
-    big = write(tmp_path, "big.nii.gz", (np.random.default_rng(1).random((40, 64, 64)) * 30000).astype(np.int16))
-    result = run_cli("project", "add", disk / "p", big)
-    one_line_error(result, "full")
-    with Project.open(disk / "p") as project:
-        assert project.cases() == []
-    assert not (disk / "p" / "cases").exists() or not any((disk / "p" / "cases").iterdir())
 
 
 @pytest.mark.parametrize("change, needle", [

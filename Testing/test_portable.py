@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from extremeaug.common import portable
+from extremeaug.common import files, portable
+from extremeaug.common.errors import ExtremeAugError
 from extremeaug.common.portable import spawn
 from extremeaug.data import io
 from extremeaug.project import Phase, Project, runs, worker
@@ -52,7 +53,7 @@ def sharing_violations(monkeypatch):
 def test_writes_fsync_through_a_writable_handle_as_windows_requires(tmp_path, windows_fsync):
     image = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
     io.write_image(image, tmp_path / "scan.nrrd")
-    io.write_bytes(b"{}", tmp_path / "heartbeat.json")
+    files.write_bytes(b"{}", tmp_path / "heartbeat.json")
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "scan.nrrd"))).tolist() == \
         sitk.GetArrayFromImage(image).tolist()
     assert (tmp_path / "heartbeat.json").read_bytes() == b"{}"
@@ -60,11 +61,11 @@ def test_writes_fsync_through_a_writable_handle_as_windows_requires(tmp_path, wi
 
 def test_a_rename_over_a_file_another_process_holds_is_retried(tmp_path, sharing_violations):
     sharing_violations["left"] = 3
-    io.write_bytes(b"new", tmp_path / "heartbeat.json")
+    files.write_bytes(b"new", tmp_path / "heartbeat.json")
     assert (tmp_path / "heartbeat.json").read_bytes() == b"new" and sharing_violations["seen"] == 4
     sharing_violations["left"] = 100   # held for good: the error comes through, nothing is left behind
-    with pytest.raises(PermissionError):
-        io.write_bytes(b"newer", tmp_path / "heartbeat.json")
+    with pytest.raises(ExtremeAugError, match="nothing was written there"):
+        files.write_bytes(b"newer", tmp_path / "heartbeat.json")
     assert (tmp_path / "heartbeat.json").read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["heartbeat.json"]
 
@@ -125,13 +126,13 @@ def test_network_shares_are_recognised_from_the_mount_table_and_unc_paths():
 
 
 def test_a_project_on_a_network_share_uses_a_rollback_journal_not_wal(tmp_path, monkeypatch):
-    from extremeaug.project import store
-    monkeypatch.setattr(store, "on_network_share", lambda folder: True)
+    from extremeaug.project import database
+    monkeypatch.setattr(database, "on_network_share", lambda folder: True)
     with Project.create(tmp_path / "share") as project:
         assert project._store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         project.add(_scan(tmp_path), case_id="a")
     assert not (tmp_path / "share" / (DB_FILE + "-wal")).exists()
-    monkeypatch.setattr(store, "on_network_share", lambda folder: False)
+    monkeypatch.setattr(database, "on_network_share", lambda folder: False)
     with Project.open(tmp_path / "share") as project:
         assert project._store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [c.id for c in project.cases()] == ["a"]
@@ -145,6 +146,59 @@ def test_process_liveness_on_this_platform():
         child.kill()
         child.wait()
     assert portable.process_alive(child.pid) is False and portable.process_alive(None) is None
+
+
+def _launcher(tmp_path):
+    """A stand-in for 3D Slicer's PythonSlicer (CTKAppLauncher): it runs the real interpreter as its own
+    child and waits for it, without passing a SIGTERM on. Its child records its pid and computes."""
+    pid_file = tmp_path / "python-real.pid"
+    launcher = tmp_path / "PythonSlicer"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                        f"sys.exit(subprocess.call([{sys.executable!r}, '-c', {child!r}]))\n")
+    launcher.chmod(0o755)
+    return launcher, pid_file
+
+
+def _child_pid(pid_file, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the launcher's child did not start"
+        time.sleep(0.1)
+    return int(pid_file.read_text())
+
+
+def _gone(pid, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while portable.process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not portable.process_alive(pid)
+
+
+def test_cancelling_a_segmentation_started_through_a_launcher_stops_the_launchers_child(tmp_path, monkeypatch):
+    """Inside Slicer `sys.executable` is a launcher whose child does the work: cancel must stop that
+    child too, not only the launcher (which terminate() alone would leave orphaned, still computing)."""
+    from extremeaug.project.jobs import SegmentJob
+    launcher, pid_file = _launcher(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(launcher))
+    (tmp_path / "p").mkdir()
+    job = SegmentJob(tmp_path / "p", ["case"], None, "cpu")
+    child = _child_pid(pid_file)
+    job.cancel()
+    try:
+        assert _gone(child), "the launcher's child still runs after cancel"
+        assert job.poll().status.value == "cancelled"
+    finally:
+        if portable.process_alive(child):
+            os.kill(child, 9)
+
+
+def test_stop_tree_on_windows_ends_the_whole_tree_with_taskkill(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    portable.stop_tree(child, windows=True)
+    assert calls == [["taskkill", "/T", "/F", "/PID", str(child.pid)]]
 
 
 def test_background_processes_never_import_code_from_the_project_folder(tmp_path):

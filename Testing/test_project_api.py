@@ -2,7 +2,6 @@
 the one label-kind policy, typed choices, one definition of each default, no import cycles."""
 from __future__ import annotations
 
-import ast
 import json
 import sqlite3
 import subprocess
@@ -162,8 +161,8 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
         # it learned one structure: that stays its label table, and new masks are merged into it
         assert project.structures() == [DEFAULT_STRUCTURE] and project.status().settings.merge_labels
     conn = sqlite3.connect(str(root / "project.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 4
-    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 5
+    assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == schema.CURRENT
     conn.close()
     Project.open(root).close()   # opening again migrates nothing
 

@@ -25,8 +25,11 @@ def action(method):
                 return method(self, *args[:accepted])
         except Exception as e:   # shown to the user; the panel stays usable
             from extremeaug.common.errors import ExtremeAugError
+            from extremeaug.common.files import os_error_text
             if isinstance(e, (ExtremeAugError, ValueError)):
                 slicer.util.errorDisplay(str(e), windowTitle=MODULE_NAME)
+            elif isinstance(e, OSError):   # the disk or file system said no: its words, not a traceback
+                slicer.util.errorDisplay(os_error_text(e), windowTitle=MODULE_NAME)
             else:
                 logging.error(traceback.format_exc())
                 slicer.util.errorDisplay(f"{type(e).__name__}: {e}", windowTitle=MODULE_NAME,

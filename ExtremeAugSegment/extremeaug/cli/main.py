@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import re
 import sqlite3
 import sys
@@ -12,7 +11,8 @@ from typing import List, Optional
 from .. import __version__
 from ..common.config import (DEMO_MINUTES, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments,
                              int_list, non_negative, positive_int_list, probability)
-from ..common.errors import ExtremeAugError, database_error_text
+from ..common.errors import ExtremeAugError, Interrupted
+from ..common.files import WRITTEN, database_error_text, os_error_text
 from ..common.output import json_text
 
 TRAIN_FLAGS = [f.name for f in fields(TrainConfig)]
@@ -76,7 +76,7 @@ def cmd_evaluate(a) -> int:
                   f"{r['assd_mm']:.2f} mm  found {r['found']}/{r['reference_structures']}"
                   + (f"  predicted as another structure: {others}" if others else ""))
         if "mean_dice" in m:
-            print(f"  mean Dice over structures {m['mean_dice']:.4f}")
+            print(f"  mean Dice over structures {m['mean_dice']:.4f} ({m['compared']})")
     return 0
 
 
@@ -233,11 +233,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"extremeaug {_name(args)}: interrupted {e}", file=sys.stderr)
+        return 130
     except ExtremeAugError as e:
         print(f"extremeaug {_name(args)}: error: {e}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:   # damaged, or not writable, full or locked
-        print(f"extremeaug {_name(args)}: error: {database_error_text(e)}", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: error: {database_error_text(e, getattr(args, 'dir', None))}",
+              file=sys.stderr)
         return 2
     except (OSError, RuntimeError, MemoryError) as e:   # the disk, the file system or the memory said no: one line
         from ..training.memory import out_of_memory
@@ -250,19 +254,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         if isinstance(e, RuntimeError) and "Symlink loop" not in str(e):
             raise
-        print(f"extremeaug {_name(args)}: error: {_os_error_text(e)}", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: error: {os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started (during training, SIGINT stops cleanly)
-        print(f"extremeaug {_name(args)}: interrupted; nothing written", file=sys.stderr)
+        print(f"extremeaug {_name(args)}: interrupted; {_what_was_written()}", file=sys.stderr)
         return 130
 
 
-def _os_error_text(e: Exception) -> str:
-    if not isinstance(e, OSError):
-        return f"{e} (a symbolic link that points at itself)"
-    what = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
-    return f"{e.filename}: {what}" if e.filename else what
+def _what_was_written() -> str:
+    """The truth about an interrupted command: which files it had published before the interrupt."""
+    if not WRITTEN:
+        return "nothing written"
+    return f"{len(WRITTEN)} file(s) had been written, the last {WRITTEN[-1]}"
 
 
 if __name__ == "__main__":

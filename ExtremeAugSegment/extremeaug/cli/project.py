@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import List
 
 from ..common.config import RunOptions, TrainConfig, add_arguments, changed_settings, from_arguments, int_list
-from ..common.errors import ExtremeAugError
+from ..common.errors import ExtremeAugError, Interrupted
 from ..common.events import format_eta
 from ..common.output import json_text
 from ..common.structures import describe, parse_table
@@ -46,8 +47,7 @@ def cmd_accept(a) -> int:
         c = project.accept(a.case, a.label, a.split, LabelKind.MANUAL if a.manual else None)
     fix = c.history[-1].correction
     print(f"case {c.id}: {c.state.value} label stored ({c.label}), {c.split.value} split; {len(c.history)} label "
-          "file(s) in its history" + (f"; the correction changed {fix.voxels_changed} voxels of model "
-                                      f"v{fix.model_version}'s prediction (Dice {fix.dice:.3f})" if fix else ""))
+          "file(s) in its history" + (f"; {fix.describe()}" if fix else ""))
     return 0
 
 
@@ -64,8 +64,7 @@ def cmd_cases(a) -> int:
         fix = lab.correction
         print(f"  label {lab.id}: {lab.kind.value:<9} {lab.voxels:>9} voxels  {lab.path}" + (
             f"  (v{lab.model_version})" if lab.model_version else "") + (
-            f"  corrected v{fix.model_version}: +{fix.voxels_added} / -{fix.voxels_removed} voxels, Dice "
-            f"{fix.dice:.3f}" + (f", {fix.seconds:.0f} s" if fix.seconds is not None else "") if fix else ""))
+            f"  {fix.describe()}" if fix else ""))
     return 0
 
 
@@ -183,10 +182,17 @@ def cmd_segment(a) -> int:
             ids.append(project.add(a.add, case_id=a.id, source=a.source).id)
         if not ids:
             raise ExtremeAugError("name the cases to segment, or pass --unlabeled or --add")
-        project.segment(ids, a.version, a.device, progress=lambda r: print(
-            json_text(r, indent=None) if a.json else
-            f"{r.case_id}: {r.voxels} voxels, uncertainty {r.uncertainty:.3f} (model v{r.version}); {r.state.value}",
-            flush=True))
+        stored: List[str] = []
+
+        def show(r) -> None:
+            stored.append(r.case_id)
+            print(json_text(r, indent=None) if a.json else f"{r.case_id}: {r.voxels} voxels, uncertainty "
+                  f"{r.uncertainty:.3f} (model v{r.version}); {r.state.value}", flush=True)
+        try:
+            project.segment(ids, a.version, a.device, progress=show)
+        except KeyboardInterrupt:
+            raise Interrupted(f"after storing the predictions of {len(stored)} of {len(ids)} case(s)" + (
+                f" ({', '.join(stored)})" if stored else "") + "; the others were not segmented") from None
     return 0
 
 

@@ -156,3 +156,29 @@ def spawn(module_args: Sequence[str], stdout: Optional[IO], stderr: Optional[IO]
     return subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL, stdout=stdout,
                             stderr=stderr if stderr is not None else subprocess.STDOUT, cwd=str(PACKAGE_PARENT),
                             env=env, **kwargs)
+
+
+def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS, wait_s: float = 5.0) -> None:
+    """Stop a process that `spawn` started and every process it started in turn.
+
+    Inside 3D Slicer `sys.executable` is the PythonSlicer launcher, which runs `python-real` as its own
+    child: terminating the launcher alone would leave that child computing (and storing) after the
+    caller said "cancelled". `spawn` made the launcher a process group leader on POSIX, so the group is
+    signalled; on Windows `taskkill /T` ends the tree."""
+    if process.poll() is not None:
+        return
+    if windows:
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    else:
+        import signal
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

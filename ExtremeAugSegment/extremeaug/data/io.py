@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -13,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..common.errors import ExtremeAugError
-from ..common.portable import fsync_file, replace
+from ..common.files import publish, temporary_beside, write_failure
 from ..common.structures import Structure
 from .guard import check_image_file
 from .labels import match_table, select, split_structures
@@ -260,45 +258,32 @@ def check_outputs(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | o
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write atomically: a temporary file in the same folder (same extension), fsync, rename."""
+    """Write atomically (common.files): a temporary file in the same folder (same extension), flushed and
+    read back, which must give the same voxels and grid (ITK's writers do not report every failed write),
+    then renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temporary_beside(path, suffix)
+    needed = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
     try:
-        try:
-            sitk.WriteImage(image, tmp, compress)
-        except RuntimeError as e:   # ITK reports a failed write (full disk, I/O error) as a RuntimeError
-            full = shutil.disk_usage(path.parent).free < (1 << 20)
-            raise ExtremeAugError(f"{path}: " + ("the disk is full" if full else "could not be written (" + next(
-                (line.strip() for line in str(e).splitlines() if "rror" in line), "ITK error") + ")")) from None
-        _publish(tmp, path)
+        sitk.WriteImage(image, str(tmp), compress)
+    except RuntimeError as e:   # ITK reports some failed writes (full disk, I/O error) as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, None, needed if not compress else 0, "could not be written (" + next(
+            (line.strip() for line in str(e).splitlines() if "rror" in line), "ITK error") + ")") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+    return publish(tmp, path, lambda written: _differs(written, image), needed if not compress else 0)
 
 
-def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Atomically write bytes (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _differs(path: Path, image: sitk.Image) -> Optional[str]:
+    """What is wrong with an image file read back against the image meant to be in it, or None."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """fsync, give the file the permissions a plain open() would (mkstemp makes it 0600), rename."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    fsync_file(tmp)
-    replace(tmp, path)
+        back = sitk.ReadImage(str(path))
+    except RuntimeError:
+        return f"the file read back is not a readable image ({path.stat().st_size} bytes on the disk)"
+    if not (same_grid(back, image) and back.GetPixelID() == image.GetPixelID() and
+            np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))):
+        return "the file read back differs from the image written"
+    return None

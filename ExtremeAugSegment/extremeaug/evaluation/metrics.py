@@ -85,7 +85,9 @@ def evaluate_files(prediction: str, reference: str, label_values: Optional[Itera
     result = dict(evaluate(pred, ref), warnings=warnings)
     per_structure = evaluate_structures(prediction, reference, label_values, names)
     if per_structure:
+        mismatch = per_structure.pop("mismatch", None)
         result.update(per_structure)
+        result["warnings"] += [mismatch] if mismatch else []
     return result
 
 
@@ -121,7 +123,16 @@ def evaluate_structures(prediction: str, reference: str, label_values: Optional[
         rows.append(dict(value=lab.value, name=name, **metrics,
                          predicted_as=predicted_as, wrong_structure_voxels=int(counts[1:].sum() - (
                              counts[i + 1] if i is not None else 0))))
-    return {"structures": rows, "mean_dice": float(np.mean([r["dice"] for r in rows]))}
+    matched = [r for r, lab in zip(rows, r_labels) if key(lab) in p_index]
+    compared = (f"each reference structure against the prediction's structure of the same "
+                f"{'name' if by_name else 'label value'}; the prediction has {len(p_labels)} structure(s), the "
+                f"reference {len(r_labels)}, {len(matched)} matched")
+    result = {"structures": rows, "mean_dice": float(np.mean([r["dice"] for r in rows])), "compared": compared}
+    if len(p_labels) != len(r_labels) or len(matched) < len(rows):
+        result["mismatch"] = (f"the prediction has {len(p_labels)} structure(s) and the reference {len(r_labels)}: "
+                              f"mean_dice scores the {len(rows) - len(matched)} structure(s) the prediction lacks "
+                              "as 0; the top-level Dice compares the union of all structures")
+    return result
 
 
 def uncertainty_scores(uncertainty: sitk.Image, pred: sitk.Image, ref: sitk.Image, radius_mm: float = NEAR_MM,

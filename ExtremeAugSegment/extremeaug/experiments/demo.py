@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 from ..common.config import DEMO_MINUTES, RUN_DEFAULTS, TRAIN_DEFAULTS
+from ..common.errors import ExtremeAugError
+from ..common.files import write_bytes
 from ..data.io import read_binary, read_scan, write_image
 from ..data.phantom import write_phantoms
 from ..evaluation.metrics import evaluate
@@ -15,16 +17,30 @@ from ..training.train import RunOptions, TrainConfig, train
 from .figures import overlay_png, training_curve_png
 
 DEMO_PHANTOMS = 4
+MARKER = ".extremeaug-demo"   # in a folder the demo made: the only kind whose files it replaces
+
+
+def _own_workdir(work: Path) -> Path:
+    """The demo writes (and replaces what it wrote before) only in a folder that is new, empty, or one it made
+    itself: it never deletes or overwrites a user's files."""
+    if work.exists() and not work.is_dir():
+        raise ExtremeAugError(f"--workdir {work}: is a file; name a new or empty folder")
+    if work.is_dir() and not (work / MARKER).is_file() and any(work.iterdir()):
+        raise ExtremeAugError(f"--workdir {work}: holds files the demo did not write; name a new or empty folder "
+                              "(the demo replaces its own output there)")
+    work.mkdir(parents=True, exist_ok=True)
+    write_bytes(b"a folder of extremeaug demo output; a new demo run here replaces it\n", work / MARKER)
+    return work
 
 
 def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = DEMO_MINUTES,
              augment: int = TRAIN_DEFAULTS.augment, device: str = RUN_DEFAULTS.device, show_progress: bool = True,
              epochs: int = TRAIN_DEFAULTS.epochs, seed: int = TRAIN_DEFAULTS.seed) -> dict:
     """Phantom 0 trains, phantom 1 validates (best epoch kept), phantoms 2.. are segmented and scored."""
-    work = Path(workdir)
+    work = _own_workdir(Path(workdir))
     pairs = write_phantoms(work / "data", DEMO_PHANTOMS)
     model_dir = work / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)  # the demo's own output from an earlier run
+    shutil.rmtree(model_dir, ignore_errors=True)  # the demo's own output from an earlier run (checked above)
     (work / "progress.jsonl").unlink(missing_ok=True)
     result = train(TrainConfig(augment=augment, epochs=epochs, seed=seed),
                    [Case(str(pairs[0][0]), str(pairs[0][1]))], [Case(str(pairs[1][0]), str(pairs[1][1]))],
@@ -49,5 +65,5 @@ def run_demo(workdir: str | Path = "extremeaug-demo", time_budget_min: float = D
                "mean_dice": sum(s["dice"] for s in scores.values()) / len(scores),
                "files": {"model": str(model_dir / "model.onnx"), "overlay": str(work / "overlay.png"),
                          "training_curve": str(work / "training_curve.png")}}
-    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_bytes(json.dumps(summary, indent=1).encode(), work / "summary.json")
     return summary

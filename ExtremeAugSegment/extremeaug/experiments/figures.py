@@ -1,22 +1,32 @@
 """PNG figures: a segmentation overlay on the middle slice (like the paper's Fig. 5) and training curves."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..common.files import write_bytes
 from ..data.preprocess import PLANE_AXIS, orient
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_png(fig, path: str | Path, dpi: int) -> Path:
+    """A figure through the one write path (common.files): rendered in memory, written, read back, renamed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return write_bytes(buffer.getvalue(), path)
 
 
 def _middle_slice(image: sitk.Image, axis: int) -> np.ndarray:
@@ -27,7 +37,7 @@ def _middle_slice(image: sitk.Image, axis: int) -> np.ndarray:
 
 def overlay_png(scan: sitk.Image, prediction: sitk.Image, path: str | Path, reference: Optional[sitk.Image] = None,
                 plane: str = "sagittal", title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     axis = PLANE_AXIS[plane]
     img = _middle_slice(scan, axis)
     spacing = orient(scan).GetSpacing()
@@ -40,15 +50,13 @@ def overlay_png(scan: sitk.Image, prediction: sitk.Image, path: str | Path, refe
     ax.set_title(title + ("\nred: model, green dashed: reference" if reference is not None else ""), fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=100)
 
 
 def training_curve_png(history: Sequence[dict], curve: Sequence[dict], path: str | Path, title: str = "",
                        val_curve: Sequence[dict] = ()) -> Path:
     """Training loss and Dice over short windows (`curve`) and validation Dice (`history`, `val_curve`)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if curve:
         x = [c["epochs_done"] for c in curve]
@@ -64,6 +72,4 @@ def training_curve_png(history: Sequence[dict], curve: Sequence[dict], path: str
     ax.legend(loc="center right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=100)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..common.config import RunOptions, TrainConfig
 from ..common.errors import ExtremeAugError
-from ..data.io import write_bytes
+from ..common.files import write_bytes
 
 SPIDER_DISC_LABELS = list(range(201, 300))   # SPIDER: vertebrae 1-25, canal 100, discs 201+
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")

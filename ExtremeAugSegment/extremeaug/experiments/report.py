@@ -9,7 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..data.io import write_bytes
+from ..common.files import write_bytes
+from .figures import pyplot, save_png
 
 # Gaonkar et al., Tables I and II: {augmentation: {training scans: Dice}}
 PAPER_TRAIN = {5: {1: .848, 3: .913, 5: .913, 7: .917, 9: .928}, 10: {1: .892, 3: .930, 5: .932, 7: .931, 9: .936},
@@ -127,10 +128,7 @@ def _curve(row: dict) -> tuple:
 
 
 def figures(rows: List[dict], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     modes = sorted({r["mode"] for r in rows})
     augments = sorted({r["augment"] for r in rows})
     counts = sorted({r["n_train"] for r in rows})
@@ -157,8 +155,7 @@ def figures(rows: List[dict], out: Path) -> None:
                 if shown:
                     ax.legend(fontsize=7, loc="lower right")
             axes[i][0].set_ylabel("training Dice")
-        fig.savefig(out / name, dpi=80)
-        plt.close(fig)
+        save_png(fig, out / name, dpi=80)
     val = _groups(rows, "val_dice")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     for mode, a, epochs in sorted({g[:3] for g in val}):
@@ -174,5 +171,4 @@ def figures(rows: List[dict], out: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.savefig(out / "fig_validation.png", dpi=80)
-    plt.close(fig)
+    save_png(fig, out / "fig_validation.png", dpi=80)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..common.errors import ExtremeAugError
-from ..data.io import write_bytes
+from ..common.files import write_bytes
 from .metadata import FORMAT_VERSION, METADATA_KEY
 from .model import ProbabilityModel, ResUNet
 

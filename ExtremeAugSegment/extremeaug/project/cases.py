@@ -68,6 +68,7 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     A scan already in the project (same voxels and grid) is not added twice: its case is returned (with
     `label` stored on it as a manual label), unless `new_case` or another `case_id` asks for a new case,
     which is refused with the existing case's id."""
+    store.check_writable()
     split = Split.parse(split)
     if case_id is not None and not _ID.fullmatch(case_id):
         raise ExtremeAugError(f"case id {case_id!r}: use 1-64 letters, digits, '_', '-' or '.'")
@@ -89,12 +90,12 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     sweep_leftovers(folder)
     fresh = not folder.exists()
     written: List[Path] = []
-    with _removed_on_failure(written, folder if fresh else None):   # a full disk leaves no half case behind
+    with removed_on_failure(written, folder if fresh else None):   # a full disk leaves no half case behind
         written.append(write_image(image, folder / f"scan-{secrets.token_hex(3)}.nrrd"))
         if mask is not None:
             written.append(write_image(mask.mask, _new_label_path(folder, LabelKind.MANUAL)))
     scan_file, label_file = written[0], (written[1] if mask is not None else None)
-    with _removed_on_failure(written, folder if fresh else None), store.write():
+    with removed_on_failure(written, folder if fresh else None), store.write():
         _check_new_id(store, case_id)   # again under the write lock: two adds cannot both take an id
         other = store.case_with_scan(digest)
         if other is not None:
@@ -113,6 +114,7 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
     `kind` None is the one policy for every front end: a label over a prediction is `corrected`, else
     `manual`. A corrected label records what changed against the prediction it replaces (`corrects`, the
     auto label's id; by default the case's newest) and `seconds` from that prediction being shown."""
+    store.check_writable()
     case = store.case_row(case_id)
     split = Split.parse(split)
     if split != Split.AUTO and case["split"] not in (None, split.value):
@@ -132,7 +134,7 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
     correction = _correction(store, auto, mask.mask, seconds) if kind == LabelKind.CORRECTED and auto else None
     sweep_leftovers(store.root / "cases" / case_id)
     label_file = write_image(mask.mask, _new_label_path(store.root / "cases" / case_id, kind))
-    with _removed_on_failure([label_file]), store.write():
+    with removed_on_failure([label_file]), store.write():
         label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
         if correction is not None:
             store.insert_correction(label_id, correction)
@@ -142,14 +144,19 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
 def _correction(store: Store, auto: Label, mask: sitk.Image, seconds: Optional[float]) -> Correction:
     """What the person changed: voxels that became (or changed to) a structure, voxels taken out of every
     structure, and the Dice of the two label maps (a voxel agrees when both give it the same structure)."""
-    before = sitk.GetArrayFromImage(sitk.ReadImage(str(store.path(auto.path))))
+    seconds = None if seconds is None else round(float(seconds), 1)
     after = sitk.GetArrayFromImage(mask)
-    if before.shape != after.shape:
-        raise ExtremeAugError(f"prediction {auto.path} is not on the scan's grid; the project is damaged")
+    try:
+        before = sitk.GetArrayFromImage(sitk.ReadImage(str(store.path(auto.path))))
+    except RuntimeError:
+        before = None
+    if before is None or before.shape != after.shape:
+        # the prediction's file is gone, empty or damaged (`verify` names it): the person's label is stored
+        # all the same, and what it changed is unknown rather than a guess
+        return Correction(auto.id, auto.model_version, None, None, None, seconds)
     same, total = int(np.count_nonzero((before == after) & (after > 0))), int((before > 0).sum() + (after > 0).sum())
     return Correction(auto.id, auto.model_version, int(np.count_nonzero((after > 0) & (after != before))),
-                      int(np.count_nonzero((before > 0) & (after == 0))), 2 * same / total if total else 1.0,
-                      None if seconds is None else round(float(seconds), 1))
+                      int(np.count_nonzero((before > 0) & (after == 0))), 2 * same / total if total else 1.0, seconds)
 
 
 def _check_new_id(store: Store, case_id: str) -> None:
@@ -172,9 +179,9 @@ def sweep_leftovers(folder: Path, older_than_s: float = LEFTOVER_AGE_S) -> None:
 
 
 @contextmanager
-def _removed_on_failure(paths: Sequence[Optional[Path]], folder: Optional[Path] = None):
+def removed_on_failure(paths: Sequence[Optional[Path]], folder: Optional[Path] = None):
     """Files written for a database change that did not commit are removed again, and the case folder
-    this attempt created, once empty (another attempt's files in it stay)."""
+    this attempt created with the folders in it, once empty (another attempt's files in them stay)."""
     try:
         yield
     except BaseException:
@@ -182,10 +189,11 @@ def _removed_on_failure(paths: Sequence[Optional[Path]], folder: Optional[Path] 
             if p is not None:
                 p.unlink(missing_ok=True)
         if folder is not None:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+            for empty in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)) + [folder]:
+                try:
+                    empty.rmdir()
+                except OSError:
+                    pass   # not empty: another attempt's files, or a temporary file of a live writer
         raise
 
 
@@ -290,4 +298,14 @@ def verify(store: Store) -> List[str]:
             problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} is missing")
         elif sha256(p) != lab.sha256:
             problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} changed on disk (checksum)")
+        else:   # a checksum proves the bytes did not change, not that they are a label: read it back
+            try:
+                voxels = int(np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))))
+            except RuntimeError:
+                problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} is not a readable image "
+                                f"({p.stat().st_size} bytes)")
+                continue
+            if voxels != lab.voxels:
+                problems.append(f"case {lab.case_id}: {lab.kind.value} label {lab.path} holds {voxels} labeled "
+                                f"voxels, {lab.voxels} were stored")
     return problems

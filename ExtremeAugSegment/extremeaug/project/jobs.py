@@ -3,7 +3,7 @@
 A GUI must not run inference, the uncertainty's dilation or compressed writes on its own thread: a
 `SegmentJob` runs `extremeaug project segment ... --json` in a child process that stores each prediction
 as it goes (one JSON line per case on its stdout), and `poll()` reads what is there without waiting.
-Cancel terminates the process: every prediction already stored stays (each is written atomically and
+Cancel stops the process and what it started (inside 3D Slicer the launcher's `python-real`): every prediction already stored stays (each is written atomically and
 registered in one transaction), the rest is simply not done.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..common.portable import spawn
+from ..common.portable import spawn, stop_tree
 from .records import CaseState, JobState, JobStatus, SegmentResult
 
 
@@ -65,10 +65,10 @@ class SegmentJob:
         return state
 
     def cancel(self) -> None:
-        """Stop the process (stored predictions stay); `poll()` then reports `cancelled`."""
+        """Stop the process tree (stored predictions stay); `poll()` then reports `cancelled`."""
         if self._process.poll() is None:
             self._cancelled = True
-            self._process.terminate()
+            stop_tree(self._process)
 
     def _results(self) -> List[SegmentResult]:
         try:

@@ -88,14 +88,21 @@ class Correction:
     """What a person changed when a human label replaced a prediction."""
     auto_label: int                 # the id of the prediction that was corrected
     model_version: Optional[int]    # the version that predicted it
-    voxels_added: int
-    voxels_removed: int
-    dice: float                     # between the prediction and the accepted label
+    voxels_added: Optional[int]     # None (with the two below): unknown, the prediction file was unreadable
+    voxels_removed: Optional[int]
+    dice: Optional[float]           # between the prediction and the accepted label
     seconds: Optional[float] = None  # from the prediction being shown to the accept (when the front end knows)
 
     @property
-    def voxels_changed(self) -> int:
-        return self.voxels_added + self.voxels_removed
+    def voxels_changed(self) -> Optional[int]:
+        return None if self.voxels_added is None else self.voxels_added + self.voxels_removed
+
+    def describe(self) -> str:
+        """What the correction changed, in words, for the command line and the front ends' case views."""
+        changed = ("what it changed is unknown (the prediction's file could not be read)" if self.dice is None else
+                   f"+{self.voxels_added} / -{self.voxels_removed} voxels, Dice {self.dice:.3f}")
+        return f"corrected v{self.model_version}: {changed}" + (
+            f", {self.seconds:.0f} s" if self.seconds is not None else "")
 
 
 @dataclass(frozen=True)

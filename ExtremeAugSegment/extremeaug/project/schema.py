@@ -131,8 +131,26 @@ SCHEMA_4 = """
 ALTER TABLE labels ADD COLUMN uncertainty_map TEXT;   -- auto labels: relative path of the uncertainty map
 """
 
+# Step 5: a correction whose prediction file was gone (deleted, or empty after a full disk) is still stored;
+# what it changed is then unknown (NULL). SQLite cannot drop a NOT NULL constraint: the table is rebuilt.
+SCHEMA_5 = """
+CREATE TABLE corrections_5 (
+    label_id INTEGER PRIMARY KEY REFERENCES labels(id),      -- the human label
+    auto_label_id INTEGER NOT NULL REFERENCES labels(id),    -- the prediction it replaced
+    model_version INTEGER,
+    voxels_added INTEGER,          -- NULL: unknown (the prediction file could not be read at the accept)
+    voxels_removed INTEGER,
+    dice REAL,
+    seconds REAL                   -- from the prediction being shown to the accept, when the front end knows
+);
+INSERT INTO corrections_5 SELECT label_id, auto_label_id, model_version, voxels_added, voxels_removed, dice, seconds
+    FROM corrections;
+DROP TABLE corrections;
+ALTER TABLE corrections_5 RENAME TO corrections;
+"""
+
 MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2, _step_3,
-                                                                _script(SCHEMA_4)]
+                                                                _script(SCHEMA_4), _script(SCHEMA_5)]
 CURRENT = len(MIGRATIONS)
 
 

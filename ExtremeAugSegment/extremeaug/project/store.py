@@ -8,7 +8,7 @@ references them comes last; a crash in between leaves an unreferenced file, neve
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..common.errors import ExtremeAugError, ProjectBusy, database_error_text
-from ..common.portable import on_network_share
+from ..common.errors import ExtremeAugError, ProjectBusy
+from ..common.files import database_error_text
 from . import schema
+from .database import DB_FILE, create_database, open_database, read_only_view, set_journal
 from .records import CaseInfo, CaseState, Correction, Label, LabelKind, RunStatus, Settings, Split, Structure
 
-DB_FILE = "project.db"
 DEFAULT_SETTINGS = {"plane": "auto", "val_fraction": 0.25, "label_values": None, "active_version": None,
                     "labels": None, "merge_labels": False}
 HUMAN = (LabelKind.MANUAL.value, LabelKind.CORRECTED.value)
@@ -58,57 +58,64 @@ class VersionRow:
 class Store:
     """An open project: `root` folder and its database connection."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection):
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: Optional[str] = None,
+                 snapshot: Optional[Path] = None):
         self.root, self.conn = root, conn
+        self.read_only = read_only   # why changes are refused (a read-only folder, a full disk), or None
+        self._snapshot = snapshot    # the private copy a read-only view reads, removed on close
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | Path, **settings) -> "Store":
         root = Path(root).resolve()
-        if (root / DB_FILE).exists():
-            raise ExtremeAugError(f"{root} is already a project")
-        if root.exists() and not root.is_dir():
-            raise ExtremeAugError(f"{root} exists and is not a folder")
-        if root.exists() and any(root.iterdir()):
-            raise ExtremeAugError(f"{root} is not empty; a project needs a new or empty folder")
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / (DB_FILE + ".new")
-        tmp.unlink(missing_ok=True)
-        conn = _connect(tmp)
-        conn.execute("BEGIN IMMEDIATE")
-        schema.migrate(conn, root, 0)
-        values = {**DEFAULT_SETTINGS, **settings, "created": time.time()}
-        conn.executemany("INSERT INTO settings VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
-        conn.commit()
-        conn.close()
-        tmp.replace(root / DB_FILE)   # a half-created project never looks like a project
+        create_database(root, {**DEFAULT_SETTINGS, **settings, "created": time.time()})
         return cls.open(root)
 
     @classmethod
     def open(cls, root: str | Path) -> "Store":
+        """The project in `root`. A folder that cannot be written (a read-only share or mount), or a disk too full
+        for SQLite's -shm/-wal files, opens as a read-only view that still sees the newest changes."""
         root = Path(root).resolve()
+        conn, snapshot, read_only = open_database(root)
+        return cls._opened(root, conn, snapshot, read_only)
+
+    @classmethod
+    def _opened(cls, root: Path, conn: sqlite3.Connection, snapshot: Optional[Path] = None,
+                read_only: Optional[str] = None) -> "Store":
         db = root / DB_FILE
-        if not db.is_file():
-            raise ExtremeAugError(f"{root} is not an extremeaug project (no {DB_FILE}); "
-                                  f"create one with: extremeaug project init {root}")
-        read_only = not (os.access(root, os.W_OK) and os.access(db, os.W_OK))   # e.g. a read-only share or mount
         try:
-            conn = _connect(db, read_only)
             version = schema.stored_version(conn)
         except sqlite3.DatabaseError as e:
-            raise ExtremeAugError(f"{db}: {database_error_text(e)}") from None
+            conn.close()
+            raise ExtremeAugError(f"{db}: {database_error_text(e, root)}") from None
         if not 1 <= version <= schema.CURRENT:
             conn.close()
             raise ExtremeAugError(f"{db}: unknown project format {version}; this extremeaug reads formats 1 to "
                                   f"{schema.CURRENT} (a newer extremeaug made it?)")
-        store = cls(root, conn)
+        store = cls(root, conn, read_only, snapshot)
+        if read_only is None:
+            set_journal(conn, db)
         if version < schema.CURRENT:
-            with store.write():
-                schema.migrate(conn, root, schema.stored_version(conn))   # re-read under the lock
+            if read_only is not None and snapshot is None:   # an older project seen read-only: migrate a copy
+                conn.close()
+                return cls._opened(root, *read_only_view(db, force_copy=True), read_only=read_only)
+            store._migrate()
         return store
+
+    def _migrate(self) -> None:
+        if self._snapshot is not None:   # the private copy of a read-only view
+            self.conn.execute("BEGIN IMMEDIATE")
+            schema.migrate(self.conn, self.root, schema.stored_version(self.conn))
+            self.conn.commit()
+            return
+        with self.write():
+            schema.migrate(self.conn, self.root, schema.stored_version(self.conn))   # re-read under the lock
 
     def close(self) -> None:
         self.conn.close()
+        if self._snapshot is not None:
+            shutil.rmtree(self._snapshot, ignore_errors=True)
+            self._snapshot = None
 
     def integrity_problems(self) -> List[str]:
         """SQLite's own check of every page and index (empty when the database is sound)."""
@@ -129,16 +136,27 @@ class Store:
     def write(self) -> Iterator[None]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock before any read, so
         check-then-insert sequences (one training at a time, case ids, version numbers) cannot race."""
+        self.check_writable()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            raise ProjectBusy(f"{self.root / DB_FILE} is busy ({e}); try again") from None
+            if "locked" in str(e) or "busy" in str(e):
+                raise ProjectBusy(f"{self.root / DB_FILE} is busy ({e}); try again") from None
+            raise ExtremeAugError(f"{self.root / DB_FILE}: {database_error_text(e, self.root)}") from None
         try:
             yield
-        except BaseException:
-            self.conn.rollback()
+            self.conn.commit()
+        except BaseException as e:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            if isinstance(e, sqlite3.DatabaseError):   # a full disk at the commit is not a damaged database
+                raise ExtremeAugError(f"{self.root / DB_FILE}: {database_error_text(e, self.root)}") from None
             raise
-        self.conn.commit()
+
+    def check_writable(self) -> None:
+        """Refuse a change before any file is written for it, when the project cannot take changes."""
+        if self.read_only is not None:
+            raise ExtremeAugError(f"{self.root}: {self.read_only}; nothing was changed")
 
     def _writing(self) -> sqlite3.Connection:
         assert self.conn.in_transaction, "a change outside `with store.write()`"
@@ -372,19 +390,3 @@ class Store:
         self._writing().executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
                                     [(version, lid, by_id[lid].case_id, json.dumps(m), time.time())
                                      for lid, m in metrics.items()])
-
-
-def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
-    """A connection; on a project that cannot be written, a read-only one that needs no -wal/-shm files
-    (`immutable`: nothing can write there, so nothing changes under the reader)."""
-    if read_only:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        return conn
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)  # explicit BEGIN/COMMIT only
-    conn.row_factory = sqlite3.Row
-    # WAL needs memory shared between the processes, which a network file system does not give
-    conn.execute(f"PRAGMA journal_mode = {'DELETE' if on_network_share(path.parent) else 'WAL'}")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn

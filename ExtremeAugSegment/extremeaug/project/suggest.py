@@ -9,6 +9,7 @@ uncertainty of at least FAINT, or 1.0 when there is none.
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import SimpleITK as sitk
 
 from ..data.io import read_scan, write_image
 from ..inference.segmenter import Segmenter
-from .cases import sha256
+from .cases import removed_on_failure, sha256
 from .records import LabelKind, SegmentResult, Suggestion
 from .store import Store
 from .versions import resolve
@@ -42,6 +43,7 @@ def uncertainty(unsure: sitk.Image, mask: sitk.Image) -> float:
 def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int], device: str,
                   progress: Optional[Callable[[SegmentResult], None]] = None) -> List[SegmentResult]:
     """Predict each case, store mask + probability map as an auto label (it never replaces a human one)."""
+    store.check_writable()
     model = resolve(store, version)
     for case_id in case_ids:
         store.case_row(case_id)   # unknown ids fail before any work
@@ -52,11 +54,13 @@ def segment_cases(store: Store, case_ids: Sequence[str], version: Optional[int],
         mask, prob, unsure = segmenter.analyse(scan)
         score = uncertainty(unsure, mask)
         stem = store.root / "cases" / case_id / "auto" / f"v{model.version}-{secrets.token_hex(3)}"
-        mask_file = write_image(mask, stem.with_name(stem.name + "-mask.nrrd"))
-        prob_file = write_image(prob, stem.with_name(stem.name + "-probability.nrrd"))
-        unsure_file = write_image(unsure, stem.with_name(stem.name + "-uncertainty.nrrd"))
+        written: List[Path] = []
+        with removed_on_failure(written):   # a prediction that is not committed leaves no files behind
+            for image, kind in ((mask, "mask"), (prob, "probability"), (unsure, "uncertainty")):
+                written.append(write_image(image, stem.with_name(f"{stem.name}-{kind}.nrrd")))
+        mask_file, prob_file, unsure_file = written
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-        with store.write():
+        with removed_on_failure(written), store.write():
             label_id = store.insert_label(case_id, LabelKind.AUTO, store.relative(mask_file), sha256(mask_file), voxels,
                                           model_version=model.version, probabilities=store.relative(prob_file),
                                           uncertainty=score, uncertainty_map=store.relative(unsure_file))

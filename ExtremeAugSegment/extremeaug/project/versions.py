@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..common.errors import ExtremeAugError
+from ..common.files import write_bytes
 from ..common.portable import replace
-from ..data.io import read_scan, write_bytes
+from ..data.io import read_scan
 from ..evaluation.metrics import evaluate_files
 from ..evaluation.stats import mean
 from ..inference.segmenter import Segmenter
@@ -149,10 +150,8 @@ def use(store: Store, version: int) -> int:
 def plot_versions(rows: List[Version], path: str | Path) -> Path:
     """Validation Dice against version and against training scans (dataset growth), and how much each
     version's predictions had to be corrected (what a retrain saves the clinician)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from ..experiments.figures import pyplot, save_png   # matplotlib only when a plot is asked for
+    plt = pyplot()
     if not rows:
         raise ExtremeAugError("no model versions to plot yet")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
@@ -182,8 +181,4 @@ def plot_versions(rows: List[Version], path: str | Path) -> Path:
     for ax in axes[:2]:
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle("model versions: validation Dice as the dataset grows, and the correction each needed")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)

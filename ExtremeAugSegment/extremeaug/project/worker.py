@@ -22,8 +22,8 @@ from typing import List, Optional
 
 from ..common.config import Device
 from ..common.errors import ExtremeAugError
+from ..common.files import write_bytes
 from ..common.portable import process_alive, spawn
-from ..data.io import write_bytes
 from . import Phase, Project, RunStatus
 
 HEARTBEAT_S = 2.0   # front ends call a run dead after 30 s without one (runs.STALE_S)

@@ -11,7 +11,7 @@ import torch
 
 from ..common.config import TrainConfig, changed_settings
 from ..common.errors import ExtremeAugError
-from ..data.io import write_bytes
+from ..common.files import write_bytes
 from ..networks.model import ResUNet
 from .dataset import Case
 

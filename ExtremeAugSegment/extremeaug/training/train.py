@@ -15,8 +15,9 @@ import torch
 from .. import __version__
 from ..common.config import AugmentMode, Device, RunOptions, TrainConfig, check_global_batch
 from ..common.errors import ExtremeAugError
+from ..common.files import write_bytes
 from ..common.structures import Structure
-from ..data.io import read_scan, write_bytes
+from ..data.io import read_scan
 from ..data.preprocess import Preprocessing
 from ..networks.export import export_onnx
 from ..networks.model import ResUNet
