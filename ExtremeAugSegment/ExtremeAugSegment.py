@@ -60,31 +60,41 @@ class ExtremeAugSegmentWidget(ScriptedLoadableModuleWidget):
 
 
 class ExtremeAugSegmentTest(ScriptedLoadableModuleTest):
-    """The clinician's loop on a phantom in this Slicer (ExtremeAugSegmentLib.SelfTest; CI runs the same
-    function in a bare MRML scene). Needs torch and onnxruntime (the module installs them on first use)."""
+    """The loop on the phantom through the Logic (SelfTest, which CI also runs) and clicked through the real
+    panel (PanelTest). Needs torch and onnxruntime (the module installs them on first use)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
         from ExtremeAugSegmentLib.InstallLogic import missingModules
         missing = missingModules()
         if missing:   # skipTest would be reported as a failure by Reload and Test
             slicer.util.delayDisplay(f"ExtremeAugSegment self-test skipped: install the dependencies first "
                                      f"(missing: {', '.join(missing)})")
             return
+        self.setUp()
+        self.test_LogicLoop()
+        self.setUp()
+        self.test_PanelLoop()
+
+    def test_LogicLoop(self):
         from ExtremeAugSegmentLib.Logic import ExtremeAugSegmentLogic
         from ExtremeAugSegmentLib.SelfTest import runLoop
-
-        def wait(seconds):   # keep the application responsive while the worker trains
-            slicer.app.processEvents()
-            slicer.util.delayDisplay("training in the background...", int(seconds * 1000))
-
         logic = ExtremeAugSegmentLogic(slicer.mrmlScene)
         with tempfile.TemporaryDirectory(prefix="ExtremeAugSegmentTest-") as workdir:
-            try:
-                runLoop(logic, workdir, wait=wait, log=slicer.util.delayDisplay)
+            try:   # the wait keeps the application responsive while the worker trains
+                runLoop(logic, workdir, wait=lambda s: slicer.util.delayDisplay("training...", int(s * 1000)),
+                        log=slicer.util.delayDisplay)
             finally:
                 logic.closeProject()
-        slicer.util.delayDisplay("ExtremeAugSegment self-test passed")
+        slicer.util.delayDisplay("ExtremeAugSegment loop through the Logic passed")
+
+    def test_PanelLoop(self):
+        from ExtremeAugSegmentLib.PanelTest import runPanelLoop
+        with tempfile.TemporaryDirectory(prefix="ExtremeAugSegmentPanelTest-") as workdir:
+            try:
+                runPanelLoop(workdir, log=slicer.util.delayDisplay)
+            finally:
+                slicer.util.getModuleWidget("ExtremeAugSegment").widget.logic.closeProject()
+        slicer.util.delayDisplay("ExtremeAugSegment loop through the panel passed")

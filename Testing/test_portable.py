@@ -1,6 +1,6 @@
 """Windows semantics forced on Linux: fsync through a writable handle, renames and reads retried over sharing
-violations, a heartbeat that survives failed writes, network shares kept out of SQLite's WAL mode, and a
-worker that never imports code from the project folder. (What was never run on Windows: README.)"""
+violations, a heartbeat that survives failed writes, network shares kept out of SQLite's WAL mode, a
+cancel that stops a launcher's child too, and a worker that never imports code from the project folder. (What was never run on Windows: README.)"""
 from __future__ import annotations
 
 import errno
@@ -199,6 +199,7 @@ def test_stop_tree_on_windows_ends_the_whole_tree_with_taskkill(monkeypatch):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
     portable.stop_tree(child, windows=True)
     assert calls == [["taskkill", "/T", "/F", "/PID", str(child.pid)]]
+    child.wait()
 
 
 def test_background_processes_never_import_code_from_the_project_folder(tmp_path):

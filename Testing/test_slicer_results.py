@@ -114,11 +114,6 @@ def test_results_follow_a_transformed_volume_and_come_back_unshifted(scene, logi
                           sitk.GetArrayFromImage(mask))
     result.SetAndObserveTransformNodeID(None)   # what the result would be outside the transform: shifted
     assert not np.array_equal(voxels(result, volume), sitk.GetArrayFromImage(mask))
-    Results.show3D(result, True)   # "Show 3D": a surface of the result, then slices only again
-    assert result.GetSegmentation().ContainsRepresentation("Closed surface")
-    assert result.GetDisplayNode().GetVisibility3D()
-    Results.show3D(result, False)
-    assert not result.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
 def test_results_join_the_volumes_study_and_carry_the_trained_name_colour_and_terminology(scene, logic):

@@ -109,7 +109,7 @@ def test_table_columns_match_the_ui():
 FRONT_ENDS = [MODULE / "extremeaug" / "cli" / "main.py", MODULE / "extremeaug" / "cli" / "project.py",
               MODULE / "extremeaug" / "project" / "worker.py",
               *[LIB / n for n in ("Logic.py", "TrainingMonitor.py", "Tables.py", "SelfTest.py", "Widget.py",
-                                  "Results.py", "PhantomSample.py")]]
+                                  "Results.py", "PhantomSample.py", "Panel.py", "Session.py", "PanelTest.py")]]
 
 
 @pytest.mark.parametrize("path", FRONT_ENDS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -167,7 +167,7 @@ def test_extension_description_and_catalog_entry():
 
 
 @pytest.mark.parametrize("name", ["Logic.py", "SceneIO.py", "TrainingMonitor.py", "SelfTest.py", "InstallLogic.py",
-                                  "Tables.py", "Results.py"])
+                                  "Tables.py", "Results.py", "Panel.py", "Session.py"])
 def test_logic_uses_mrml_only(name):
     """Logic runs without the application (and in a bare MRML scene): no Qt, no module framework."""
     bad = {m for m in imported_modules(LIB / name) if m.split(".")[0] in ("qt", "ctk", "PythonQt") or m in SLICER_ONLY}
@@ -181,7 +181,7 @@ def test_engine_imports_nothing_from_slicer():
 
 
 GUI_THREAD = ("Widget.py", "Logic.py", "Results.py", "TrainingMonitor.py", "Tables.py", "SceneIO.py", "EditorPanel.py",
-              "Slots.py")
+              "Slots.py", "Panel.py", "Session.py")
 
 
 @pytest.mark.parametrize("name", GUI_THREAD)
@@ -206,3 +206,54 @@ def test_nothing_the_panel_calls_runs_inference_or_waits(name):
         if onProject and method == "cancel" and getattr(keywords.get("wait_s"), "value", None) != 0:
             problems.append(f"cancel() that waits at line {node.lineno}")
     assert not problems, problems
+
+
+def _ui_property(widget, name):
+    prop = next((p for p in widget.findall("property") if p.get("name") == name), None)
+    return prop.find("string").text if prop is not None and prop.find("string") is not None else None
+
+
+def test_the_panel_self_test_clicks_every_button_of_the_panel():
+    """PanelTest (run by ExtremeAugSegmentTest inside Slicer) reaches every button the .ui has, and sets
+    every input selector a clinician sets."""
+    source = (LIB / "PanelTest.py").read_text(encoding="utf-8")
+    clicked = set(re.findall(r"ui\.(\w+)\.click\(\)", source))
+    buttons = {name for name, w in ui_widgets().items()
+               if w.get("class") in ("QPushButton", "qMRMLSegmentationShow3DButton")}
+    assert buttons and buttons == clicked, f"never clicked: {buttons - clicked}; unknown: {clicked - buttons}"
+    selected = set(re.findall(r"ui\.(\w+)\.setCurrentNode\(", source))
+    assert selected == {"inputVolumeSelector", "inputSegmentationSelector", "segmentVolumeSelector"}
+    assert "def test_PanelLoop" in (MODULE / "ExtremeAugSegment.py").read_text(encoding="utf-8")
+
+
+def test_slicer_widgets_do_what_slicer_does_for_the_project_folder_and_show_3d():
+    """The folder history is kept by ctkPathLineEdit's settingKey (set in the .ui, as Slicer's own panels
+    do); Show 3D is Slicer's qMRMLSegmentationShow3DButton, which never removes a closed surface that is a
+    segmentation's source and shows whether the result has one."""
+    widgets = ui_widgets()
+    assert _ui_property(widgets["projectPathLineEdit"], "settingKey") == "ExtremeAugSegment/ProjectFolder"
+    assert widgets["show3DButton"].get("class") == "qMRMLSegmentationShow3DButton"
+    widget = (LIB / "Widget.py").read_text(encoding="utf-8")
+    assert "self.ui.show3DButton.setSegmentationNode(node)" in widget
+
+
+def _method(source: str, name: str) -> ast.FunctionDef:
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef))
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_the_panel_reads_nodes_from_its_selectors_never_from_the_parameter_node():
+    """After Close Scene or a .mrb load the parameterNodeWrapper's GUI connections are made after the
+    module's own, so in a selector's handler the parameter node still holds the previous node."""
+    nodes = {"inputVolume", "inputSegmentation", "segmentVolume", "resultSegmentation"}
+    reads = [n.attr for n in ast.walk(ast.parse((LIB / "Widget.py").read_text(encoding="utf-8")))
+             if isinstance(n, ast.Attribute) and n.attr in nodes and "_parameterNode" in ast.unparse(n.value)]
+    assert reads == [], reads
+
+
+def test_reload_takes_the_embedded_editors_shortcuts_off_the_main_window_and_leaves_the_editor_module_alone():
+    widget = (LIB / "Widget.py").read_text(encoding="utf-8")
+    assert "self.correction.exit()" in ast.unparse(_method(widget, "cleanup"))
+    editor = (LIB / "EditorPanel.py").read_text(encoding="utf-8")
+    singleton = re.search(r'EDITOR_SINGLETON = "([^"]+)"', editor).group(1)
+    assert singleton != "SegmentEditor"   # the Segment Editor module's node: its selection is the clinician's

@@ -1,13 +1,19 @@
-"""The correction tools inside the module's panel: the segment to accept, and the Segment Editor itself
-(sharing the Segment Editor module's singleton parameter node, as MONAI Label and SlicerNNInteractive do),
-so the loop is one panel: result -> edit -> accept -> next. Needs the Slicer application (Qt)."""
+"""The correction tools inside the module's panel: the segment to accept, and the Segment Editor itself,
+so the loop is one panel: result -> edit -> accept -> next. Needs the Slicer application (Qt).
+
+The embedded editor has a Segment Editor parameter node of its own (singleton tag EDITOR_SINGLETON): the
+Segment Editor module's node ("SegmentEditor") is the clinician's selection in that module, and pointing
+it at a result whenever this panel is entered would switch their segmentation and source volume and end
+their active effect.
+"""
 from __future__ import annotations
 
 import slicer
 
+from .Panel import segmentToAccept
 from .Results import VOLUME_ROLE
 
-EDITOR_SINGLETON = "SegmentEditor"
+EDITOR_SINGLETON = "ExtremeAugSegment.SegmentEditor"
 
 
 class EditorPanel:
@@ -15,7 +21,7 @@ class EditorPanel:
         self.segmentSelector = slicer.qMRMLSegmentSelectorWidget()
         self.segmentSelector.setMRMLScene(slicer.mrmlScene)
         self.segmentSelector.segmentationNodeSelectorVisible = False
-        self.segmentSelector.noneEnabled = False
+        self.segmentSelector.noneEnabled = True   # "none": Accept decides, and asks when it cannot tell
         formLayout.insertRow(row, "Segment to accept:", self.segmentSelector)
         self.editor = slicer.qMRMLSegmentEditorWidget()
         self.editor.setMRMLScene(slicer.mrmlScene)
@@ -35,9 +41,10 @@ class EditorPanel:
             node = slicer.mrmlScene.AddNode(node)
         self.editor.setMRMLSegmentEditorNode(node)
 
-    def follow(self, segmentationNode) -> None:
-        """Edit and accept the chosen result, on its own volume."""
+    def follow(self, segmentationNode, structure=None) -> None:
+        """Edit and accept the chosen result, on its own volume, starting on the segment Accept would take."""
         self.segmentSelector.setCurrentNode(segmentationNode)
+        self.segmentSelector.setCurrentSegmentID(segmentToAccept(segmentationNode, structure) or "")
         self.editor.setSegmentationNode(segmentationNode)
         volume = segmentationNode.GetNodeReference(VOLUME_ROLE) if segmentationNode is not None else None
         if volume is not None:

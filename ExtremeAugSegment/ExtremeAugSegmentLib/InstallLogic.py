@@ -8,7 +8,9 @@ Windows and may not match the CUDA on Linux): without that extension the user is
 from the Extensions Manager and restart (what SlicerNNUnet does), plain pip only if they decline.
 onnxruntime-gpu is chosen when a CUDA GPU is present, else onnxruntime; the rest comes from pip.
 A package installed below the engine's floor (extremeaug.common.requirements) is upgraded the same way.
-A package already imported in this process cannot be replaced in place: then Slicer must restart.
+A package already imported in this process before the installation cannot be replaced in place: then
+Slicer must restart. One the installer imports itself (PyTorchUtils' installTorch ends with `import torch`)
+is the new one, and needs no restart.
 """
 from __future__ import annotations
 
@@ -132,12 +134,14 @@ class InstallLogic:
         needed = modulesToInstall(purpose=purpose)
         if not needed:
             return True
+        importedBefore = set(sys.modules)
         torchUtils = self._torchUtils()
         if "torch" in needed and torchUtils is None and self.confirm(PYTORCH_EXTENSION_QUESTION):
             self.log("installing the PyTorch extension from the Extensions Manager...")
-            if not self._installExtension("PyTorch"):
-                raise RuntimeError("the PyTorch extension could not be installed; install it from the Extensions "
-                                   "Manager (View > Extensions Manager), restart 3D Slicer and try again")
+            if not self._installExtension("PyTorch"):   # also what Slicer's own "install?" answered No gives
+                self.log("the PyTorch extension was not installed; install it from View > Extensions Manager, "
+                         "or click Train again and choose Cancel to install torch with pip")
+                return False
             self.needsRestart = True
             return False
         steps = installPlan(needed, torchUtils is not None, cudaAvailable())
@@ -156,7 +160,7 @@ class InstallLogic:
                 if step.requirement.startswith("onnxruntime-gpu") and not self.cudaWorks():
                     self.log("onnxruntime-gpu cannot load its CUDA libraries here: installing the CPU build instead")
                     self._pip(f"onnxruntime>={MINIMUM['onnxruntime']}", uninstall="onnxruntime-gpu")
-            if step.module in sys.modules:
+            if step.module in importedBefore:
                 self.needsRestart = True
         importlib.invalidate_caches()
         still = modulesToInstall(purpose=purpose)

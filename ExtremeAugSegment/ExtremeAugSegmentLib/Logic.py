@@ -20,9 +20,9 @@ from extremeaug.data.io import image_sha256
 from extremeaug.project import (DEFAULT_STRUCTURE, Case, CaseInfo, Device, JobState, JobStatus, LabelKind, Plane,
                                 Project, ProjectStatus, RunSpec, RunState, SegmentJob, Split, Suggestion, Version)
 
-from . import Results, SceneIO
-from .Results import (CASE_ATTRIBUTE, PREDICTION_ATTRIBUTE, PROJECT_ATTRIBUTE, SHOWN_ATTRIBUTE, STORED_ATTRIBUTE,
-                      VERSION_ATTRIBUTE, VOLUME_ROLE)
+from . import Panel, Results, SceneIO, Session
+from .Results import (CASE_ATTRIBUTE, LOADED_ATTRIBUTE, PREDICTION_ATTRIBUTE, PROJECT_ATTRIBUTE, SHOWN_ATTRIBUTE,
+                      STORED_ATTRIBUTE, VERSION_ATTRIBUTE, VOLUME_ROLE)
 from .TrainingMonitor import TrainingMonitor, TrainingState
 
 BUSY_TIMEOUT_S = 1.0   # a busy database makes the GUI's poll skip a tick or a button report "busy", never freeze
@@ -52,6 +52,7 @@ class ExtremeAugSegmentLogic:
         self.monitor: Optional[TrainingMonitor] = None
         self._digests: Dict[str, Tuple[tuple, str]] = {}   # node ID -> (voxels + geometry state, content hash)
         self._job: Optional[_RunningJob] = None
+        self.settings = Session.ModuleSettings(self.scene, lambda: str(self._project.root) if self._project else None)
 
     # -- project -----------------------------------------------------------------------------------
     def openProject(self, folder: str, create: bool = False, plane: Plane = Plane.AUTO,
@@ -92,17 +93,7 @@ class ExtremeAugSegmentLogic:
         return [(v, s) for v, s in self.scenePairs() if self.caseIdOf(v) is None]
 
     def scenePairs(self) -> List[Tuple[object, object]]:
-        """(volume, segmentation) pairs of the scene: segmentations drawn on a volume, i.e. candidate
-        training scans (what the Segment Editor creates when a volume is its source)."""
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        pairs = []
-        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
-            segmentationNode = self.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-            volume = segmentationNode.GetNodeReference(VOLUME_ROLE) or segmentationNode.GetNodeReference(role)
-            if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA(
-                    "vtkMRMLLabelMapVolumeNode"):
-                pairs.append((volume, segmentationNode))
-        return pairs
+        return Session.scenePairs(self.scene)
 
     # -- scene -> project --------------------------------------------------------------------------
     def caseIdOf(self, volumeNode) -> Optional[str]:
@@ -200,16 +191,15 @@ class ExtremeAugSegmentLogic:
         return case
 
     def _segmentToAccept(self, segmentationNode) -> str:
+        chosen = Panel.segmentToAccept(segmentationNode, self.project.structure())
+        if chosen is not None:
+            return chosen
         segmentation = segmentationNode.GetSegmentation()
         ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        if len(ids) == 1:
-            return ids[0]
         if not ids:
             raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has no segment")
         name = (self.project.structure() or DEFAULT_STRUCTURE).name
         named = [i for i in ids if Results.segmentName(segmentationNode, i) == name]
-        if len(named) == 1:
-            return named[0]
         raise ExtremeAugError(f"segmentation {segmentationNode.GetName()!r} has {len(ids)} segments"
                               + (f", {len(named)} named {name!r}" if named else "")
                               + ": choose the segment to accept")
@@ -346,12 +336,19 @@ class ExtremeAugSegmentLogic:
                 break
         else:
             volumeNode = SceneIO.addVolumeNode(self.scene, sitk.ReadImage(str(self.project.path(case.scan))), caseId)
+            volumeNode.SetAttribute(LOADED_ATTRIBUTE, "1")
             self._tag(volumeNode, caseId)
         auto = self.project.latest_prediction(caseId)
         if auto is None:
             return volumeNode, None, None
         return (volumeNode, *self.showResult(volumeNode, caseId, auto.path, auto.probabilities, auto.model_version,
                                              auto.id, auto.uncertainty_map))
+
+    def releaseCase(self, volumeNode) -> int:
+        """Remove what the module loaded for a case, unless a result holds unstored edits (Session.releaseCase)."""
+        structures = self.project.structures() or [DEFAULT_STRUCTURE]
+        return Session.releaseCase(self.scene, volumeNode,
+                                   lambda node: Results.isEdited(node, volumeNode, self._labelImage, structures))
 
     def suggestNext(self):
         """The case the project recommends correcting next, loaded -> (suggestion, volume, segmentation,
@@ -390,11 +387,7 @@ class ExtremeAugSegmentLogic:
         return sitk.ReadImage(str(self.project.path(path)))
 
 
-def _fileOf(volumeNode) -> Optional[str]:
-    storage = volumeNode.GetStorageNode()
-    return (storage.GetFileName() or None) if storage is not None else None
-
-
 def _sourceDescription(volumeNode) -> str:
-    fileName = _fileOf(volumeNode)
+    storage = volumeNode.GetStorageNode()
+    fileName = storage.GetFileName() if storage is not None else None
     return f"3D Slicer volume {volumeNode.GetName()!r}" + (f" ({fileName})" if fileName else "")

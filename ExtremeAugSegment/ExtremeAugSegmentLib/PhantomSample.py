@@ -34,6 +34,15 @@ def loadPhantomSample(scene, folder: str | Path):
     return labeled, segmentation, unlabeled
 
 
+def registrationArguments(load) -> dict:
+    """What `SampleDataLogic.registerCustomSampleDataSource` takes for a source whose data `load` makes.
+    Its `SampleDataSource` measures `len(uris)` against fileNames, nodeNames, loadFiles, loadFileTypes and
+    checksums (Slicer 5.4 to main), so a source with no download passes empty lists, not None."""
+    return dict(category="ExtremeAugSegment", sampleName=SAMPLE_NAME, customDownloader=load,
+                uris=[], fileNames=[], nodeNames=[], loadFiles=[], loadFileTypes=[], checksums=[],
+                thumbnailFileName=str(Path(__file__).parent.parent / "Resources" / "Icons" / "ExtremeAugSegment.png"))
+
+
 def registerSampleData() -> None:
     """The phantom in the Sample Data module (needs the Slicer application)."""
     import tempfile
@@ -42,8 +51,7 @@ def registerSampleData() -> None:
     import slicer
 
     def load(source):
-        return list(loadPhantomSample(slicer.mrmlScene, tempfile.mkdtemp(prefix="ExtremeAugSegment-phantom-")))
+        with tempfile.TemporaryDirectory(prefix="ExtremeAugSegment-phantom-") as folder:   # read into memory
+            return list(loadPhantomSample(slicer.mrmlScene, folder))
 
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="ExtremeAugSegment", sampleName=SAMPLE_NAME, customDownloader=load,
-        thumbnailFileName=str(Path(__file__).parent.parent / "Resources" / "Icons" / "ExtremeAugSegment.png"))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**registrationArguments(load))

@@ -29,6 +29,7 @@ PREDICTION_ATTRIBUTE = "ExtremeAugSegment.PredictionLabel"   # the auto label a 
 STORED_ATTRIBUTE = "ExtremeAugSegment.StoredLabel"           # the stored label file it equals until edited
 SHOWN_ATTRIBUTE = "ExtremeAugSegment.ShownAt"                # when it was shown (for the correction's seconds)
 VOLUME_ROLE = "ExtremeAugSegment.Volume"
+LOADED_ATTRIBUTE = "ExtremeAugSegment.LoadedFromProject"   # a volume the module loaded (it may remove it again)
 PROBABILITY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 UNSURE = (0.05, 0.95)   # a probability overlay (results from before uncertainty maps) shows this range only
 WHERE_TO_LOOK = (0.1, 1.0)   # an uncertainty overlay shows this range: 0.1 is p = 0.05 or 0.95 for one structure
@@ -131,17 +132,6 @@ def overlayNode(scene, volumeNode, name: str, image: sitk.Image, shown: Tuple[fl
     return node
 
 
-def show3D(segmentationNode, show: bool) -> None:
-    """The result as a surface in the 3D views (built from the labelmap), or back to slices only."""
-    if show:
-        segmentationNode.CreateClosedSurfaceRepresentation()
-    else:
-        segmentationNode.RemoveClosedSurfaceRepresentation()
-    display = segmentationNode.GetDisplayNode()
-    if display is not None:
-        display.SetVisibility3D(show)
-
-
 def followVolume(volumeNode, node) -> None:
     """Put a result under the volume's parent transform and in the volume's study (subject hierarchy)."""
     node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
@@ -158,18 +148,22 @@ def followVolume(volumeNode, node) -> None:
 
 
 class SliceLayers:
-    """Shows a volume with its probability overlay in every slice view, without changing the zoom, and puts
-    back each view's own foreground when the overlay is taken away."""
+    """Shows a volume with its probability overlay in every slice view, and puts back each view's own
+    foreground when the overlay is taken away. The zoom is the caller's: `show` says whether any view
+    changed volume (a new case, which may lie elsewhere in space: fit the views then)."""
 
     def __init__(self, scene):
         self.scene = scene
         self._saved: Dict[str, Tuple[Optional[str], float]] = {}   # composite node ID -> (foreground, opacity)
 
-    def show(self, volumeNode, probabilityNode=None, opacity: float = 0.4) -> None:
+    def show(self, volumeNode, probabilityNode=None, opacity: float = 0.4) -> bool:
+        changed = False
         for composite in self._composites():
+            changed |= composite.GetBackgroundVolumeID() != volumeNode.GetID()
             composite.SetBackgroundVolumeID(volumeNode.GetID())
         if probabilityNode is not None:
             self.showOverlay(probabilityNode, opacity)
+        return changed
 
     def showOverlay(self, probabilityNode, opacity: float = 0.4) -> None:
         for composite in self._composites():

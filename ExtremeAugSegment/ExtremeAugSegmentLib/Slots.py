@@ -39,6 +39,24 @@ def action(method):
     return wrapper
 
 
+def withoutWaitCursor(dialog, *args, **kwargs):
+    """A dialog opened from inside a slot: the slot's wait cursor is taken down over it (a wait cursor says
+    "do not click") and put back after."""
+    depth = 0
+    while qt.QApplication.overrideCursor() is not None:
+        qt.QApplication.restoreOverrideCursor()
+        depth += 1
+    try:
+        return dialog(*args, **kwargs)
+    finally:
+        for _ in range(depth):
+            qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+
+
+def confirmWithoutWaitCursor(question: str) -> bool:
+    return withoutWaitCursor(slicer.util.confirmOkCancelDisplay, question, MODULE_NAME)
+
+
 def fillTable(table, rows) -> None:
     table.setRowCount(len(rows))
     for r, values in enumerate(rows):

@@ -4,7 +4,9 @@ Nothing long runs on the GUI thread: training runs in the project's worker proce
 segmenting behind Suggest in a child process, and one 1-second QTimer polls both (each poll reads a row
 and a few new lines; a busy database skips the tick). Every action goes through `Slots.action`, which shows an
 error's message and always refreshes the buttons afterwards: a failed step never leaves the panel stuck.
-The loop is one panel: result -> edit (embedded Segment Editor) -> accept -> next case.
+The loop is one panel: result -> edit (embedded Segment Editor) -> accept -> next case. What can be
+decided without Qt (which buttons act, the segment to accept, a failed poll) is in Panel.py; handlers read
+the selectors themselves, never the parameter node (see Panel.py for why).
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import slicer
 
 from extremeaug.project import RunSpec, TrainConfig
 
-from . import Results, Tables
+from . import Panel, Results, Session, Tables
 from .EditorPanel import EditorPanel
 from .InstallLogic import InstallLogic, Purpose, missingModules, outdatedModules
 from .Logic import ExtremeAugSegmentLogic
 from .Parameter import ExtremeAugSegmentParameterNode
-from .Slots import MODULE_NAME, action, fillTable
+from .Slots import MODULE_NAME, action, confirmWithoutWaitCursor, fillTable, withoutWaitCursor
 
 POLL_MS = 1000
 
@@ -32,8 +34,7 @@ class Widget(qt.QWidget):
         super().__init__(parent)
         self.logic = logic or ExtremeAugSegmentLogic()
         self.layers = Results.SliceLayers(slicer.mrmlScene)
-        self.installLogic = InstallLogic(confirm=lambda q: slicer.util.confirmOkCancelDisplay(q, MODULE_NAME),
-                                         log=self._installLog)
+        self.installLogic = InstallLogic(confirm=confirmWithoutWaitCursor, log=self._installLog)
         layout = qt.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         uiWidget = slicer.util.loadUI(str(Path(__file__).parent.parent / "Resources" / "UI" / f"{MODULE_NAME}.ui"))
@@ -41,23 +42,20 @@ class Widget(qt.QWidget):
         layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         self.correction = EditorPanel(self.ui.correctCollapsibleButton.layout(), 1)
-        self._shownProbability = None
-
+        self._shownProbability, self._pollErrors, self._entered, self._unseen = None, Panel.PollErrors(), False, []
         self._parameterNode, self._guiTag = None, None
         self._connectParameterNode()
         scene = slicer.mrmlScene
         self._sceneObservers = [scene.AddObserver(scene.StartCloseEvent, lambda *_: self.onSceneStartClose()),
-                                scene.AddObserver(scene.EndCloseEvent, lambda *_: self._connectParameterNode()),
+                                scene.AddObserver(scene.EndCloseEvent, lambda *_: self.onSceneEndClose()),
                                 scene.AddObserver(scene.EndImportEvent, lambda *_: self.onSceneEndImport())]
-
         self.ui.openProjectButton.clicked.connect(lambda: self.onOpenProject(False))
         self.ui.createProjectButton.clicked.connect(lambda: self.onOpenProject(True))
-        self.ui.inputSegmentationSelector.currentNodeChanged.connect(lambda *_: self.fillSegments())
+        self.ui.inputSegmentationSelector.currentNodeChanged.connect(self.fillSegments)
         for selector in (self.ui.inputVolumeSelector, self.ui.segmentVolumeSelector):
             selector.currentNodeChanged.connect(lambda *_: self.safeRefresh())
         self.ui.resultSegmentationSelector.currentNodeChanged.connect(self.onResultChanged)
         self.ui.showProbabilitiesCheckBox.toggled.connect(self.onShowProbabilities)
-        self.ui.show3DButton.toggled.connect(self.onShow3D)
         for button, slot in ((self.ui.addLabeledScanButton, self.onAddLabeledScan), (self.ui.trainButton, self.onTrain),
                              (self.ui.cancelButton, self.onCancel), (self.ui.resumeButton, self.onResume),
                              (self.ui.showPlotButton, self.onShowPlot), (self.ui.segmentButton, self.onSegment),
@@ -67,7 +65,6 @@ class Widget(qt.QWidget):
                              (self.ui.useVersionButton, self.onUseVersion), (self.ui.suggestButton, self.onSuggest),
                              (self.ui.installButton, self.onInstall)):
             button.clicked.connect(slot)
-
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onTimer)
@@ -78,26 +75,28 @@ class Widget(qt.QWidget):
         """The scene's singleton parameter node (created when missing, e.g. after the scene was closed)."""
         if self._guiTag is not None:
             self._parameterNode.disconnectGui(self._guiTag)
-        node = slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-            node.UnRegister(None)   # CreateNodeByClass returns a reference Python would otherwise leak
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetName(MODULE_NAME)
-            node = slicer.mrmlScene.AddNode(node)
-        node.SetAttribute("ModuleName", MODULE_NAME)
-        self._parameterNode = ExtremeAugSegmentParameterNode(node)
+        self._parameterNode = ExtremeAugSegmentParameterNode(Session.parameterNode(slicer.mrmlScene))
         self._guiTag = self._parameterNode.connectGui(self.ui)
 
     def enter(self) -> None:
+        self._entered = True
         self.correction.enter()
         self.fillSegments()
-        self.onResultChanged(self._parameterNode.resultSegmentation)
+        self.onResultChanged(self.ui.resultSegmentationSelector.currentNode())
+        for message in self._unseen:   # what went wrong while another module was shown
+            slicer.util.errorDisplay(message, windowTitle=MODULE_NAME)
+        self._unseen = []
 
     def exit(self) -> None:
+        self._entered = False
         self.correction.exit()
 
+    def onSceneEndClose(self) -> None:
+        self.logic.settings.restore()   # Clear emptied the parameter node; the project is still open
+        self._connectParameterNode()
+
     def onSceneStartClose(self) -> None:
+        self.logic.settings.keep()
         self.logic.cancelJob()   # its volumes are going away
         self.correction.sceneClosing()
         self.layers.forget()
@@ -117,6 +116,7 @@ class Widget(qt.QWidget):
 
     def cleanup(self) -> None:
         self.timer.stop()
+        self.correction.exit()   # its keyboard shortcuts live on the main window, not in this panel
         for observer in self._sceneObservers:
             slicer.mrmlScene.RemoveObserver(observer)
         if self._guiTag is not None:
@@ -136,7 +136,8 @@ class Widget(qt.QWidget):
 
     @action
     def onAddLabeledScan(self) -> None:
-        case = self.logic.addLabeledScan(self._parameterNode.inputVolume, self._parameterNode.inputSegmentation,
+        case = self.logic.addLabeledScan(self.ui.inputVolumeSelector.currentNode(),
+                                         self.ui.inputSegmentationSelector.currentNode(),
                                          self.ui.inputSegmentComboBox.currentData)
         self._log(f"added {case.id}: {case.state.value} label, {case.split.value} split")
 
@@ -173,8 +174,9 @@ class Widget(qt.QWidget):
             return
         if self._dependenciesReady(Purpose.SEGMENT):
             p = self._parameterNode
-            self._jobStarted(self.logic.startSegment(p.segmentVolume, self.ui.modelVersionComboBox.currentData,
-                                                     p.device, p.showProbabilities))
+            self._jobStarted(self.logic.startSegment(self.ui.segmentVolumeSelector.currentNode(),
+                                                     self.ui.modelVersionComboBox.currentData, p.device,
+                                                     p.showProbabilities))
 
     @action
     def onSegmentUnlabeled(self) -> None:
@@ -184,7 +186,7 @@ class Widget(qt.QWidget):
 
     @action
     def onEdit(self) -> None:
-        segmentation = self._parameterNode.resultSegmentation
+        segmentation = self.ui.resultSegmentationSelector.currentNode()
         if segmentation is None:
             raise ValueError("choose a result segmentation first")
         self.ui.correctCollapsibleButton.collapsed = False
@@ -196,13 +198,17 @@ class Widget(qt.QWidget):
 
     @action
     def onAcceptAndNext(self) -> None:
-        self._accept()   # raises when the correction could not be stored: then no next case
+        done = self._accept()   # raises when the correction could not be stored: then no next case
         self._suggest()
+        if done is not self.ui.resultSegmentationSelector.currentNode():   # moved on: its memory back
+            self.logic.releaseCase(done.GetNodeReference(Results.VOLUME_ROLE))
 
-    def _accept(self) -> None:
-        case = self.logic.acceptCorrection(self._parameterNode.resultSegmentation, self.correction.chosenSegment())
+    def _accept(self):
+        result = self.ui.resultSegmentationSelector.currentNode()
+        case = self.logic.acceptCorrection(result, self.correction.chosenSegment())
         self._log(f"stored the {case.state.value} label of {case.id} ({case.split.value} split); "
                   "train again to learn from it")
+        return result
 
     @action
     def onUseVersion(self) -> None:
@@ -223,8 +229,7 @@ class Widget(qt.QWidget):
         if state is not None:   # cases to segment first: the suggestion follows when the job ends
             self._jobStarted(state)
             return
-        info, volume, segmentation, probability = self.logic.suggestNext()
-        self._showSuggestion(info, volume, segmentation, probability)
+        self._showSuggestion(*self.logic.suggestNext())
 
     @action
     def onInstall(self) -> None:
@@ -236,14 +241,10 @@ class Widget(qt.QWidget):
         elif self._shownProbability is not None:
             self.layers.showOverlay(self._shownProbability)
 
-    @action
-    def onShow3D(self, show: bool) -> None:
-        if self._parameterNode.resultSegmentation is not None:
-            Results.show3D(self._parameterNode.resultSegmentation, show)
-
     def onResultChanged(self, node) -> None:
-        """The accept selector and the embedded editor follow the chosen result."""
-        self.correction.follow(node)
+        """The accept selector, the embedded editor and Show 3D follow the chosen result."""
+        self.correction.follow(node, self.logic.project.structure() if self.logic.isOpen else None)
+        self.ui.show3DButton.setSegmentationNode(node)
         self.safeRefresh()
 
     # -- polling -------------------------------------------------------------------------------
@@ -252,10 +253,14 @@ class Widget(qt.QWidget):
         the timer firing again inside its dialog's event loop does not announce the same thing twice."""
         try:
             state = self.logic.poll()
-        except Exception as e:   # e.g. the project folder vanished: report once, stop polling
-            self.timer.stop()
-            slicer.util.errorDisplay(f"stopped following the project: {e}", windowTitle=MODULE_NAME)
+        except Exception as e:   # e.g. the project folder unreachable for a while: said once, polling goes on
+            message = self._pollErrors.failed(e)
+            if message:
+                self._log(message)
+                self.ui.trainingStatusLabel.text = message
             return
+        if self._pollErrors.failing is not None:
+            self._log(self._pollErrors.succeeded())
         try:
             update, jobError = self.logic.pollJob(), None
         except Exception as e:   # showing an ended job's result failed: the job is gone, training is still followed
@@ -273,9 +278,17 @@ class Widget(qt.QWidget):
         if update is not None and not update.state.active:
             self._jobEnded(update)
         if jobError is not None:
-            slicer.util.errorDisplay(f"The segmentation could not be shown: {jobError}", windowTitle=MODULE_NAME)
+            self._announce(f"The segmentation could not be shown: {jobError}")
         if state.ended and state.status in ("failed", "died"):
-            slicer.util.errorDisplay(f"Training {state.status}: {state.message}", windowTitle=MODULE_NAME)
+            self._announce(f"Training {state.status}: {state.message}")
+
+    def _announce(self, message: str) -> None:
+        """A dialog while the panel is shown; in another module the status bar, and the dialog on return."""
+        if self._entered:
+            slicer.util.errorDisplay(message, windowTitle=MODULE_NAME)
+        else:
+            self._log(message)
+            self._unseen.append(message)
 
     def _jobStarted(self, state) -> None:
         self.ui.segmentProgressBar.value = 0
@@ -287,7 +300,7 @@ class Widget(qt.QWidget):
         if update.suggestion is not None:
             self.ui.suggestionLabel.text = Tables.suggestionText(update.suggestion)
         if update.state.status.value == "failed":
-            slicer.util.errorDisplay(f"Segmentation failed: {update.state.message}", windowTitle=MODULE_NAME)
+            self._announce(f"Segmentation failed: {update.state.message}")
 
     def _showSuggestion(self, info, volume, segmentation, probability) -> None:
         self.ui.suggestionLabel.text = Tables.suggestionText(info)
@@ -295,10 +308,10 @@ class Widget(qt.QWidget):
             self._show(volume, segmentation, probability)
 
     # -- display -------------------------------------------------------------------------------
-    def fillSegments(self) -> None:
+    def fillSegments(self, node=None) -> None:
         """The chosen segmentation's segments (called on selection and on entering the module, so segments
         drawn meanwhile in the Segment Editor are listed)."""
-        combo, node = self.ui.inputSegmentComboBox, self._parameterNode.inputSegmentation
+        combo, node = self.ui.inputSegmentComboBox, node or self.ui.inputSegmentationSelector.currentNode()
         current = combo.currentData
         combo.clear()
         if node is not None:
@@ -325,24 +338,14 @@ class Widget(qt.QWidget):
             self._fillCases()
             self._fillVersions()
         self.ui.scenePairsLabel.text = f"{len(self.logic.scenePairs())} volume + segmentation pair(s) in the scene"
-        p = self._parameterNode
-        for widget in (self.ui.dataCollapsibleButton, self.ui.trainCollapsibleButton,
-                       self.ui.segmentCollapsibleButton, self.ui.correctCollapsibleButton,
-                       self.ui.modelsCollapsibleButton):
-            widget.enabled = isOpen
-        self.ui.addLabeledScanButton.enabled = bool(p.inputVolume and p.inputSegmentation and
-                                                    self.ui.inputSegmentComboBox.count)
-        job, haveModel = self.logic.jobRunning, self.ui.modelVersionComboBox.count > 0
-        self.ui.segmentButton.text = "Cancel segmentation" if job else "Segment"
-        self.ui.segmentButton.enabled = job or (bool(p.segmentVolume) and haveModel)
-        self.ui.segmentUnlabeledButton.enabled = self.ui.suggestButton.enabled = haveModel and not job
-        self.ui.editButton.enabled = self.ui.acceptButton.enabled = self.ui.acceptNextButton.enabled = \
-            self.ui.show3DButton.enabled = bool(p.resultSegmentation)
-        run = status.run if status else None
-        active = bool(run and run.active)
-        self.ui.trainButton.enabled = isOpen and not active
-        self.ui.cancelButton.enabled = active
-        self.ui.resumeButton.enabled = bool(run and run.resumable)
+        selection = Panel.Selection(
+            self.ui.inputVolumeSelector.currentNode(), self.ui.inputSegmentationSelector.currentNode(),
+            self.ui.inputSegmentComboBox.count, self.ui.segmentVolumeSelector.currentNode(),
+            self.ui.resultSegmentationSelector.currentNode(), self.ui.modelVersionComboBox.count > 0)
+        for name, enabled in Panel.buttonStates(isOpen, selection, self.logic.jobRunning,
+                                                status.run if status else None).items():
+            getattr(self.ui, name).enabled = enabled
+        self.ui.segmentButton.text = "Cancel segmentation" if self.logic.jobRunning else "Segment"
         missing, outdated = missingModules(), outdatedModules()
         problems = (["missing: " + ", ".join(missing)] if missing else []) + (
             ["too old: " + ", ".join(outdated)] if outdated else [])
@@ -367,22 +370,22 @@ class Widget(qt.QWidget):
         combo.setCurrentIndex(max(0, combo.findData(chosen)))   # the user's choice survives a refresh
 
     def _show(self, volume, segmentation, probability) -> None:
-        """The volume in every slice view (the zoom stays as the user left it) with its result."""
+        """The volume in every slice view with its result; the views are fitted to a new volume only."""
         self._shownProbability = probability
-        self.layers.show(volume, probability if self._parameterNode.showProbabilities else None)
+        if self.layers.show(volume, probability if self._parameterNode.showProbabilities else None):
+            slicer.util.resetSliceViews()
         if segmentation is not None:
-            self._parameterNode.resultSegmentation = segmentation
+            self.ui.resultSegmentationSelector.setCurrentNode(segmentation)
 
     def _dependenciesReady(self, purpose: Purpose) -> bool:
-        self.setEnabled(False)   # no second click while pip runs
+        self.setEnabled(False)   # no second click while pip runs (under the slot's wait cursor)
         try:
-            with slicer.util.WaitCursor():
-                ready = self.installLogic.ensure(purpose)
+            ready = self.installLogic.ensure(purpose)
         finally:
             self.setEnabled(True)
         if self.installLogic.needsRestart:
-            slicer.util.infoDisplay("The dependencies are installed; restart 3D Slicer to use them.",
-                                    windowTitle=MODULE_NAME)
+            withoutWaitCursor(slicer.util.infoDisplay, "The dependencies are installed; restart 3D Slicer to use "
+                              "them.", windowTitle=MODULE_NAME)
             return False
         return ready
 

@@ -158,8 +158,9 @@ def spawn(module_args: Sequence[str], stdout: Optional[IO], stderr: Optional[IO]
                             env=env, **kwargs)
 
 
-def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS, wait_s: float = 5.0) -> None:
-    """Stop a process that `spawn` started and every process it started in turn.
+def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS) -> None:
+    """Stop a process that `spawn` started and every process it started in turn, without waiting (the
+    caller polls, a GUI must not block).
 
     Inside 3D Slicer `sys.executable` is the PythonSlicer launcher, which runs `python-real` as its own
     child: terminating the launcher alone would leave that child computing (and storing) after the
@@ -171,14 +172,9 @@ def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS, wait_s: float 
         subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-    else:
-        import signal
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        return
+    import signal
     try:
-        process.wait(wait_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
