@@ -146,3 +146,17 @@ def test_showing_a_new_volume_asks_for_the_views_to_be_fitted_and_the_same_one_d
     first = SceneIO.addVolumeNode(scene, sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), "a")
     second = SceneIO.addVolumeNode(scene, sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32)), "b")
     assert layers.show(first) is True and layers.show(first) is False and layers.show(second) is True
+
+
+def test_the_panels_refresh_lists_scene_pairs_to_add_without_hashing_voxels(scene, logic, monkeypatch):
+    """Hashing a 512 x 512 x 400 CT takes about 2 s: the list the panel refreshes is told by the module's
+    tags, and the content hash is left to Add labeled scan."""
+    import ExtremeAugSegmentLib.Logic as logicModule
+    _, _, volume, segmentation, segment = labeled_volume(scene)
+    logic.addLabeledScan(volume, segmentation, segment)
+    _, _, other, otherSegmentation, _ = labeled_volume(scene, seed=1, name="other")
+
+    def no_hashing(image):
+        raise AssertionError("the refresh hashed voxels")
+    monkeypatch.setattr(logicModule, "image_sha256", no_hashing)
+    assert logic.scenePairsToAdd() == [(other, otherSegmentation)]
