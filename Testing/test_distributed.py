@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from extremeaug.inference.segmenter import read_metadata
 from extremeaug.training.distributed import World
+
+
+def onnx_metadata(path) -> dict:
+    import onnxruntime as ort
+    return read_metadata(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -69,8 +76,13 @@ def test_torchrun_train_writes_one_model_and_reports_once(tmp_path, phantoms):
     events = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("start") == 1 and [e["event"] for e in events].count("end") == 1
     assert events[0]["processes"] == 2
-    history = json.loads((tmp_path / "two" / "history.json").read_text())["history"]
+    record = json.loads((tmp_path / "two" / "history.json").read_text())
+    history = record["history"]
     assert [r["epoch"] for r in history] == [1, 2]                       # one row per epoch, not one per rank
+    # how it was trained stays with the model: two processes, the batch over both, the device kind
+    batch = int(TINY[TINY.index("--batch-size") + 1])
+    for meta in (record["metadata"], onnx_metadata(tmp_path / "two" / "model.onnx")):
+        assert (meta["processes"], meta["global_batch"], meta["device_kind"]) == (2, batch, "cpu")
     assert (tmp_path / "two" / "model.onnx").exists()
 
 

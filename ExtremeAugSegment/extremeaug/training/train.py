@@ -368,7 +368,9 @@ class Trainer:
                 "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
                 "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
                 "last_epoch": self.history[-1] if self.history else None,
-                "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device)}
+                "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device),
+                "device_kind": _device_kind(self.device), "processes": self.world.size,
+                "global_batch": self.cfg.batch_size}
         save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
         write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
@@ -396,3 +398,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             release()
     finally:
         distributed.close()
+
+
+def _device_kind(device: torch.device) -> str:
+    """What trained the model, for comparing runs: "cpu", or the GPU's name (e.g. "NVIDIA H200")."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
