@@ -369,8 +369,8 @@ class Trainer:
                 "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
                 "last_epoch": self.history[-1] if self.history else None,
                 "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device),
-                "device_kind": _device_kind(self.device), "processes": self.world.size,
-                "global_batch": self.cfg.batch_size}
+                "device_kind": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                "processes": self.world.size, "global_batch": self.cfg.batch_size}   # how it was trained
         save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
         diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
         write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
@@ -398,8 +398,3 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             release()
     finally:
         distributed.close()
-
-
-def _device_kind(device: torch.device) -> str:
-    """What trained the model, for comparing runs: "cpu", or the GPU's name (e.g. "NVIDIA H200")."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
