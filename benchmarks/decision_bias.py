@@ -35,9 +35,10 @@ def main() -> None:
         scan = sitk.ReadImage(str(mask_path).replace("_mask", "_image"))
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path)))
         probs = segmenter.class_probabilities(scan)   # [structures, z, y, x] on the scan's grid
-        for t in args.thresholds:
-            chosen = np.asarray(values)[probs.argmax(axis=0)]
-            decided = np.where(probs.max(axis=0) > t, chosen, 0)
+        for t in args.thresholds:   # the segmenter's own decision, its clean-up off
+            mask, _, _ = segmenter.decide(probs, scan, t, min_component_mm3=0.0, keep_largest=False, min_relative=0.0,
+                                          uncertainty=False)
+            decided = sitk.GetArrayFromImage(mask)
             for v in values + ["union"]:
                 p, r = (decided > 0, reference > 0) if v == "union" else (decided == v, reference == v)
                 dice = 2 * np.count_nonzero(p & r) / max(np.count_nonzero(p) + np.count_nonzero(r), 1)

@@ -87,12 +87,13 @@ class ExtremeAugSegmentLogic:
     def caseRows(self) -> List[CaseInfo]:
         return self.project.cases()
 
-    def scenePairsToAdd(self) -> List[Tuple[object, object]]:
+    def scenePairsToAdd(self, cases: Optional[List[CaseInfo]] = None) -> List[Tuple[object, object]]:
         """The scene's volume + segmentation pairs whose volume is not a case yet (what "Add labeled scan"
         would add), told by the tag the module puts on volumes it adds or loads (saved with the scene): the
         panel's refresh never hashes voxels on the GUI thread. An untagged copy of a known scan is listed,
         and Add finds its case by content."""
-        root, known = str(self.project.root), {c.id for c in self.project.cases()}
+        root = str(self.project.root)
+        known = {c.id for c in (self.project.cases() if cases is None else cases)}
         return [(v, s) for v, s in self.scenePairs()
                 if v.GetAttribute(PROJECT_ATTRIBUTE) != root or v.GetAttribute(CASE_ATTRIBUTE) not in known]
 

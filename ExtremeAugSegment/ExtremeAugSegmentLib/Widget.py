@@ -353,8 +353,9 @@ class Widget(qt.QWidget):
             "torch, onnxruntime and the other packages are installed"
 
     def _fillCases(self) -> None:
-        rows = [Tables.caseRow(c) for c in self.logic.caseRows()]
-        rows += [Tables.scenePairRow(v.GetName(), s.GetName()) for v, s in self.logic.scenePairsToAdd()]
+        cases = self.logic.caseRows()
+        rows = [Tables.caseRow(c) for c in cases]
+        rows += [Tables.scenePairRow(v.GetName(), s.GetName()) for v, s in self.logic.scenePairsToAdd(cases)]
         fillTable(self.ui.casesTableWidget, rows)
 
     def _fillVersions(self) -> None:
@@ -369,8 +370,7 @@ class Widget(qt.QWidget):
             combo.addItem(f"v{v.version}", v.version)
         combo.setCurrentIndex(max(0, combo.findData(chosen)))   # the user's choice survives a refresh
 
-    def _show(self, volume, segmentation, probability) -> None:
-        """The volume in every slice view with its result; the views are fitted to a new volume only."""
+    def _show(self, volume, segmentation, probability) -> None:   # views fitted to a new volume only
         self._shownProbability = probability
         if self.layers.show(volume, probability if self._parameterNode.showProbabilities else None):
             slicer.util.resetSliceViews()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ntpath
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -173,7 +174,6 @@ def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         return
-    import signal
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
