@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,30 @@ def test_the_engine_import_graph_has_no_cycles():
     for m in sorted(graph):
         visit(m)
     assert "extremeaug.cli.project" in graph["extremeaug.cli.main"] and len(graph) > 30
+
+
+def _top_level_imports(path: Path) -> set:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def test_the_web_front_end_imports_only_the_project_api_the_scene_logic_and_trame():
+    """The web station holds no project logic and no copy of the module's: the project API, the module's
+    MRML-only library, trame / trame-slicer, and the standard library (plus aiohttp, trame's server)."""
+    allowed = ("extremeaug.project", "extremeaug.common.errors", "ExtremeAugSegmentLib", "trame", "aiohttp")
+    stdlib = set(sys.stdlib_module_names)
+    wrong = {f"{path.name}: {m}" for path in (MODULE_DIR / "ExtremeAugWeb").glob("*.py")
+             for m in _top_level_imports(path)
+             if not m.startswith(allowed) and m.split(".")[0] not in stdlib}
+    assert not wrong, sorted(wrong)
+    engine = {m for path in (MODULE_DIR / "ExtremeAugWeb").glob("*.py") for m in _top_level_imports(path)
+              if m.startswith("extremeaug")}
+    assert "extremeaug.project" in engine
 
 
 DOCS = [ROOT / "README.md", ROOT / "DEVELOPERS.md", *sorted((ROOT / "docs").rglob("*.md"))]

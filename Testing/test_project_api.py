@@ -2,6 +2,7 @@
 the one label-kind policy, typed choices, one definition of each default, no import cycles."""
 from __future__ import annotations
 
+import getpass
 import json
 import sqlite3
 import subprocess
@@ -158,10 +159,12 @@ def test_a_schema_1_project_is_migrated_in_place(tmp_path, random_model):
         assert project.add(str(root / "cases/c2/scan.nrrd")).existing   # the old scans are known by content
         fixed = project.accept("c3", scan_and_mask(2)[1])                  # over v1's old prediction: a correction
         assert fixed.state == CaseState.CORRECTED and fixed.history[-1].correction.model_version == 1
+        # labels stored before step 6 name no one; a new one names who stored it (the login, from a command line)
+        assert fixed.history[0].accepted_by is None and fixed.history[-1].accepted_by == getpass.getuser()
         # it learned one structure: that stays its label table, and new masks are merged into it
         assert project.structures() == [DEFAULT_STRUCTURE] and project.status().settings.merge_labels
     conn = sqlite3.connect(str(root / "project.db"))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT == 6
     assert json.loads(conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]) == schema.CURRENT
     conn.close()
     Project.open(root).close()   # opening again migrates nothing

@@ -135,7 +135,7 @@ class ExtremeAugSegmentLogic:
         return case.id
 
     def addLabeledScan(self, volumeNode, segmentationNode, segmentIds=None, caseId: Optional[str] = None,
-                       split: Split = Split.AUTO) -> Case:
+                       split: Split = Split.AUTO, by: Optional[str] = None) -> Case:
         """The volume with segments delineated on it becomes a manually labeled case (training data): every
         segment (`segmentIds` None), or the chosen one(s), each its own structure, matched to the project's
         structures by name (in a one-structure project, one segment is that structure whatever its name)."""
@@ -150,22 +150,24 @@ class ExtremeAugSegmentLogic:
         names = ", ".join(repr(Results.segmentName(segmentationNode, i)) for i in ids)
         source = f"{_sourceDescription(volumeNode)}, segment{'s' if len(ids) > 1 else ''} {names}"
         if known is not None:
-            case = self.project.accept(known, label, split, kind=LabelKind.MANUAL, source=source)
+            case = self.project.accept(known, label, split, kind=LabelKind.MANUAL, source=source, by=by)
         else:
             case = self.project.add(SceneIO.imageFromVolumeNode(volumeNode), label,
-                                    caseId or self._newCaseId(volumeNode), split, source=source)
+                                    caseId or self._newCaseId(volumeNode), split, source=source, by=by)
         if len(ids) == 1 and len(self.project.structures() or []) == 1:
             self.project.name_structure(Results.structureOf(segmentationNode, ids[0]))
         self._tag(volumeNode, case.id)
         segmentationNode.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
         return case
 
-    def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: Split = Split.AUTO) -> Case:
+    def acceptCorrection(self, segmentationNode, segmentId: Optional[str] = None, split: Split = Split.AUTO,
+                         by: Optional[str] = None) -> Case:
         """Store a result as the case's label (earlier labels are kept). With several structures, every segment
         goes back to its structure by name (a structure without a segment is recorded as missing, a segment
         of no structure is refused). With one: `segmentId`, or the result's only segment, or the one named as
         the structure; with several candidates the clinician must choose. The project decides the label's
-        kind (corrected over a prediction) and records what changed and how long after it was shown."""
+        kind (corrected over a prediction) and records what changed, how long after it was shown, and `by`
+        whom (a web user; default: the login name)."""
         if segmentationNode is None:
             raise ExtremeAugError("choose the result segmentation to accept first")
         volumeNode = segmentationNode.GetNodeReference(VOLUME_ROLE)
@@ -190,7 +192,7 @@ class ExtremeAugSegmentLogic:
         case = self.project.accept(caseId, label, split, source=f"3D Slicer segmentation "
                                    f"{segmentationNode.GetName()!r}, segment{'s' if len(ids) > 1 else ''} {names}",
                                    corrects=int(prediction) if prediction else None,
-                                   seconds=time.time() - float(shownAt) if shownAt else None)
+                                   seconds=time.time() - float(shownAt) if shownAt else None, by=by)
         whole = len(ids) == segmentationNode.GetSegmentation().GetNumberOfSegments()
         segmentationNode.SetAttribute(STORED_ATTRIBUTE, case.label if whole and len(ids) == len(table) else "")
         return case

@@ -47,6 +47,24 @@ def resultSegmentation(scene, volumeNode, name: str, isEdited: Callable[[object]
     return node
 
 
+def draftSegmentation(scene, volumeNode, caseId: str, structures: Sequence[Structure]):
+    """A result to draw on for a case no model has segmented: one empty segment per structure (accepting it
+    stores a manual label). The volume's draft is reused, with whatever was drawn on it."""
+    name = f"{volumeNode.GetName()} segmentation"
+    node = _referencing(scene, "vtkMRMLSegmentationNode", volumeNode, name)
+    if node is None:
+        node = resultSegmentation(scene, volumeNode, name, lambda existing: True)
+        for structure in structures:
+            segment = node.GetSegmentation().GetSegment(node.GetSegmentation().AddEmptySegment("", structure.name,
+                                                                                                structure.color))
+            segment.SetName(structure.name)
+        for attribute, value in ((CASE_ATTRIBUTE, caseId), (VERSION_ATTRIBUTE, ""), (PREDICTION_ATTRIBUTE, ""),
+                                 (STORED_ATTRIBUTE, ""), (SHOWN_ATTRIBUTE, "")):
+            node.SetAttribute(attribute, value)
+        followVolume(volumeNode, node)
+    return node
+
+
 def isEdited(segmentationNode, volumeNode, stored: Callable[[str], sitk.Image],
              structures: Sequence[Structure]) -> bool:
     """Whether a result differs from the stored label map it showed: a segment added, removed, renamed or

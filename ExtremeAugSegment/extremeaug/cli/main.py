@@ -218,7 +218,9 @@ def parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     if command not in sub.choices:
         from .project import add_parser
+        from .web import add_parser as add_web_parser
         add_parser(sub)
+        add_web_parser(sub)
     return p
 
 

@@ -64,7 +64,7 @@ def cmd_cases(a) -> int:
         fix = lab.correction
         print(f"  label {lab.id}: {lab.kind.value:<9} {lab.voxels:>9} voxels  {lab.path}" + (
             f"  (v{lab.model_version})" if lab.model_version else "") + (
-            f"  {fix.describe()}" if fix else ""))
+            f"  by {lab.accepted_by}" if lab.accepted_by else "") + (f"  {fix.describe()}" if fix else ""))
     return 0
 
 

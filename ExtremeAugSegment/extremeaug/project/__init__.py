@@ -6,12 +6,13 @@ records -> schema -> store (all SQL) -> cases, jobs, runs, versions, suggest -> 
 """
 from ..common.config import Compile, Device, Plane, RunOptions, TrainConfig
 from .api import Project
+from .cases import login_name
 from .jobs import SegmentJob
 from .records import (DEFAULT_STRUCTURE, Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary,
                       ImageInput, JobState, JobStatus, Label, LabelKind, Phase, Progress, ProjectStatus, RunSpec,
                       RunState, RunStatus, Scores, SegmentResult, Settings, Split, Structure, Suggestion, Version)
 
-__all__ = ["Project", "DEFAULT_STRUCTURE", "ImageInput", "Case", "CaseInfo", "CaseState", "Compile", "Correction",
+__all__ = ["Project", "login_name", "DEFAULT_STRUCTURE", "ImageInput", "Case", "CaseInfo", "CaseState", "Compile", "Correction",
            "CorrectionSummary", "Device", "EpochSummary", "JobState", "JobStatus", "Label", "LabelKind", "Phase",
            "Plane", "Progress", "ProjectStatus", "RunOptions", "RunSpec", "RunState", "RunStatus", "Scores",
            "SegmentJob", "SegmentResult", "Settings", "Split", "Structure", "Suggestion", "TrainConfig", "Version"]

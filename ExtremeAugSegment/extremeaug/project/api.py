@@ -86,7 +86,8 @@ class Project:
 
     # -- cases -----------------------------------------------------------------------------------
     def add(self, scan: ImageInput, label: Optional[ImageInput] = None, case_id: Optional[str] = None,
-            split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False) -> Case:
+            split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False,
+            by: Optional[str] = None) -> Case:
         """Register a scan (a file or an image), with its manual label when given.
 
         Args:
@@ -94,23 +95,25 @@ class Project:
             split: with a label: the split it joins (auto: the project's policy).
             source: where the data came from, when it is not a file (e.g. a 3D Slicer node).
             new_case: refuse (naming the existing case) rather than return a scan the project holds.
+            by: who stores the label (a web user); default: the login name.
         Returns the case; `existing` is True when the scan was in the project already.
         """
         from . import cases
-        return cases.add_case(self._store, scan, label, case_id, split, source, new_case)
+        return cases.add_case(self._store, scan, label, case_id, split, source, new_case, by)
 
     def accept(self, case_id: str, label: ImageInput, split: Split = Split.AUTO, kind: Optional[LabelKind] = None,
                source: Optional[str] = None, corrects: Optional[int] = None,
-               seconds: Optional[float] = None) -> Case:
+               seconds: Optional[float] = None, by: Optional[str] = None) -> Case:
         """Store a human label for a case; earlier labels stay in its history.
 
         Args:
             kind: None: `corrected` over a prediction, else `manual`; or say which.
             corrects: the prediction's label id that was corrected (default: the case's newest).
             seconds: from that prediction being shown to this accept, when the front end knows.
+            by: who accepts it (a web user); default: the login name.
         """
         from . import cases
-        return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds)
+        return cases.accept(self._store, case_id, label, split, kind, source, corrects, seconds, by)
 
     def structures(self) -> Optional[List[Structure]]:
         """The label table: each structure's name, colour, terminology and label value (None until `init
@@ -163,6 +166,11 @@ class Project:
         """A valid case id from a name (a node's, a file's) that no case has yet: name, name_2, ..."""
         from . import cases
         return cases.free_id(self._store, name)
+
+    def export_label(self, case_id: str, out: str | os.PathLike) -> Path:
+        """Write the case's current label to `out`: a label map, or a Slicer segmentation for `.seg.nrrd`."""
+        from . import cases
+        return cases.export_label(self._store, case_id, Path(out))
 
     def latest_prediction(self, case_id: str) -> Optional[Label]:
         self._store.case_row(case_id)

@@ -6,6 +6,7 @@ file). Everything is checked before anything is written.
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import re
 import secrets
@@ -22,7 +23,7 @@ from ..common.errors import ExtremeAugError
 from ..common.structures import Structure, describe
 from ..data.io import image_sha256, read_scan, read_structures, write_image
 from ..data.labels import label_map, with_segment_fields
-from .records import Case, Correction, ImageInput, Label, LabelKind, Split
+from .records import DEFAULT_STRUCTURE, Case, Correction, ImageInput, Label, LabelKind, Split
 from .store import Store
 
 LEFTOVER_AGE_S = 3600.0   # a temporary file this old belongs to a writer that died
@@ -55,6 +56,14 @@ def free_id(store: Store, name: str) -> str:
     return case_id
 
 
+def login_name() -> Optional[str]:
+    """Who stores a label when the front end names no one (the command line, the Slicer module): the login."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):   # no user database entry, no LOGNAME/USERNAME (a container's numeric user)
+        return None
+
+
 def _describe(item: ImageInput, source: Optional[str]) -> str:
     if source:
         return source
@@ -62,7 +71,8 @@ def _describe(item: ImageInput, source: Optional[str]) -> str:
 
 
 def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None, case_id: Optional[str] = None,
-             split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False) -> Case:
+             split: Split = Split.AUTO, source: Optional[str] = None, new_case: bool = False,
+             by: Optional[str] = None) -> Case:
     """Copy a scan (its own pixel type, NRRD) into the project, with its manual label when given.
 
     A scan already in the project (same voxels and grid) is not added twice: its case is returned (with
@@ -80,7 +90,7 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
     if existing is not None:
         if new_case or (case_id is not None and case_id != existing):
             raise ExtremeAugError(f"this scan is already in the project as case {existing!r}; nothing added")
-        case = accept(store, existing, label, split, LabelKind.MANUAL, source) if label is not None else \
+        case = accept(store, existing, label, split, LabelKind.MANUAL, source, by=by) if label is not None else \
             case_view(store, existing)
         return replace(case, existing=True)
     case_id = case_id or (default_id(str(scan)) if not isinstance(scan, sitk.Image) else "scan")
@@ -102,13 +112,14 @@ def add_case(store: Store, scan: ImageInput, label: Optional[ImageInput] = None,
             raise ExtremeAugError(f"this scan was just added as case {other!r}; nothing added")
         store.insert_case(case_id, store.relative(scan_file), digest, _describe(scan, source))
         if label_file is not None:
-            _insert_human_label(store, case_id, LabelKind.MANUAL, label_file, _describe(label, source), mask, split)
+            _insert_human_label(store, case_id, LabelKind.MANUAL, label_file, _describe(label, source), mask, split,
+                                by)
     return case_view(store, case_id)
 
 
 def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.AUTO,
            kind: Optional[LabelKind] = None, source: Optional[str] = None, corrects: Optional[int] = None,
-           seconds: Optional[float] = None) -> Case:
+           seconds: Optional[float] = None, by: Optional[str] = None) -> Case:
     """Store a human-checked label for a case; the previous labels stay on disk and in the history.
 
     `kind` None is the one policy for every front end: a label over a prediction is `corrected`, else
@@ -135,7 +146,7 @@ def accept(store: Store, case_id: str, label: ImageInput, split: Split = Split.A
     sweep_leftovers(store.root / "cases" / case_id)
     label_file = write_image(mask.mask, _new_label_path(store.root / "cases" / case_id, kind))
     with removed_on_failure([label_file]), store.write():
-        label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split)
+        label_id = _insert_human_label(store, case_id, kind, label_file, _describe(label, source), mask, split, by)
         if correction is not None:
             store.insert_correction(label_id, correction)
     return case_view(store, case_id)
@@ -248,13 +259,25 @@ def _new_label_path(folder: Path, kind: LabelKind) -> Path:
 
 
 def _insert_human_label(store: Store, case_id: str, kind: LabelKind, path: Path, source: Optional[str],
-                        label: HumanLabel, split: Split) -> int:
+                        label: HumanLabel, split: Split, by: Optional[str]) -> int:
     _fix_table(store, label)
     voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(label.mask)))
     label_id = store.insert_label(case_id, kind, store.relative(path), sha256(path), voxels, source,
-                                  missing=label.missing)
+                                  missing=label.missing, accepted_by=by or login_name())
     store.assign_split(case_id, split)
     return label_id
+
+
+def export_label(store: Store, case_id: str, out: Path) -> Path:
+    """The case's current label (its newest human label, else its newest prediction) as a file: a label map
+    (NIfTI, NRRD, ...) or, for a name ending in .seg.nrrd, a Slicer segmentation named by the structures."""
+    case = case_view(store, case_id)
+    if case.label is None:
+        raise ExtremeAugError(f"case {case_id!r} has no label yet: label it, or segment it with a model")
+    image = sitk.ReadImage(str(store.path(case.label)))
+    if str(out).lower().endswith(".seg.nrrd"):
+        image = with_segment_fields(image, store.settings().structures or [DEFAULT_STRUCTURE])
+    return write_image(image, out)
 
 
 def case_view(store: Store, case_id: str) -> Case:

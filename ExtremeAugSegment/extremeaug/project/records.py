@@ -121,6 +121,7 @@ class Label:
     correction: Optional[Correction] = None
     missing: List[str] = field(default_factory=list)   # human labels: the structures it left out
     uncertainty_map: Optional[str] = None  # auto labels: the voxel-wise uncertainty (infer.uncertainty_map)
+    accepted_by: Optional[str] = None      # human labels: who stored it (a web user, or the login name)
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,14 @@ DROP TABLE corrections;
 ALTER TABLE corrections_5 RENAME TO corrections;
 """
 
+# Step 6: several clinicians on one project (the web front end): a human label records who stored it.
+SCHEMA_6 = """
+ALTER TABLE labels ADD COLUMN accepted_by TEXT;   -- human labels: the web user, or the login name, who stored it
+"""
+
 MIGRATIONS: List[Callable[[sqlite3.Connection, Path], None]] = [_script(SCHEMA_1), _step_2, _step_3,
-                                                                _script(SCHEMA_4), _script(SCHEMA_5)]
+                                                                _script(SCHEMA_4), _script(SCHEMA_5),
+                                                                _script(SCHEMA_6)]
 CURRENT = len(MIGRATIONS)
 
 

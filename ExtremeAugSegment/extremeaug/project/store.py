@@ -255,12 +255,13 @@ class Store:
     def insert_label(self, case_id: str, kind: LabelKind, path: str, sha256: str, voxels: int,
                      source: Optional[str] = None, model_version: Optional[int] = None,
                      probabilities: Optional[str] = None, uncertainty: Optional[float] = None,
-                     missing: Optional[List[str]] = None, uncertainty_map: Optional[str] = None) -> int:
+                     missing: Optional[List[str]] = None, uncertainty_map: Optional[str] = None,
+                     accepted_by: Optional[str] = None) -> int:
         return self._writing().execute(
             "INSERT INTO labels (case_id, kind, path, sha256, voxels, created, source, model_version, probabilities, "
-            "uncertainty, missing, uncertainty_map) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "uncertainty, missing, uncertainty_map, accepted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (case_id, LabelKind(kind).value, path, sha256, voxels, time.time(), source, model_version, probabilities,
-             uncertainty, json.dumps(missing) if missing else None, uncertainty_map)).lastrowid
+             uncertainty, json.dumps(missing) if missing else None, uncertainty_map, accepted_by)).lastrowid
 
     def insert_correction(self, label_id: int, c: Correction) -> None:
         self._writing().execute("INSERT INTO corrections VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -304,7 +305,8 @@ class Store:
                       r["source"], r["model_version"], r["probabilities"], r["uncertainty"],
                       Correction(r["auto_label_id"], r["k_version"], r["voxels_added"], r["voxels_removed"], r["dice"],
                                  r["seconds"]) if r["auto_label_id"] is not None else None,
-                      json.loads(r["missing"]) if r["missing"] else [], r["uncertainty_map"]) for r in rows]
+                      json.loads(r["missing"]) if r["missing"] else [], r["uncertainty_map"], r["accepted_by"])
+                for r in rows]
 
     # -- runs ------------------------------------------------------------------------------------
     def active_run(self) -> Optional[RunRow]:
