@@ -224,7 +224,9 @@ def test_an_older_project_seen_read_only_is_migrated_in_a_private_copy(tmp_path,
     with Project.create(tmp_path / "p") as project:
         project.add(str(write(tmp_path, "a.nii.gz", scan_array())), case_id="a")
     conn = sqlite3.connect(str(tmp_path / "p" / "project.db"))
+    conn.execute("ALTER TABLE labels DROP COLUMN accepted_by")   # as a project of schema 5 had it
     conn.execute("PRAGMA user_version = 4")   # the step-5 table rebuild is idempotent on the same columns
+    conn.commit()
     conn.close()
     folder = mount.read_only(tmp_path / "p")
     status = run_cli("project", "status", folder, "--json")

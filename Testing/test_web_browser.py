@@ -152,3 +152,18 @@ def test_training_progress_updates_in_the_page_and_cancel_stops_it(station):
     shot(page, "6-cancelled")
     with Project.open(station["root"]) as project:
         assert project.run().status.value == "cancelled"
+
+
+def test_the_3d_view_is_there_on_demand(station):
+    page = station["pages"]["alice"]
+    assert page.locator("img.image-display-area").count() == 3
+    choose_views(page, "slices and 3D")
+    page.wait_for_function("document.querySelectorAll('img.image-display-area').length === 4", timeout=30000)
+    shot(page, "7-3d")
+    choose_views(page, "slices")
+    page.wait_for_function("document.querySelectorAll('img.image-display-area').length === 3", timeout=30000)
+
+
+def choose_views(page, layout: str) -> None:
+    page.locator(".v-select:has(#ea-layout) .v-field").click()
+    page.locator(".v-overlay .v-list-item", has_text=layout).first.click()

@@ -56,11 +56,18 @@ def frame_after(page, action) -> float:
     return time.perf_counter() - t0
 
 
+def choose_views(page, layout: str) -> None:
+    page.locator(".v-select:has(#ea-layout) .v-field").click()
+    page.locator(".v-overlay .v-list-item", has_text=layout).first.click()
+    page.wait_for_timeout(1000)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scans", nargs=2, metavar=("TRAIN", "SEGMENT"), help="path prefixes of two scans")
     ap.add_argument("--train-min", type=float, default=2.0)
     ap.add_argument("--strokes", type=int, default=15)
+    ap.add_argument("--views", default="slices", help="the page's view layout: sagittal, slices, slices and 3D")
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -77,6 +84,7 @@ def main() -> None:
         page.click(f"#ea-case-{case}")
         page.wait_for_function(f"(document.querySelector('#ea-message') || {{innerText: ''}})"
                                f".innerText.includes('{case}')")
+        choose_views(page, a.views)
         page.wait_for_timeout(1500)
         t0 = time.perf_counter()
         page.click("#ea-segment")
@@ -95,7 +103,7 @@ def main() -> None:
             times.append(frame_after(page, lambda: (page.mouse.down(), page.mouse.up())))
             page.wait_for_timeout(300)
         times.sort()
-        print(f"scan: {case} ({'real MRI' if a.scans else 'phantom'}); server {url}")
+        print(f"scan: {case} ({'real MRI' if a.scans else 'phantom'}); views: {a.views}; server {url}")
         print(f"Segment click -> result shown: {segment_s:.2f} s")
         print(f"paint click -> first frame showing it: median {1000 * statistics.median(times):.0f} ms, "
               f"p90 {1000 * times[int(0.9 * (len(times) - 1))]:.0f} ms, max {1000 * times[-1]:.0f} ms "

@@ -73,6 +73,8 @@ def _panel(station: Station) -> None:
                      color="primary", variant="tonal", classes="ma-1", disabled=("!ea_case",))
                 VSwitch(v_model=("ea_overlay",), label="Uncertainty overlay", density="compact", hide_details=True,
                         disabled=("!ea_has_overlay",), id="ea-overlay", classes="ml-2")
+            VSelect(v_model=("ea_layout",), items=("ea_layouts",), label="Views", density="compact",
+                    id="ea-layout", hide_details=True, classes="mt-2", style="max-width: 220px;")
             html.Div("{{ ea_job_text }}", id="ea-job", classes="text-caption")
             with html.Div(v_if=("ea_case",), classes="text-caption mt-1", id="ea-history"):
                 html.Div("History of {{ ea_case }} (newest first):")

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 def layouts() -> dict:
     sagittal, axial, coronal = (ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.axial_view(),
                                 ViewLayoutDefinition.coronal_view())
-    return {"slices": Layout(LayoutDirection.Horizontal,
+    return {"sagittal": Layout(LayoutDirection.Vertical, [sagittal]),
+            "slices": Layout(LayoutDirection.Horizontal,
                              [sagittal, Layout(LayoutDirection.Vertical, [axial, coronal])]),
             "slices and 3D": Layout(LayoutDirection.Horizontal, [
                 Layout(LayoutDirection.Vertical, [sagittal, axial]),

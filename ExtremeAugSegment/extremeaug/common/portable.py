@@ -12,6 +12,7 @@ The Windows branches take their platform as an argument, so tests on Linux force
 """
 from __future__ import annotations
 
+import getpass
 import ntpath
 import os
 import signal
@@ -178,3 +179,12 @@ def stop_tree(process: subprocess.Popen, windows: bool = WINDOWS) -> None:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
+
+
+def login_name() -> Optional[str]:
+    """Who stores a label when the front end names no one (the command line, the Slicer module): the login
+    (USERNAME on Windows, LOGNAME/USER or the user database elsewhere)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):   # no user database entry and no variable (a container's numeric user)
+        return None

@@ -5,8 +5,8 @@ Front ends use `Project` and the records and choices below, nothing else from th
 records -> schema -> store (all SQL) -> cases, jobs, runs, versions, suggest -> api (`Project`) -> cli, worker.
 """
 from ..common.config import Compile, Device, Plane, RunOptions, TrainConfig
+from ..common.portable import login_name
 from .api import Project
-from .cases import login_name
 from .jobs import SegmentJob
 from .records import (DEFAULT_STRUCTURE, Case, CaseInfo, CaseState, Correction, CorrectionSummary, EpochSummary,
                       ImageInput, JobState, JobStatus, Label, LabelKind, Phase, Progress, ProjectStatus, RunSpec,

@@ -6,7 +6,6 @@ file). Everything is checked before anything is written.
 """
 from __future__ import annotations
 
-import getpass
 import hashlib
 import re
 import secrets
@@ -20,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..common.errors import ExtremeAugError
+from ..common.portable import login_name
 from ..common.structures import Structure, describe
 from ..data.io import image_sha256, read_scan, read_structures, write_image
 from ..data.labels import label_map, with_segment_fields
@@ -54,14 +54,6 @@ def free_id(store: Store, name: str) -> str:
         n += 1
         case_id = f"{base[:60]}_{n}"
     return case_id
-
-
-def login_name() -> Optional[str]:
-    """Who stores a label when the front end names no one (the command line, the Slicer module): the login."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):   # no user database entry, no LOGNAME/USERNAME (a container's numeric user)
-        return None
 
 
 def _describe(item: ImageInput, source: Optional[str]) -> str:
