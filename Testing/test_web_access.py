@@ -195,3 +195,19 @@ def test_the_server_refuses_to_start_on_a_folder_that_is_not_a_project(tmp_path)
     result = subprocess.run([sys.executable, "-m", "extremeaug", "web", str(tmp_path / "nothing")],
                             capture_output=True, text=True, timeout=120)
     one_line_error(result, "nothing")
+
+
+def test_an_upload_onto_a_full_disk_is_one_clear_message_and_adds_nothing(tmp_path, mount):
+    disk = mount.tiny_disk(64 * 1024)
+    root = phantom_project(disk)
+    scan = (disk / "phantoms" / "phantom_2_image.nii.gz").read_bytes()
+    with web_server(root, log=tmp_path / "web.log") as url:
+        filler = mount.fill(disk)
+        body, headers = multipart({"scan": ("more.nii.gz", scan)})
+        response, data = request(url, "/upload", "POST", body, headers)
+        filler.unlink()
+        assert response.status == 507 and b"the disk is full" in data and b"nothing was written" in data, data
+        assert data.decode().count("\n") == 1 and b"Traceback" not in data
+    with Project.open(root) as project:
+        assert [c.id for c in project.cases()] == ["phantom_0", "phantom_1", "phantom_2"]
+    assert not list((root / "jobs").glob(".upload-*"))

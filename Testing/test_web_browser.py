@@ -17,7 +17,7 @@ from conftest import module_lib_importable, run_cli
 pytest.importorskip("trame_slicer", reason="needs the web extra (pip install -e '.[web]')")
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 module_lib_importable()
-from web_server import CHROMIUM, phantom_project, web_server  # noqa: E402
+from web_server import CHROMIUM, TINY, phantom_project, web_server  # noqa: E402
 
 from ExtremeAugWeb.access import Users  # noqa: E402
 from extremeaug.project import Project  # noqa: E402
@@ -152,6 +152,14 @@ def test_training_progress_updates_in_the_page_and_cancel_stops_it(station):
     shot(page, "6-cancelled")
     with Project.open(station["root"]) as project:
         assert project.run().status.value == "cancelled"
+
+
+def test_a_run_started_outside_the_page_shows_its_progress_there(station):
+    page = station["pages"]["bob"]
+    with Project.open(station["root"]) as project:   # as the command line or the Slicer module would
+        project.train(TINY)
+    text_has(page, "#ea-train-text", "finished: model version 2", timeout=300000)
+    text_has(page, "#ea-versions", "2")
 
 
 def test_the_3d_view_is_there_on_demand(station):

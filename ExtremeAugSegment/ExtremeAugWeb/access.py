@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from extremeaug.common.errors import ExtremeAugError
+from extremeaug.common.files import write_bytes
 
 COOKIE = "extremeaug_token"
 USER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -50,10 +51,8 @@ class Users:
         token, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
         self._users[name] = {"salt": salt, "sha256": _digest(salt, token)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
-        temporary.write_text(json.dumps({"users": self._users}, indent=1), encoding="utf-8")
-        os.chmod(temporary, 0o600)   # only the server's account reads the hashes
-        os.replace(temporary, self.path)
+        write_bytes(json.dumps({"users": self._users}, indent=1).encode("utf-8"), self.path)
+        os.chmod(self.path, 0o600)   # only the server's account reads the hashes (Windows: the folder's ACL)
         return token
 
     def who(self, token: Optional[str]) -> Optional[str]:

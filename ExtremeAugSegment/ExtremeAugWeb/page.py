@@ -122,7 +122,7 @@ def _panel(station: Station) -> None:
                 VSparkline(model_value=("ea_dice",), color="blue", height=40, line_width=2, auto_draw=False)
         VDivider()
         VCardTitle("Model versions", classes="text-subtitle-1")
-        with VCardText():
+        with VCardText(id="ea-versions"):
             _table("ea_versions", VERSION_COLUMNS, "ea-version",
                    extra=lambda: VBtn("Use", size="x-small", id=("'ea-use-' + row.version",),
                                       click=(station.useVersion, "[row.version]"), disabled=("row.active",)))

@@ -82,7 +82,7 @@ class WebStation:
         self.transfers = Transfers(self.root, int((max_upload_mb or MAX_UPLOAD_MB) * 2**20), lambda r: r["ea_user"],
                                    self._uploaded)
         self.server.controller.on_server_bind.add(self._bind)
-        self.server.controller.on_server_ready.add(lambda **_: self.station.refresh())   # a run already going
+        self.server.controller.on_server_ready.add(lambda **_: self.station.start())
 
     # -- the scene ----------------------------------------------------------------------------------
     def show(self, volume, segmentation, overlay) -> None:

@@ -89,7 +89,6 @@ class Station:
             spec = RunSpec(TrainConfig(augment=int(s.ea_augment), epochs=int(s.ea_epochs)), device=s.ea_device,
                            time_budget_min=minutes if minutes > 0 else None)
             self.say(f"training started (run {self.logic.startTraining(spec)})")
-            self._poll()
         self._guard(run)
 
     def cancel(self) -> None:
@@ -103,11 +102,10 @@ class Station:
             if self.nodes["volume"] is None:
                 raise ExtremeAugError("select a case to segment first")
             self.logic.startSegment(self.nodes["volume"], device=self.state.ea_device)
-            self._poll()
         self._guard(run)
 
     def segmentUnlabeled(self) -> None:
-        self._guard(lambda: (self.logic.startSegmentUnlabeled(device=self.state.ea_device), self._poll()))
+        self._guard(lambda: self.logic.startSegmentUnlabeled(device=self.state.ea_device))
 
     def useVersion(self, version: int) -> None:
         self._guard(lambda: (self.say(f"model v{self.logic.useVersion(int(version))} is active"), self.refresh()))
@@ -140,19 +138,17 @@ class Station:
                 self.state.ea_cases = [caseRow(self.logic.project.case(c.id)) for c in self.logic.caseRows()]
                 for volume, segmentation, overlay in update.shown:
                     self._display(volume, segmentation, overlay)
-        if (training.active or self.logic.jobRunning) and (self._task is None or self._task.done()):
-            try:
-                self._task = asyncio.get_running_loop().create_task(self._keepPolling())
-            except RuntimeError:   # before the server runs: its start refreshes again
-                pass
+
+    def start(self) -> None:
+        """Poll for as long as the server runs (called once it does): a run started anywhere, from this page,
+        the command line or the Slicer module, shows its progress here."""
+        self._task = asyncio.get_running_loop().create_task(self._keepPolling())
 
     async def _keepPolling(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
             with self.state:
                 self._guard(self._poll)
-            if not (self.state.ea_training or self.logic.jobRunning):
-                return
 
     # -- helpers ----------------------------------------------------------------------------------
     def _select(self, caseId: str) -> None:

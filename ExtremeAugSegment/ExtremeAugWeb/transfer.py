@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import sqlite3
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 from aiohttp import web
 
 from extremeaug.common.errors import ExtremeAugError
+from extremeaug.common.files import database_error_text, write_failure
 from extremeaug.project import Project
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")   # .seg.nrrd ends in .nrrd
@@ -71,8 +73,8 @@ class Transfers:
 
     async def upload(self, request: web.Request) -> web.Response:
         folder = self.root / "jobs" / f".upload-{secrets.token_hex(6)}"
-        folder.mkdir(parents=True)
         try:
+            folder.mkdir(parents=True)
             files = await self._receive(request, folder)
             if "scan" not in files:
                 raise ExtremeAugError("choose a scan file to upload")
@@ -80,6 +82,10 @@ class Transfers:
                                                                     self.who(request))
         except ExtremeAugError as error:
             return web.Response(status=400, text=f"{error}\n")
+        except OSError as error:   # the upload could not be stored (a full disk): said, nothing added
+            return web.Response(status=507, text=f"{write_failure(folder, error)}\n")
+        except sqlite3.DatabaseError as error:
+            return web.Response(status=503, text=f"{database_error_text(error, self.root)}\n")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.changed(f"added case {case.id}: {case.state.value}" + (" (it was in the project already)"
@@ -131,6 +137,8 @@ class Transfers:
             body = out.read_bytes()
         except ExtremeAugError as error:
             raise web.HTTPNotFound(text=f"{error}\n")
+        except OSError as error:
+            raise web.HTTPInsufficientStorage(text=f"{write_failure(out, error)}\n")
         finally:
             out.unlink(missing_ok=True)
         return web.Response(body=body, content_type="application/octet-stream", headers={
