@@ -17,7 +17,7 @@ from conftest import module_lib_importable, run_cli
 pytest.importorskip("trame_slicer", reason="needs the web extra (pip install -e '.[web]')")
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 module_lib_importable()
-from web_server import CHROMIUM, TINY, phantom_project, web_server  # noqa: E402
+from web_server import CHROMIUM, TINY, choose_views, phantom_project, web_server  # noqa: E402
 
 from ExtremeAugWeb.access import Users  # noqa: E402
 from extremeaug.project import Project  # noqa: E402
@@ -170,8 +170,3 @@ def test_the_3d_view_is_there_on_demand(station):
     shot(page, "7-3d")
     choose_views(page, "slices")
     page.wait_for_function("document.querySelectorAll('img.image-display-area').length === 3", timeout=30000)
-
-
-def choose_views(page, layout: str) -> None:
-    page.locator(".v-select:has(#ea-layout) .v-field").click()
-    page.locator(".v-overlay .v-list-item", has_text=layout).first.click()

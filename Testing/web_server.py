@@ -73,3 +73,10 @@ def web_server(root: Path, *args: str, host: str = "127.0.0.1", log: Path = None
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def choose_views(page, layout: str) -> None:
+    """Pick the page's view layout in its Views menu, as a person does."""
+    page.locator(".v-select:has(#ea-layout) .v-field").click()
+    page.locator(".v-overlay .v-list-item", has_text=layout).first.click()
+    page.wait_for_timeout(1000)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from web_server import CHROMIUM, phantom_project, web_server  # noqa: E402
+from web_server import CHROMIUM, choose_views, phantom_project, web_server  # noqa: E402
 
 from extremeaug.project import Project, RunSpec, TrainConfig  # noqa: E402
 
@@ -54,12 +54,6 @@ def frame_after(page, action) -> float:
     page.wait_for_function("s => document.querySelector('img.image-display-area').src !== s", arg=before,
                            timeout=30000, polling=5)
     return time.perf_counter() - t0
-
-
-def choose_views(page, layout: str) -> None:
-    page.locator(".v-select:has(#ea-layout) .v-field").click()
-    page.locator(".v-overlay .v-list-item", has_text=layout).first.click()
-    page.wait_for_timeout(1000)
 
 
 def main() -> None:

@@ -334,22 +334,25 @@ class ExtremeAugSegmentLogic:
     def loadCase(self, caseId: str):
         """A project case into the scene -> (volume node, its latest prediction's segmentation node and
         probability node, or None when it has not been segmented)."""
-        case = self.project.case(caseId)
-        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
-            node = self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
-            if node.GetAttribute(CASE_ATTRIBUTE) == caseId and node.GetAttribute(PROJECT_ATTRIBUTE) == str(
-                    self.project.root):
-                volumeNode = node
-                break
-        else:
-            volumeNode = SceneIO.addVolumeNode(self.scene, sitk.ReadImage(str(self.project.path(case.scan))), caseId)
-            volumeNode.SetAttribute(LOADED_ATTRIBUTE, "1")
-            self._tag(volumeNode, caseId)
+        volumeNode = self.caseVolume(caseId)
         auto = self.project.latest_prediction(caseId)
         if auto is None:
             return volumeNode, None, None
         return (volumeNode, *self.showResult(volumeNode, caseId, auto.path, auto.probabilities, auto.model_version,
                                              auto.id, auto.uncertainty_map))
+
+    def caseVolume(self, caseId: str):
+        """The case's scan as a volume node: the one the module loaded already, else loaded now."""
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            if node.GetAttribute(CASE_ATTRIBUTE) == caseId and node.GetAttribute(PROJECT_ATTRIBUTE) == str(
+                    self.project.root):
+                return node
+        node = SceneIO.addVolumeNode(self.scene, sitk.ReadImage(str(self.project.path(self.project.case(
+            caseId).scan))), caseId)
+        node.SetAttribute(LOADED_ATTRIBUTE, "1")
+        self._tag(node, caseId)
+        return node
 
     def releaseCase(self, volumeNode) -> int:
         """Remove what the module loaded for a case, unless a result holds unstored edits (Session.releaseCase)."""

@@ -111,7 +111,6 @@ class WebStation:
         self._wslink = wslink_server
         wslink_server.app.middlewares.append(self._guard)
         wslink_server.app.add_routes(self.transfers.routes())
-        wslink_server.app._client_max_size = 1 << 20
         for handler in getattr(wslink_server, "_ws_handlers", []):   # who each websocket belongs to
             handler.onConnect = self._remembering(handler.onConnect)
 

@@ -156,7 +156,7 @@ class Station:
         previous = self.nodes["volume"]
         newest = case.history[-1] if case.history else None
         if newest is not None and newest.kind != LabelKind.AUTO:
-            volume, _, _ = self.logic.loadCase(caseId)
+            volume = self.logic.caseVolume(caseId)
             segmentation, overlay = self.logic.showResult(volume, caseId, newest.path, None, 0)
         else:
             volume, segmentation, overlay = self.logic.loadCase(caseId)
