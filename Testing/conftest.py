@@ -190,8 +190,8 @@ def module_lib_importable() -> None:
 
 
 def raising(error: BaseException):
-    """A stand-in for the compiled network that fails as a real one would at its first call."""
-    def compiled(x):
+    """A stand-in for the compiled step that fails as a real one would at its first call."""
+    def compiled(*arguments):
         raise error
     return compiled
 

@@ -9,8 +9,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.training.augment import (AugmentConfig, IntensityConfig, augmented_batch, intensity_jitter,
-                                         patch_corners, patch_table, sample_params, step_generator)
+from extremeaug.training.augment import (AugmentConfig, IntensityConfig, apply_intensity, augmented_batch,
+                                         intensity_draws, patch_corners, patch_table, sample_params, step_generator)
+from extremeaug.training.step import Draws
 
 CPU = torch.device("cpu")
 
@@ -64,7 +65,8 @@ def test_intensity_jitter_keeps_every_edge_on_the_mask_boundary():
     rows = patch_table(4, 256)
     params = sample_params(len(rows), AugmentConfig(), step_generator(0, 0, CPU), CPU)
     img, msk = augmented_batch(0.2 + 0.6 * masks, masks, rows, params)
-    jittered = intensity_jitter(img, step_generator(0, 1, CPU), IntensityConfig(max_noise_sd=0.0))
+    jittered = apply_intensity(img, intensity_draws(len(img), 1, step_generator(0, 1, CPU), CPU),
+                               IntensityConfig(max_noise_sd=0.0))
     assert (jittered - img).abs().mean() > 0.02 and 0 <= jittered.min() and jittered.max() <= 1
     inside, outside = msk[..., :, 1:] > msk[..., :, :-1], msk[..., :, 1:] < msk[..., :, :-1]   # edges along x
     right, left = jittered[..., :, 1:], jittered[..., :, :-1]
@@ -74,17 +76,17 @@ def test_intensity_jitter_keeps_every_edge_on_the_mask_boundary():
 
 
 def test_intensity_changes_only_the_image_and_draws_after_the_geometry():
-    """`--intensity` draws from the step's generator after the transforms, so the mask batch is the same with or
-    without it (the geometric draws a seed gives do not move)."""
+    """`--intensity` draws from the step's generator after the transforms, so a step's patches and transforms are
+    the same with or without it (the geometric draws a seed gives do not move)."""
     images, masks = blobs()
     rows = patch_table(4, 256)
-    batches = []
-    for intensity in (False, True):
-        g = step_generator(3, 7, CPU)
-        img, msk = augmented_batch(images, masks, rows, sample_params(len(rows), AugmentConfig(), g, CPU))
-        batches.append((intensity_jitter(img, g) if intensity else img, msk))
-    assert torch.equal(batches[0][1], batches[1][1])
-    assert not torch.allclose(batches[0][0], batches[1][0])
+    plain, jittered = (Draws.draw(rows, 7, 3, AugmentConfig(), intensity, slice(None), 1)
+                       for intensity in (False, True))
+    assert torch.equal(plain.params.angle_rad, jittered.params.angle_rad) and torch.equal(plain.rows, jittered.rows)
+    assert plain.intensity is None and jittered.intensity.noise.shape == (len(rows), 1, 128, 128)
+    img, msk = augmented_batch(images, masks, rows, jittered.params)
+    changed = apply_intensity(img, jittered.intensity)
+    assert not torch.allclose(changed, img) and 0 <= changed.min() and changed.max() <= 1
 
 
 def test_identity_is_a_plain_crop():

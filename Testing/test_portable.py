@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,12 @@ def _scan(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)), str(path))
     return str(path)
 
+
+
+def test_compiled_kernels_are_kept_in_the_users_local_cache_folder_on_each_platform(tmp_path):
+    """Windows: under LOCALAPPDATA (not the roaming profile); elsewhere XDG_CACHE_HOME, else ~/.cache."""
+    windows = portable.user_cache_folder(windows=True, environment={"LOCALAPPDATA": r"C:\Users\ana\AppData\Local"})
+    assert str(windows) == r"C:\Users\ana\AppData\Local\ExtremeAugSegment"
+    assert portable.user_cache_folder(windows=False, environment={"XDG_CACHE_HOME": str(tmp_path)}) == (
+        tmp_path / "extremeaug")
+    assert portable.user_cache_folder(windows=False, environment={}) == Path.home() / ".cache" / "extremeaug"

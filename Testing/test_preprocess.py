@@ -6,8 +6,9 @@ import SimpleITK as sitk
 
 from conftest import REAL_DATA, make_image
 from extremeaug.common.errors import ExtremeAugError
-from extremeaug.data.preprocess import (Preprocessing, make_template, mask_to_slices, normalise, resolve_plane,
-                                        scan_to_slices)
+from extremeaug.common.config import SliceGrid
+from extremeaug.data.preprocess import (Preprocessing, fitted_slice_size, make_template, mask_to_slices, normalise,
+                                        resolve_plane, scan_to_slices, slice_size_for, slices_to_scan)
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # index axes i, j, k along world y, z, x
 
@@ -112,3 +113,29 @@ def test_histogram_bins_found_by_arithmetic_equal_a_binary_search(kind):
         counted = counted[(counted >= threshold) & (counted <= vmax)].astype(f32)
         assert np.array_equal(bin_index(counted, mins, threshold, interval),
                               np.searchsorted(mins[1:], counted, side="right"))
+
+
+@pytest.mark.parametrize("size, plane, expected", [
+    ((35, 51, 35), "sagittal", 64),      # a hippocampus crop: 64 x 64, 2.3 times its 35 x 51 pixels (not 37)
+    ((24, 128, 160), "sagittal", 160),   # the phantom: 160 is already a multiple of 32
+    ((221, 221, 67), "axial", 224),      # a lumbar MRI's 221 x 221 in-plane
+    ((512, 512, 40), "axial", 512),      # a CT: its own resolution, not cut to 256
+    ((900, 700, 20), "axial", 512),      # larger than the fitted grid's top: 512
+])
+def test_the_fitted_grid_follows_the_scans_in_plane_size(size, plane, expected):
+    image = sitk.Image(list(size), sitk.sitkFloat32)
+    assert fitted_slice_size(image, plane) == expected == slice_size_for(image, plane, SliceGrid.FIT)
+    assert slice_size_for(image, plane, SliceGrid.PAPER) == 256   # the paper's set-up stays available
+
+
+def test_a_fitted_grid_keeps_every_in_plane_voxel_of_a_small_crop():
+    """35 x 51 in-plane on a 64 x 64 grid: each axis stretched on its own, nothing padded, and a mask taken to the
+    grid and back covers the voxels it covered."""
+    mask = np.zeros((35, 51, 35), np.uint8)   # z, y, x
+    mask[10:25, 20:30, 12:20] = 1
+    image = make_image(mask.astype(np.float32))
+    prep = Preprocessing(plane="sagittal", slice_size=fitted_slice_size(image, "sagittal"), template=[0.0, 1.0])
+    slices, grid = scan_to_slices(image, prep)
+    assert slices.shape == (35, 64, 64) and grid.GetSize() == (35, 64, 64)
+    back = slices_to_scan(mask_to_slices(sitk.Cast(image, sitk.sitkUInt8), grid, 0), grid, 0, image)
+    assert ((sitk.GetArrayFromImage(back) > 0.5) == mask.astype(bool)).mean() > 0.99

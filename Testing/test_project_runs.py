@@ -382,3 +382,18 @@ def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_
     assert RunSpec.from_dict(old).compile == Compile.AUTO
     with pytest.raises(SystemExit):
         parser().parse_args(["project", "train", str(tmp_path), "--compile", "yes"])
+
+
+def test_project_train_keeps_its_slice_grid_in_the_run_spec_and_an_older_spec_reads_as_the_papers(tmp_path):
+    from extremeaug.cli.main import parser
+    from extremeaug.cli.project import run_spec
+    from extremeaug.common.config import SliceGrid
+
+    spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "fit"]))
+    again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert spec.train.slice_grid == again.train.slice_grid == SliceGrid.FIT
+    old = spec.to_dict()
+    del old["train"]["slice_grid"]
+    assert RunSpec.from_dict(old).train.slice_grid == SliceGrid.PAPER
+    with pytest.raises(SystemExit):
+        parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "native"])

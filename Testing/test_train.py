@@ -316,8 +316,8 @@ def test_out_of_memory_names_the_checkpoint_only_when_there_is_one(tmp_path, pha
 @pytest.mark.parametrize("compile_mode, compiled", [("on", True), ("auto", False), ("off", False)])
 def test_compile_on_puts_the_cpu_network_through_torch_compile_and_auto_or_off_keep_it_eager(
         tmp_path, phantoms, compile_mode, compiled):
-    """Only the wrapper is checked here: a real first compilation on 2 cores takes about 100 s (docs/results.md §2),
-    and the compiled step itself runs in `pytest -m cuda`."""
+    """Only the wrapper is checked here; the compiled step itself runs in Testing/test_fused_step.py and in
+    `pytest -m cuda`."""
     from extremeaug.cli.main import RUN_FLAGS, parser
     from extremeaug.common.config import Compile, from_arguments
     from extremeaug.training.train import Trainer
@@ -329,4 +329,32 @@ def test_compile_on_puts_the_cpu_network_through_torch_compile_and_auto_or_off_k
     trainer = Trainer(TrainConfig(**TINY), [Case(*map(str, phantoms[0]))], [], tmp_path / "m", opts)
     assert (trainer.compiled is not None) == compiled
     if compiled:
-        assert trainer.compiled._orig_mod is trainer.net   # export and state_dict keep using the plain module
+        assert trainer.compiled._orig_mod is trainer.step_fn and trainer.step_fn.model is trainer.net   # one graph:
+        # augmentation, network and loss; export and state_dict keep using the plain module
+
+
+def test_a_small_crop_on_the_fitted_grid_trains_one_patch_per_slice_and_segments_at_its_size(tmp_path):
+    """A 12 x 40 x 50 phantom: `--slice-grid fit` makes its sagittal slices 64 x 64 (the paper's grid: 256 x 256,
+    33 times its pixels), one 64-pixel patch each with the shift in proportion; the model keeps the size."""
+    from extremeaug.data.io import read_scan, write_image
+    from extremeaug.data.phantom import make_phantom
+    from extremeaug.inference.segmenter import Segmenter
+    from extremeaug.training.train import Trainer
+
+    pairs = []
+    for seed in (0, 1):
+        small = make_phantom(seed, size=(12, 40, 50), spacing=(6.0, 4.8, 4.8))
+        pairs.append((tmp_path / f"s{seed}.nii.gz", tmp_path / f"m{seed}.nii.gz"))
+        write_image(small.image, pairs[-1][0])
+        write_image(small.mask, pairs[-1][1])
+    case = Case(*map(str, pairs[0]))
+    trainer = Trainer(TrainConfig(**TINY, slice_grid="fit"), [case], [], tmp_path / "m",
+                      RunOptions(device="cpu", show_progress=False))
+    assert trainer.prep.slice_size == 64 and trainer.train_set.patch == 64
+    assert len(trainer.train_set.patches) == 12 and trainer.bounds.max_shift_px == 12.5
+    assert trainer.run().status == "finished"
+    segmenter = Segmenter(tmp_path / "m" / "model.onnx", "cpu")
+    scan = read_scan(str(pairs[1][0]))
+    assert segmenter.prep.slice_size == 64 and segmenter.segment(scan)[0].GetSize() == scan.GetSize()
+    paper = Trainer(TrainConfig(**TINY), [case], [], tmp_path / "p", RunOptions(device="cpu", show_progress=False))
+    assert paper.prep.slice_size == 256 and paper.train_set.patch == 128 and paper.bounds.max_shift_px == 50

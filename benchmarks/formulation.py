@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from extremeaug.data.phantom import write_phantoms
 from extremeaug.networks.model import ResUNet
+from extremeaug.training.augment import AffineParams, augmented_batch
 from extremeaug.training.dataset import Case
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 
@@ -42,13 +43,12 @@ class FormulationTrainer(Trainer):
                                                                                memory_format=torch.channels_last)
             self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
 
-    def optimise(self, x, y, elapsed):
+    def _forward(self, arguments):
         if not self.variant.startswith("softmax"):
-            return super().optimise(x, y, elapsed)
-        x = x.contiguous(memory_format=torch.channels_last)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr(elapsed)
-        logits = self.net(x).float()
+            return super()._forward(arguments)
+        inputs, masks, rows, angle, scale, shift, _ = arguments
+        x, y = augmented_batch(inputs, masks, rows, AffineParams(angle, scale, shift))
+        logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
         target = class_index(y)
         prob = logits.softmax(1)[:, 1:]
         onehot = F.one_hot(target, y.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
@@ -56,11 +56,7 @@ class FormulationTrainer(Trainer):
         loss = 1 - ((2 * inter + 1) / (total + 1)).mean()
         if self.variant.endswith("+ce"):
             loss = loss + F.cross_entropy(logits, target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        return loss.detach(), inter.sum().detach(), total.sum().detach()
+        return loss, inter.sum().detach(), total.sum().detach()
 
     @torch.no_grad()
     def decode(self, images: torch.Tensor) -> torch.Tensor:

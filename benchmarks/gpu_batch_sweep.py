@@ -1,10 +1,13 @@
 """Where the compiled GPU step's time goes: steady training patches/s of the engine's own step (augmentation,
-compiled network, Dice, fused Adam) at several batch sizes and torch.compile modes. A rate that grows with
-the batch means the step waits on the host (launches), which CUDA graphs ("reduce-overhead") remove; a flat
-one means the GPU itself is the limit.
+network, Dice, fused Adam) at several batch sizes and ways of compiling it: `eager`; `network` (the network
+alone compiled, augmentation and loss eager: the step before the fused one); and the fused step (augmentation,
+network and loss in one graph) in torch.compile's modes `default`, `reduce-overhead` (CUDA graphs),
+`max-autotune-no-cudagraphs`. A rate that grows with the batch means the step waits on the host (launches),
+which CUDA graphs remove; a flat one means the GPU itself is the limit. `warm_up_s` holds the compilation:
+with inductor's cache of an earlier process (TORCHINDUCTOR_CACHE_DIR) it is the cached start.
 
-    python benchmarks/gpu_batch_sweep.py --image IMG --label MASK --config 256:default --config 512:default \\
-        --config 256:reduce-overhead --out sweep.json
+    python benchmarks/gpu_batch_sweep.py --image IMG --label MASK --config 256:network --config 256:default \\
+        --config 512:default --config 256:reduce-overhead --out sweep.json
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit, sync  # noqa: E402
 
 from extremeaug.training.dataset import Case  # noqa: E402
+from extremeaug.training.step import TrainingStep, compile_step  # noqa: E402
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer  # noqa: E402
 
 
@@ -28,8 +32,10 @@ def measure(case: Case, batch: int, mode: str, device: str, steps: int, work: Pa
                       RunOptions(device=device, show_progress=False, compile="off"))
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if mode != "eager":
-        trainer.compiled = torch.compile(trainer.model, mode=None if mode == "default" else mode)
+    if mode == "network":
+        trainer.compiled = TrainingStep(torch.compile(trainer.net), trainer.cfg.loss)
+    elif mode != "eager":
+        trainer.compiled = compile_step(trainer.step_fn, None if mode == "default" else mode)
     t0 = time.perf_counter()
     for k in range(3):                                   # compilation, cuDNN autotuning, graph capture
         trainer.train_step(trainer.order.parts(*divmod(k, trainer.steps_per_epoch)), 0.0)
@@ -50,7 +56,7 @@ def main() -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--label", required=True)
     p.add_argument("--config", action="append", required=True, metavar="BATCH:MODE",
-                   help="MODE: eager, default, reduce-overhead, max-autotune-no-cudagraphs")
+                   help="MODE: eager, network, default, reduce-overhead, max-autotune-no-cudagraphs")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out")

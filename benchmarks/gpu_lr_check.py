@@ -9,6 +9,7 @@ written after every model, so a stage cut short by the GPU machine's time limit 
     python benchmarks/gpu_lr_check.py --image IMG --label MASK --test IMG2 MASK2 --test IMG3 MASK3 \\
         --lr 3e-3 1e-2 --epochs 12 --out lr.json
     python benchmarks/gpu_lr_check.py ... --width 8 16 --minutes 1.5 --epochs 1000 --out width.json
+    python benchmarks/gpu_lr_check.py ... --lr 3e-3 --compile on off --epochs 8 --out fused.json
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit  # noqa: E402
 
+from extremeaug.common.config import Compile  # noqa: E402
 from extremeaug.data.io import read_binary, read_scan  # noqa: E402
 from extremeaug.evaluation.metrics import evaluate  # noqa: E402
 from extremeaug.inference.segmenter import Segmenter  # noqa: E402
@@ -39,22 +41,24 @@ def main() -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--width", type=int, nargs="+", default=[None], help="default: the device's")
     p.add_argument("--minutes", type=float, help="train each model this long (equal time), not --epochs")
+    p.add_argument("--compile", nargs="+", default=["auto"], choices=Compile.values(),
+                   help="one model per choice: `on off` compares the compiled step with the eager one")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="extremeaug-lr-"))
     tests = [(Path(i).name, read_scan(i), read_binary(m)) for i, m in a.test]
     report = {"image": a.image, "augment": a.augment, "epochs": a.epochs, "minutes": a.minutes, "runs": []}
-    for width, lr in ((w, lr) for w in a.width for lr in a.lr):
-        t0, out = time.perf_counter(), work / f"w{width}-lr{lr}"
+    for width, lr, compiled in ((w, lr, c) for w in a.width for lr in a.lr for c in a.compile):
+        t0, out = time.perf_counter(), work / f"w{width}-lr{lr}-{compiled}"
         result = train(TrainConfig(augment=a.augment, epochs=a.epochs, batch_size=a.batch_size, lr=lr, width=width,
                                    merge_labels=True), [Case(a.image, a.label)], [], out,
-                       RunOptions(device=a.device, show_progress=False, time_budget_min=a.minutes))
+                       RunOptions(device=a.device, show_progress=False, time_budget_min=a.minutes, compile=compiled))
         wall = round(time.perf_counter() - t0, 1)
         last = result.history[-1] if result.history else {}   # a budget shorter than one epoch leaves none
         segmenter = Segmenter(out / "model.onnx", "cpu")
-        run = {"width": segmenter.metadata["width"], "lr": lr, "wall_s": wall, "status": result.status,
-               "steps": last.get("step"), "epochs_done": result.epochs_done, "train_dice": last.get("train_dice"),
+        run = {"width": segmenter.metadata["width"], "lr": lr, "compile": compiled, "wall_s": wall,
+               "status": result.status, "steps": last.get("step"), "epochs_done": result.epochs_done, "train_dice": last.get("train_dice"),
                "patches_per_s_by_epoch": [r["patches_per_s"] for r in result.history], "dice": {}, "segment_s": {}}
         for name, scan, ref in tests:
             t1 = time.perf_counter()

@@ -77,6 +77,12 @@ class AugmentMode(Choice):
     POOL = "pool"     # the paper's N fixed transforms per patch, reused every epoch
 
 
+class SliceGrid(Choice):
+    """How many pixels a side each slice gets for the network (stored with the model as its slice size)."""
+    PAPER = "paper"   # 256 x 256 whatever the scan, 128-pixel patches at stride 64 (the paper's set-up)
+    FIT = "fit"       # the scan's own in-plane voxel count, rounded up to a multiple of 32 (64 to 512)
+
+
 class Loss(Choice):
     DICE = "dice"
     DICE_BCE = "dice+bce"
@@ -143,6 +149,10 @@ class TrainConfig:
     lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", finite_float)
     loss: Loss = _setting(Loss.DICE, "training loss", Loss)
     plane: Plane = _setting(Plane.AUTO, "slicing plane (auto: the acquisition plane)", Plane)
+    slice_grid: SliceGrid = _setting(
+        SliceGrid.PAPER, "paper: every slice resampled to 256 x 256; fit: to the scan's own in-plane size rounded "
+        "up to a multiple of 32 (a 35 x 51 crop trains on 64 x 64, not on 37 times its pixels); patches are 128 "
+        "pixels, or the whole slice when it is smaller", SliceGrid)
     seed: int = _setting(0, "random seed (initialisation, transforms, patch order)", int)
     label_values: Optional[List[int]] = _setting(
         None, "mask label values to learn, e.g. 1,2 (default: every value > 0, each its own structure)", int_list)
@@ -169,6 +179,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
+        self.slice_grid = SliceGrid.parse(self.slice_grid)
         self.augment_mode = AugmentMode.parse(self.augment_mode)
         if self.label_values is not None:
             self.label_values = [int(v) for v in self.label_values]

@@ -188,3 +188,14 @@ def login_name() -> Optional[str]:
         return getpass.getuser()
     except (KeyError, OSError):   # no user database entry and no variable (a container's numeric user)
         return None
+
+
+def user_cache_folder(windows: bool = WINDOWS, environment: Optional[Mapping[str, str]] = None) -> Path:
+    """The user's folder for what can be made again but is worth keeping between runs (compiled kernels):
+    %LOCALAPPDATA%\\ExtremeAugSegment on Windows (roaming profiles do not carry it), else
+    $XDG_CACHE_HOME/extremeaug or ~/.cache/extremeaug."""
+    env = os.environ if environment is None else environment
+    if windows:
+        base = env.get("LOCALAPPDATA") or ntpath.join(env.get("USERPROFILE", "~"), "AppData", "Local")
+        return Path(ntpath.join(base, "ExtremeAugSegment"))
+    return Path(env.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()) / "extremeaug"

@@ -1,5 +1,6 @@
-"""The paper's preprocessing: 2D slices along one plane, each resampled in-plane to 256x256, and
-intensities mapped to [0, 1] by linear histogram matching to a template.
+"""The paper's preprocessing: 2D slices along one plane, each resampled in-plane to 256x256 (or, with the fitted
+grid, to the scan's own in-plane size), and intensities mapped to [0, 1] by linear histogram matching to a
+template.
 
 Everything inference must repeat is in `Preprocessing`, which the model's ONNX metadata carries.
 """
@@ -11,7 +12,7 @@ from typing import List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..common.config import SCALE_RANGE, Plane
+from ..common.config import SCALE_RANGE, Plane, SliceGrid
 from ..common.errors import ExtremeAugError
 from .histogram import match_histogram
 
@@ -21,6 +22,7 @@ PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 ORIENTATION = "LPS"
 SLICE_SIZE = 256
 NETWORK_DEPTH = 5   # the U-Net (model.py) halves a slice this many times, so slice sizes are multiples of 2 ** 5
+FIT_RANGE = (64, 512)   # the fitted grid's smallest and largest slice
 TEMPLATE_QUANTILES = 1001
 TEMPLATE_PERCENTILES = (0.5, 99.5)
 
@@ -81,6 +83,22 @@ def check_slice_size(asked: int, trained: int, augmented: bool = True) -> int:
     raise ExtremeAugError(f"slice size {asked}: the model segments at {', '.join(map(str, sizes))} (multiples of "
                           f"{2 ** NETWORK_DEPTH} within {SCALE_RANGE[0]:g}-{SCALE_RANGE[1]:g}x the {trained} it was "
                           f"trained on: its augmentation's scale range); the closest is {closest}")
+
+
+def fitted_slice_size(image: sitk.Image, plane: str) -> int:
+    """The fitted grid's slice size: the larger in-plane voxel count, rounded up to a multiple of 2 ** NETWORK_DEPTH,
+    within FIT_RANGE. `slice_grid` stretches each in-plane axis to the slice size on its own, so no axis is
+    resampled coarser than the scan (up to FIT_RANGE's top) and none is padded."""
+    size = orient(image).GetSize()
+    count = max(n for a, n in enumerate(size) if a != PLANE_AXIS[plane])
+    step = 2 ** NETWORK_DEPTH
+    return int(min(max(-(-count // step) * step, FIT_RANGE[0]), FIT_RANGE[1]))
+
+
+def slice_size_for(image: sitk.Image, plane: str, grid: SliceGrid) -> int:
+    """Args:
+        plane: a resolved plane (`resolve_plane`)."""
+    return fitted_slice_size(image, plane) if SliceGrid.parse(grid) == SliceGrid.FIT else SLICE_SIZE
 
 
 def orient(image: sitk.Image) -> sitk.Image:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..common.config import SCALE_RANGE
+from ..data.preprocess import SLICE_SIZE
 
 PATCH = 128
 STRIDE = 64
@@ -30,6 +31,11 @@ class AugmentConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_slices(cls, slice_size: int, enabled: bool = True) -> "AugmentConfig":
+        """The paper's bounds, with its shift (50 pixels of a 256-pixel slice) in proportion to the slice."""
+        return cls(max_shift_px=cls.max_shift_px * slice_size / SLICE_SIZE, enabled=enabled)
+
 
 @dataclass
 class AffineParams:
@@ -39,6 +45,11 @@ class AffineParams:
 
     def __getitem__(self, rows) -> "AffineParams":
         return AffineParams(self.angle_rad[rows], self.scale[rows], self.shift_px[rows])
+
+
+def patch_size(slice_size: int) -> int:
+    """128-pixel patches, or the whole slice when it is smaller (the stride is half a patch)."""
+    return min(PATCH, slice_size)
 
 
 def patch_corners(slice_size: int, patch: int = PATCH, stride: int = STRIDE) -> list:
@@ -126,12 +137,24 @@ class IntensityConfig:
     max_noise_sd: float = 0.05
 
 
-def intensity_jitter(x: torch.Tensor, generator: torch.Generator,
-                     cfg: IntensityConfig = IntensityConfig()) -> torch.Tensor:
-    """Per patch [B, 1, P, P] in [0, 1]: gamma, contrast about the patch mean, brightness, a smooth bias field
+class IntensityDraws(NamedTuple):
+    """One step's intensity draws: 7 uniforms per patch (gamma, contrast, brightness, bias field a, b, c, noise
+    level) and the unit Gaussian noise [B, C, P, P]."""
+    uniforms: torch.Tensor
+    noise: torch.Tensor
+
+
+def intensity_draws(n: int, channels: int, generator: torch.Generator, device: torch.device,
+                    patch: int = PATCH) -> IntensityDraws:
+    u = torch.rand(n, 7, generator=generator, device=device)
+    return IntensityDraws(u, torch.randn((n, channels, patch, patch), generator=generator, device=device))
+
+
+def apply_intensity(x: torch.Tensor, draws: IntensityDraws, cfg: IntensityConfig = IntensityConfig()) -> torch.Tensor:
+    """Per patch [B, C, P, P] in [0, 1]: gamma, contrast about the patch mean, brightness, a smooth bias field
     and Gaussian noise, clipped to [0, 1]. Only the image changes, so the mask stays aligned by construction."""
     n, size, device = x.shape[0], x.shape[-1], x.device
-    u = torch.rand(n, 7, generator=generator, device=device)
+    u = draws.uniforms
     gamma = torch.exp((2 * u[:, 0] - 1) * math.log(cfg.max_gamma)).view(n, 1, 1, 1)
     y = x.clamp(0, 1) ** gamma
     lo, hi = cfg.contrast_range
@@ -143,8 +166,7 @@ def intensity_jitter(x: torch.Tensor, generator: torch.Generator,
     field = (a.view(n, 1, 1) * ramp.view(1, 1, size) + b.view(n, 1, 1) * ramp.view(1, size, 1)
              + c.view(n, 1, 1) * ramp.view(1, 1, size) * ramp.view(1, size, 1))
     y = y * torch.exp(field).unsqueeze(1)
-    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-    return (y + noise * (u[:, 6] * cfg.max_noise_sd).view(n, 1, 1, 1)).clamp(0, 1)
+    return (y + draws.noise * (u[:, 6] * cfg.max_noise_sd).view(n, 1, 1, 1)).clamp(0, 1)
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

@@ -13,8 +13,10 @@ import torch
 from ..common.errors import ExtremeAugError
 from ..common.structures import Structure
 from ..data.io import read_scan, read_structures
-from ..data.preprocess import Preprocessing, context_index, make_template, mask_to_slices, resolve_plane, scan_to_slices
-from .augment import patch_table
+from ..common.config import SliceGrid
+from ..data.preprocess import (Preprocessing, context_index, make_template, mask_to_slices, resolve_plane,
+                               scan_to_slices, slice_size_for)
+from .augment import patch_size, patch_table
 
 
 @dataclass
@@ -61,12 +63,15 @@ def check_cases(cases: Sequence[Case]) -> None:
                 raise ExtremeAugError(f"{p}: no such file or folder")
 
 
-def make_preprocessing(template_scan: sitk.Image, plane: str) -> Preprocessing:
-    return Preprocessing(plane=resolve_plane(template_scan, plane), template=make_template(template_scan))
+def make_preprocessing(template_scan: sitk.Image, plane: str, grid: SliceGrid = SliceGrid.PAPER) -> Preprocessing:
+    plane = resolve_plane(template_scan, plane)
+    return Preprocessing(plane=plane, slice_size=slice_size_for(template_scan, plane, grid),
+                         template=make_template(template_scan))
 
 
 class SliceSet:
-    """All slices of some cases, resident on one device, and the stride-64 patch table over them."""
+    """All slices of some cases, resident on one device, and the patch table over them (128-pixel patches at
+    stride 64, or one patch per slice when a slice is smaller)."""
 
     def __init__(self, prepared: List[PreparedCase], device: torch.device, context: int = 0):
         self.cases = [p.case for p in prepared]
@@ -81,7 +86,8 @@ class SliceSet:
         self.inputs = self.images.unsqueeze(1) if context == 0 else self.images[torch.from_numpy(index).to(device)]
         self.masks = torch.from_numpy(masks).to(device)
         self.slice_size = images.shape[-1]
-        self.patches = patch_table(len(images), self.slice_size).to(device)
+        self.patch = patch_size(self.slice_size)
+        self.patches = patch_table(len(images), self.slice_size, self.patch, self.patch // 2).to(device)
         if not masks.any():
             raise ExtremeAugError("the masks are empty after resampling to the slice grid")
 

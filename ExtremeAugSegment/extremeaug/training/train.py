@@ -22,14 +22,13 @@ from ..data.preprocess import Preprocessing
 from ..networks.export import export_onnx
 from ..networks.model import ResUNet
 from . import distributed
-from .augment import (AugmentConfig, EpochOrder, PoolParams, augmented_batch, intensity_jitter, sample_params,
-                      step_generator)
+from .augment import AugmentConfig, EpochOrder, PoolParams
 from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .interrupts import StopFlag, raise_if_interrupted
-from .losses import segmentation_loss
 from .memory import SmallerBatch, memory_error, out_of_memory, release
 from .progress import EpochStats, ProgressReporter
+from .step import Draws, TrainingStep, compile_step, inductor_cache
 
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
 DEFAULT_BATCH = {"cuda": 256, "cpu": 16}   # a GPU needs large batches to be busy; a CPU gains nothing from them
@@ -81,7 +80,7 @@ class Trainer:
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
-            first_scan, cfg.plane)
+            first_scan, cfg.plane, cfg.slice_grid)
         table = [Structure.from_dict(d) for d in state["labels"]] if state and state.get("labels") else (
             list(structures) if structures else cfg.table())
         first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
@@ -95,11 +94,12 @@ class Trainer:
         self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
             self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
-        self.model, self.compiled = self._fast_models()
+        self.step_fn, self.compiled = self._steps()
         if state and asked_batch and asked_batch != cfg.batch_size:
             self._rebatch(state, asked_batch)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
-        self.pool = PoolParams(len(self.train_set.patches), AugmentConfig(enabled=cfg.augmentation), cfg.seed,
+        self.bounds = AugmentConfig.for_slices(self.train_set.slice_size, cfg.augmentation)
+        self.pool = PoolParams(len(self.train_set.patches), self.bounds, cfg.seed,
                                self.device) if cfg.augment_mode == AugmentMode.POOL else None
         self.steps_per_epoch = self.order.steps
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -117,17 +117,23 @@ class Trainer:
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
 
-    def _fast_models(self):
-        """The network as a step runs it: under DistributedDataParallel with several ranks, and compiled as asked.
-        A compiled model serves full batches only (an epoch's short last batch runs eagerly instead of
-        compiling again); the weights are the same tensors, and export and state_dict use the plain `net`."""
+    def _steps(self):
+        """The step eagerly, and compiled as asked: in one process the whole step (augmentation, network, loss)
+        is one graph; under DistributedDataParallel the network alone is compiled (DDP's gradient buckets split
+        the graph, and its all-reduced Dice sums sit between network and loss). A compiled step serves full
+        batches only (an epoch's short last batch runs eagerly instead of compiling again); the weights are the
+        same tensors, and export and state_dict use the plain `net`."""
         model = self.net
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        compiled = torch.compile(model) if self.opts.compile.applies(self.device.type) else None
-        return model, compiled
+        eager = TrainingStep(model, self.cfg.loss, self.world.global_sums, self.train_set.patch)
+        if not self.opts.compile.applies(self.device.type):
+            return eager, None
+        if self.world.distributed:
+            return eager, TrainingStep(compile_step(model), self.cfg.loss, self.world.global_sums, self.train_set.patch)
+        return eager, compile_step(eager)
 
     def _rebatch(self, state: dict, batch_size: int) -> None:
         """Continue a checkpoint at another batch size: the same epoch, from the first batch that holds the next
@@ -152,47 +158,35 @@ class Trainer:
 
     def train_step(self, parts, elapsed: float):
         rows = self.train_set.patches[torch.cat([idx for _, idx in parts])]
-        generator = step_generator(self.cfg.seed, self.step, self.device)
-        if self.pool is not None:
-            params = self.pool.for_parts(parts)
-        else:
-            params = sample_params(len(rows), AugmentConfig(enabled=self.cfg.augmentation), generator, self.device)
-        if self.world.distributed:   # every rank drew the global batch's transforms; each takes its share
-            share = self.world.shard(len(rows))
-            rows, params = rows[share], params[share]
-        x, y = augmented_batch(self.train_set.inputs, self.train_set.masks, rows, params)
-        if self.cfg.intensity:   # drawn after the geometry, so --intensity leaves the geometric draws as they were
-            x = intensity_jitter(x, generator)
-        return self.optimise(x, y, elapsed)
+        draws = Draws.draw(rows, self.step, self.cfg.seed, self.bounds, self.cfg.intensity, self.world.shard(len(rows)),
+                           self.train_set.inputs.shape[1], self.train_set.patch, self.pool, parts)
+        return self._update(self._forward(draws.arguments(self.train_set.inputs, self.train_set.masks)), elapsed)
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
-        """One optimiser step on a batch of patches (benchmarks feed it from other pipelines too)."""
-        x = x.contiguous(memory_format=torch.channels_last)
+        """One optimiser step on a batch of patches cut elsewhere (benchmarks feed it from other pipelines)."""
+        return self._update(self.step_fn.patches(x, y), elapsed)
+
+    def _update(self, outputs, elapsed: float):
+        loss, inter, total = outputs
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(elapsed)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self._forward(x)
-        loss = segmentation_loss(logits, y, self.cfg.loss, self.world.global_sums)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        with torch.no_grad():
-            pred = (logits > 0).float()
-            inter, total = (pred * y).sum(), pred.sum() + y.sum()
         return loss.detach(), inter, total
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None or len(x) != self._full_share:
-            return self.model(x)
+    def _forward(self, arguments: tuple):
+        if self.compiled is None or len(arguments[2]) != self._full_share:
+            return self.step_fn(*arguments)
         try:
-            return self.compiled(x)
+            return self.compiled(*arguments)
         except Exception as e:   # no C compiler, no Triton (Windows): compiling fails before anything has run
             if out_of_memory(e):
                 raise
             print(f"torch.compile failed ({type(e).__name__}); training on without it", file=sys.stderr)
             self.compiled = None
-            return self.model(x)
+            return self.step_fn(*arguments)
 
     @property
     def _full_share(self) -> int:
@@ -241,7 +235,8 @@ class Trainer:
                                     self.opts.show_progress and main, initial=self.step, budget_s=budget_s)
         reporter.event("start", device=str(self.device), width=self.cfg.width, augment=self.cfg.augment,
                        epochs=self.cfg.epochs, patches=len(self.train_set.patches), steps_total=self.total_steps,
-                       resumed_at_step=self.step, processes=self.world.size, batch_size=self.cfg.batch_size)
+                       resumed_at_step=self.step, processes=self.world.size, batch_size=self.cfg.batch_size,
+                       compile_cache=str(inductor_cache()) if self.compiled is not None else None)
         t0, last_ckpt, status, stats = time.monotonic(), time.monotonic(), "finished", None
         last_curve = 0.0
         stop_at = self.step + self.opts.max_steps if self.opts.max_steps else None

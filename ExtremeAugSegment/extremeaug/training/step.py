@@ -1,0 +1,98 @@
+"""The forward half of a training step as one module, so that `torch.compile` makes one graph of it: cutting and
+transforming the patches (`affine_grid`, `grid_sample`, the mask thresholds), the optional intensity changes,
+the network (bf16 autocast on CUDA, channels-last), the soft Dice loss and the batch's Dice sums. Compiled, the
+elementwise work around the network fuses into its kernels and nothing crosses back to Python between them;
+run eagerly, the same module is the unfused step.
+
+Every random number of a step is drawn before it, from the step's own generator (`Draws`): the compiled and the
+eager step see the same patches and transforms, and a resumed run the ones an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..common.config import Loss
+from ..common.portable import user_cache_folder
+from .augment import (PATCH, AffineParams, AugmentConfig, IntensityDraws, PoolParams, apply_intensity,
+                      augmented_batch, intensity_draws, sample_params, step_generator)
+from .losses import Sums, segmentation_loss
+
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+
+
+@dataclass
+class Draws:
+    """What one step takes from its generator, in the order it always has: the global batch's geometric
+    transforms, then (with --intensity) this rank's intensity changes."""
+    rows: torch.Tensor                       # [B, 3]: slice, y0, x0 of each patch
+    params: AffineParams
+    intensity: Optional[IntensityDraws] = None
+
+    @classmethod
+    def draw(cls, rows: torch.Tensor, step: int, seed: int, bounds: AugmentConfig, intensity: bool, shard: slice,
+             channels: int, patch: int = PATCH, pool: Optional[PoolParams] = None, parts=None) -> "Draws":
+        """Args:
+            rows: the global batch's patches; `shard` is this rank's share of them (all of it in one process).
+            bounds: the transforms' bounds (`AugmentConfig.for_slices`).
+            pool: the paper's fixed augmented set (`--augment-mode pool`), which takes its transforms per round."""
+        generator = step_generator(seed, step, rows.device)
+        params = pool.for_parts(parts) if pool is not None else sample_params(len(rows), bounds, generator,
+                                                                              rows.device)
+        rows, params = rows[shard], params[shard]
+        jitter = intensity_draws(len(rows), channels, generator, rows.device, patch) if intensity else None
+        return cls(rows, params, jitter)
+
+    def arguments(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple:
+        """Positional tensors for `TrainingStep` (plain tensors: what a compiled graph takes best)."""
+        return (inputs, masks, self.rows, self.params.angle_rad, self.params.scale, self.params.shift_px,
+                self.intensity)
+
+
+class TrainingStep(torch.nn.Module):
+    """(slices, masks, draws) -> (loss, Dice intersection, Dice total) of one batch.
+
+    Args:
+        model: the network (the plain one, or DistributedDataParallel around it).
+        loss: the loss to minimise.
+        sums: turns this rank's Dice sums into the global batch's (several ranks: `World.global_sums`).
+        patch: pixels a side of the patches cut."""
+
+    def __init__(self, model: torch.nn.Module, loss: Loss = Loss.DICE, sums: Sums = None, patch: int = PATCH):
+        super().__init__()
+        self.model, self.loss, self.sums, self.patch = model, Loss.parse(loss), sums, patch
+
+    def forward(self, inputs: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, angle: torch.Tensor,
+                scale: torch.Tensor, shift: torch.Tensor, intensity: Optional[IntensityDraws] = None):
+        x, y = augmented_batch(inputs, masks, rows, AffineParams(angle, scale, shift), self.patch)
+        if intensity is not None:
+            x = apply_intensity(x, intensity)
+        return self.patches(x, y)
+
+    def patches(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network and the loss on patches already cut (benchmarks feed them from other pipelines)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            logits = self.model(x)
+        loss = segmentation_loss(logits, y, self.loss, self.sums)
+        pred = (logits.detach() > 0).to(y.dtype)
+        return loss, (pred * y).sum(), pred.sum() + y.sum()
+
+
+def compile_step(step: torch.nn.Module, mode: Optional[str] = None) -> torch.nn.Module:
+    """`torch.compile` with inductor's on-disk cache in a folder that outlives the temporary one, so a later run
+    of the same width, batch and device starts in seconds instead of compiling again (docs/gpus.md).
+
+    Args:
+        mode: torch.compile's mode: None (default), "reduce-overhead" (CUDA graphs), "max-autotune"."""
+    os.environ.setdefault(INDUCTOR_CACHE, str(inductor_cache()))
+    return torch.compile(step, mode=mode)
+
+
+def inductor_cache() -> Path:
+    """Where compiled kernels are kept: TORCHINDUCTOR_CACHE_DIR when set, else the user's cache folder."""
+    return Path(os.environ.get(INDUCTOR_CACHE) or user_cache_folder() / "inductor")
