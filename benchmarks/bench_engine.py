@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from extremeaug.common.files import write_bytes
 from extremeaug.data.io import write_image
 from extremeaug.data.phantom import make_phantom, write_phantoms
 from extremeaug.data.preprocess import scan_to_slices, slices_to_scan
@@ -175,7 +176,8 @@ def emit(results: dict, out) -> None:
     text = json.dumps(results, indent=1)
     print(text, flush=True)
     if out:
-        Path(out).write_text(text)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(text.encode(), out)   # the engine's one write path: a full disk is one line, not a 0-byte file
 
 
 if __name__ == "__main__":

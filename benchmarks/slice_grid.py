@@ -10,7 +10,6 @@ The JSON is written after every model, so a run cut short keeps what it has.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shlex
@@ -21,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-from extremeaug.cli.main import TRAIN_FLAGS, parser
-from extremeaug.common.config import TrainConfig, from_arguments
-from extremeaug.data.io import read_binary, read_scan
-from extremeaug.evaluation.metrics import evaluate
-from extremeaug.inference.segmenter import Segmenter
-from extremeaug.training.dataset import Case
-from extremeaug.training.train import RunOptions, train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import emit  # noqa: E402
+
+from extremeaug.cli.main import TRAIN_FLAGS, parser  # noqa: E402
+from extremeaug.common.config import TrainConfig, from_arguments  # noqa: E402
+from extremeaug.data.io import read_binary, read_scan  # noqa: E402
+from extremeaug.evaluation.metrics import evaluate  # noqa: E402
+from extremeaug.inference.segmenter import Segmenter  # noqa: E402
+from extremeaug.training.dataset import Case  # noqa: E402
+from extremeaug.training.train import RunOptions, train  # noqa: E402
 
 
 def pairs(data: Path) -> dict:
@@ -101,9 +103,7 @@ def main() -> None:
                 report["runs"].append({"train": train_id, "seed": seed, "option": name, "steps": last.get("step"),
                                        "train_dice": last.get("train_dice"), **score(out / "model.onnx", tests)})
                 report["gains"] = gains(report["runs"], [n for n, _ in options])
-                a.out.parent.mkdir(parents=True, exist_ok=True)
-                a.out.write_text(json.dumps(report, indent=1))
-                print(json.dumps({k: v for k, v in report["runs"][-1].items() if k != "per_scan"}), flush=True)
+                emit(report, a.out)
 
 
 if __name__ == "__main__":
