@@ -7,7 +7,8 @@ import SimpleITK as sitk
 from conftest import make_image, oblique_direction
 from extremeaug.common.structures import default_structure
 from extremeaug.data.io import write_image
-from extremeaug.inference.segmenter import Segmenter, clean_structures, segment_file
+from extremeaug.data.decision import clean_structures
+from extremeaug.inference.segmenter import Segmenter, segment_file
 
 
 def scan_like(phantom_path, spacing, direction, origin=(12.5, -40.0, 7.25)):

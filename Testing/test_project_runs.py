@@ -397,3 +397,33 @@ def test_project_train_keeps_its_slice_grid_in_the_run_spec_and_an_older_spec_re
     assert RunSpec.from_dict(old).train.slice_grid == SliceGrid.PAPER
     with pytest.raises(SystemExit):
         parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "native"])
+
+
+@pytest.mark.slow
+def test_a_run_with_the_unlabeled_cases_names_them_and_stores_no_label_for_them(tmp_path, phantoms, monkeypatch):
+    """`project train --unlabeled`: the worker hands the cases without a human label to the engine, which
+    pseudo-labels them in rounds; the rounds are in the run's events and the version names the cases it learned
+    from, and no case gains a label (pseudo-labels are training material only)."""
+    from extremeaug.common.errors import ExtremeAugError
+
+    with Project.create(tmp_path / "proj") as project:
+        project.add(str(phantoms[0][0]), str(phantoms[0][1]), "p0")
+        spec = RunSpec(TrainConfig(augment=2, epochs=3, width=4, loss="dice+bce"), device="cpu", unlabeled=True)
+        with pytest.raises(ExtremeAugError, match="no unlabeled case"):
+            project.train(spec)
+        for i in (1, 2):
+            project.add(str(phantoms[i][0]), case_id=f"p{i}")
+        labels_before = {c: project.case(c).history for c in ("p0", "p1", "p2")}
+        run_id = project.train(spec)
+        wait_for(lambda: not project.run(run_id).active, "the run", timeout=600)
+        assert project.run(run_id).version == 1, project.run(run_id).message
+        assert [case for case, _ in project.job(run_id)[2]] == ["p1", "p2"]
+        rounds = [e for e in project.events(run_id).read() if e["event"] == "pseudo"]
+        assert [r["round"] for r in rounds] == [1, 2, 3]
+        assert all([row["name"] for row in r["scans"]] == ["p1", "p2"] for r in rounds)
+        used = [row["name"] for row in rounds[-1]["scans"] if row["used"]]
+        assert project.versions(rescore=False)[-1].unlabeled_scans == len(used)
+        assert {c: project.case(c).history for c in ("p0", "p1", "p2")} == labels_before
+        assert [c.state.value for c in project.cases()] == ["manual", "unlabeled", "unlabeled"]
+        monkeypatch.setattr(Project, "UNLABELED_PER_RUN", 1)
+        assert [case for case, _ in project.job(run_id)[2]] == ["p1"]   # at most that many, spread over the order

@@ -14,7 +14,7 @@ from extremeaug.common.structures import Structure, parse_table
 from extremeaug.data.io import read_label_arrays, read_structures, write_image
 from extremeaug.data.labels import with_segment_fields
 from extremeaug.evaluation.metrics import evaluate_files
-from extremeaug.inference.segmenter import clean_structures
+from extremeaug.data.decision import clean_structures
 from extremeaug.training.augment import AffineParams, augmented_batch, patch_table
 
 DISC_TERM = ("SCT^123037004^Anatomical Structure~SCT^244563003^Intervertebral disc~^^~"

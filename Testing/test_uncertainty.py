@@ -11,7 +11,8 @@ from extremeaug.common.structures import default_structure
 from extremeaug.data.io import image_like, write_image
 from extremeaug.data.preprocess import Preprocessing, make_template
 from extremeaug.evaluation.metrics import evaluate, uncertainty_scores
-from extremeaug.inference.segmenter import Segmenter, clean_structures, uncertainty_map
+from extremeaug.data.decision import clean_structures, uncertainty_map
+from extremeaug.inference.segmenter import Segmenter
 from extremeaug.networks.export import with_metadata
 
 

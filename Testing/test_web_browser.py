@@ -135,10 +135,11 @@ def test_two_users_accepting_the_same_case_both_keep_their_labels(station):
     assert [(h["kind"], h["accepted_by"]) for h in history[-2:]] == [("corrected", "alice"), ("corrected", "bob")]
 
 
-def test_training_progress_updates_in_the_page_and_cancel_stops_it(station):
+def test_training_with_the_unlabeled_scans_shows_its_progress_in_the_page_and_cancel_stops_it(station):
     page = station["pages"]["alice"]
     page.fill("#ea-augment", "2")
     page.fill("#ea-epochs", "200")
+    page.check("#ea-unlabeled")   # phantom_2 has no label: the run pseudo-labels it
     page.click("#ea-train")
     text_has(page, "#ea-train-text", "epoch", timeout=180000)
     first = page.inner_text("#ea-train-text")
@@ -151,7 +152,10 @@ def test_training_progress_updates_in_the_page_and_cancel_stops_it(station):
     assert page.locator("#ea-resume").is_enabled()
     shot(page, "6-cancelled")
     with Project.open(station["root"]) as project:
-        assert project.run().status.value == "cancelled"
+        run = project.run()
+        assert run.status.value == "cancelled"
+        spec, _, unlabeled = project.job(run.id)
+        assert spec.unlabeled and [case_id for case_id, _ in unlabeled] == ["phantom_2"]
 
 
 def test_a_run_started_outside_the_page_shows_its_progress_there(station):

@@ -76,6 +76,14 @@ def runPanelLoop(workdir: str | Path, log: Callable[[str], None] = print) -> Non
     _check(ui.acceptButton.enabled and ui.editButton.enabled, "Accept/Edit not enabled for the shown result")
     ui.segmentUnlabeledButton.click()   # phantom_1 has no human label yet: segmented again, in the background
     waitUntil(lambda: ui.suggestButton.enabled, "Segment all unlabeled", 300)
+    ui.unlabeledCheckBox.checked = True   # a run that also learns from phantom_1's pseudo-labels
+    ui.trainButton.click()
+    waitUntil(lambda: ui.modelVersionComboBox.count > 1 and ui.trainButton.enabled, "model version 2")
+    ui.unlabeledCheckBox.checked = False
+    caseId = unlabeled.GetAttribute("ExtremeAugSegment.CaseId")
+    _check([case for case, _ in logic.project.job(logic.project.run().id)[2]] == [caseId], "phantom_1 not used")
+    _check(not any(lab.kind.human for lab in logic.project.case(caseId).history), "a pseudo-label was stored")
+    log("trained again with the unlabeled scan's pseudo-labels")
     ui.editButton.click()
     _check(not ui.correctCollapsibleButton.collapsed and panel.correction.editor.segmentationNode() is result,
            "Edit did not open the embedded editor on the result")
@@ -88,7 +96,6 @@ def runPanelLoop(workdir: str | Path, log: Callable[[str], None] = print) -> Non
     ui.show3DButton.click()
     _check(result.GetSegmentation().GetNumberOfSegments() == segments, "Show 3D off changed the segments")
     ui.acceptButton.click()
-    caseId = unlabeled.GetAttribute("ExtremeAugSegment.CaseId")
     _check(logic.project.case(caseId).state == CaseState.CORRECTED, "Accept did not store a corrected label")
     log(f"segmented, edited and accepted {caseId}")
 

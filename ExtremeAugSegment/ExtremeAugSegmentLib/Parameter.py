@@ -12,6 +12,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from extremeaug.common.config import RUN_DEFAULTS, TRAIN_DEFAULTS, Device
+from extremeaug.project import RunSpec
 
 
 @parameterNodeWrapper
@@ -25,6 +26,7 @@ class ExtremeAugSegmentParameterNode:
     time_budget_min: Annotated[float, WithinRange(0.0, 10000.0)] = RUN_DEFAULTS.time_budget_min or 0.0
     width: Annotated[str, Choice(["auto", "8", "16", "32"])] = "auto"
     device: Annotated[str, Choice([Device.AUTO.value, Device.CPU.value])] = RUN_DEFAULTS.device.value
+    unlabeled: bool = RunSpec.unlabeled
     segmentVolume: vtkMRMLScalarVolumeNode
     showProbabilities: bool = True
     resultSegmentation: vtkMRMLSegmentationNode

@@ -148,7 +148,7 @@ class Widget(qt.QWidget):
         p = self._parameterNode
         runId = self.logic.startTraining(RunSpec(
             TrainConfig(augment=p.augment, epochs=p.epochs, width=None if p.width == "auto" else int(p.width)),
-            device=p.device, time_budget_min=p.time_budget_min or None))
+            device=p.device, time_budget_min=p.time_budget_min or None, unlabeled=p.unlabeled))
         self._log(f"training run {runId} started in the background")
         self.onShowPlot()
 

@@ -6,8 +6,9 @@ Widgets only; what a button does is `Station`'s. Every control a test or a clini
 from __future__ import annotations
 
 from trame.widgets import html
-from trame.widgets.vuetify3 import (VAlert, VBtn, VCard, VCardText, VCardTitle, VCol, VDivider, VNavigationDrawer,
-                                    VProgressLinear, VRow, VSelect, VSparkline, VSwitch, VTable, VTextField)
+from trame.widgets.vuetify3 import (VAlert, VBtn, VCard, VCardText, VCardTitle, VCheckbox, VCol, VDivider,
+                                    VNavigationDrawer, VProgressLinear, VRow, VSelect, VSparkline, VSwitch, VTable,
+                                    VTextField)
 from trame_slicer.app.ui import SegmentEditorUI, SegmentEditorUndoRedoUI, ViewerLayout
 
 from .station import Station
@@ -106,6 +107,8 @@ def _panel(station: Station) -> None:
                 with VCol():
                     VSelect(v_model=("ea_device",), items=("ea_devices",), label="Device", density="compact",
                             id="ea-device", hide_details=True)
+            VCheckbox(v_model=("ea_unlabeled",), label="Also learn from unlabeled scans (pseudo-labels, never stored)",
+                      density="compact", id="ea-unlabeled", hide_details=True)
             with VRow(dense=True, classes="mt-1"):
                 VBtn("Train from labeled scans", id="ea-train", click=station.train, size="small", color="primary",
                      classes="ma-1", disabled=("ea_training",))

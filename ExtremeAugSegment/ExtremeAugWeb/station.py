@@ -59,6 +59,7 @@ class Station:
                       "ea_loss": [], "ea_dice": [], "ea_job_text": "", "ea_job_running": False,
                       "ea_versions": [], "ea_overlay": True, "ea_has_overlay": False,
                       "ea_augment": TrainConfig().augment, "ea_epochs": TrainConfig().epochs, "ea_minutes": 0,
+                      "ea_unlabeled": RunSpec.unlabeled,
                       "ea_device": Device.AUTO.value, "ea_devices": [d.value for d in Device]})
         state.change("ea_overlay")(lambda ea_overlay, **_: self._overlay(ea_overlay))
         self.refresh()
@@ -87,7 +88,7 @@ class Station:
             s = self.state
             minutes = float(s.ea_minutes or 0)
             spec = RunSpec(TrainConfig(augment=int(s.ea_augment), epochs=int(s.ea_epochs)), device=s.ea_device,
-                           time_budget_min=minutes if minutes > 0 else None)
+                           time_budget_min=minutes if minutes > 0 else None, unlabeled=bool(s.ea_unlabeled))
             self.say(f"training started (run {self.logic.startTraining(spec)})")
         self._guard(run)
 

@@ -36,15 +36,28 @@ def cmd_train(a) -> int:
                           show_progress=not a.quiet)
     if not a.resume and not a.image:
         raise ExtremeAugError("train: give at least one --image SCAN --label MASK pair (or --resume)")
+    from ..training.dataset import Case
+
     result = train(cfg, _cases(a.image, a.label, "train"), _cases(a.val_image, a.val_label, "validation"),
-                   a.out, opts)
+                   a.out, opts, unlabeled=[Case(path, None) for path in a.unlabeled or []])
     if result.rank:   # torchrun: rank 0 speaks for the run
         return 0
     last = result.history[-1] if result.history else {}
     print(f"{result.status}: {result.epochs_done:.2f} epoch(s), training Dice {last.get('train_dice', 0):.3f}"
           + (f", best validation Dice {result.best_val_dice:.3f}" if result.best_val_dice is not None else "")
+          + _pseudo_summary(result.unlabeled)
           + f"; ONNX vs torch max abs diff {result.onnx_max_abs_diff:.1e}; model: {result.out_dir / 'model.onnx'}")
     return 0
+
+
+def _pseudo_summary(unlabeled: dict) -> str:
+    """`, pseudo-labels of N of M unlabeled scans (K rounds)`, or nothing without unlabeled scans."""
+    if not unlabeled:
+        return ""
+    rounds = unlabeled["pseudo_labels"]
+    used = sum(row["used"] for row in rounds[-1]["scans"]) if rounds else 0
+    return (f", pseudo-labels of {used} of {len(unlabeled['unlabeled_cases'])} unlabeled scan(s) in {len(rounds)} "
+            "round(s)")
 
 
 def cmd_segment(a) -> int:
@@ -149,6 +162,9 @@ def parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     t.add_argument("--label", action="append", help="its mask")
     t.add_argument("--val-image", action="append", help="validation scan (repeat with --val-label)")
     t.add_argument("--val-label", action="append")
+    t.add_argument("--unlabeled", nargs="+", action="extend", metavar="SCAN", help="scans without a label to learn "
+                   "from too: from halfway through the run the model pseudo-labels their confident voxels, which "
+                   "then train beside the labels at --pseudo-weight (the scans it used are in history.json)")
     t.add_argument("--out", required=True, help="model folder (model.onnx, model.pt, checkpoint.pt, history.json)")
     add_arguments(t, TrainConfig, TRAIN_FLAGS)
     add_arguments(t, RunOptions, RUN_FLAGS)

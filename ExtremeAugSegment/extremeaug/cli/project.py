@@ -70,7 +70,8 @@ def cmd_cases(a) -> int:
 
 def run_spec(a) -> RunSpec:
     """What `project train`'s flags ask for."""
-    return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, **{n: getattr(a, n) for n in RUN_FLAGS})
+    return RunSpec(from_arguments(TrainConfig, a, TRAIN_FLAGS), gpus=a.gpus, unlabeled=a.unlabeled,
+                   **{n: getattr(a, n) for n in RUN_FLAGS})
 
 
 RESUME_FLAGS = ("batch_size", "device", "time_budget_min")   # what --resume may change; the run keeps the rest
@@ -87,6 +88,8 @@ def _refuse_changes_on_resume(project: Project, a) -> None:
     changed += changed_settings(RunOptions, asked, own, [n for n in RUN_FLAGS if n not in RESUME_FLAGS])
     if RunSpec.gpus != asked.gpus != own.gpus:
         changed.append(f"--gpus {asked.gpus} (the run's: {own.gpus})")
+    if asked.unlabeled and not own.unlabeled:
+        changed.append("--unlabeled (the run's: without it)")
     if changed:
         raise ExtremeAugError(f"--resume continues run {last.id} with its own settings: {', '.join(changed)} cannot "
                               "change (only --batch-size, --device and --time-budget can)")
@@ -123,6 +126,10 @@ def _follow(project: Project, run_id: str) -> int:
                                     patches_s=e["patches_per_s"], eta=format_eta(e["eta_s"]))
                 elif e["event"] == "phase" and e["phase"] != "training":
                     tqdm.write(f"[{run_id}] {e['phase']}")
+                elif e["event"] == "pseudo":
+                    used = [row["name"] for row in e["scans"] if row["used"]]
+                    tqdm.write(f"[{run_id}] pseudo-labels, round {e['round']}: {len(used)} of {len(e['scans'])} "
+                               "unlabeled case(s)" + (f" ({', '.join(used)})" if used else ""))
             if not run.active:
                 break
             time.sleep(0.5)
@@ -220,7 +227,8 @@ def cmd_models(a) -> int:
         now = r.val_now
         unscored = f" ({now.cases - now.scored} not scored yet)" if now.scored < now.cases else ""
         fixes = r.corrections
-        print(f"{'*' if r.active else ' '} v{r.version}: {r.training_scans} training scan(s), {r.epochs_done:.2f} "
+        print(f"{'*' if r.active else ' '} v{r.version}: {r.training_scans} training scan(s)" + (
+              f" and {r.unlabeled_scans} unlabeled" if r.unlabeled_scans else "") + f", {r.epochs_done:.2f} "
               f"epoch(s) at {r.augment}x in {r.seconds:.0f} s; validation Dice {r.val_then.dice.format()} on "
               f"{r.val_then.cases} case(s) then, {now.dice.format()} on {now.cases} now{unscored} "
               f"(HD95 {now.hd95_mm.format('.2f', ' mm')})" + (
@@ -288,6 +296,10 @@ def add_parser(sub) -> None:
     add_arguments(c, RunOptions, RUN_FLAGS)
     c.add_argument("--gpus", type=int, default=RunSpec.gpus, metavar="N",
                    help="train on N GPUs of this machine, one process each (--batch-size is split between them)")
+    c.add_argument("--unlabeled", action="store_true", help="also learn from the cases without a human label: "
+                   "from halfway through the run the model pseudo-labels their confident voxels (training material "
+                   f"only, never stored as a label); at most {Project.UNLABELED_PER_RUN} cases, spread over the "
+                   "order they were added")
     c.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     c.add_argument("--resume", action="store_true", help="continue the last cancelled, failed or dead run (a new "
                    "--batch-size, --device or --time-budget may be given)")

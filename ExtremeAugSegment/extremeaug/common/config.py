@@ -86,6 +86,7 @@ class SliceGrid(Choice):
 class Loss(Choice):
     DICE = "dice"
     DICE_BCE = "dice+bce"
+    TVERSKY = "tversky"   # a missed voxel weighs 0.7, an extra one 0.3 (training.losses.TVERSKY_MISS)
 
 
 def int_list(text: str) -> List[int]:
@@ -147,7 +148,7 @@ class TrainConfig:
         "size continues the run at that size (after GPU out of memory, say)", int)
     width: Optional[int] = _setting(None, "filters of the first stage (default 16 on CUDA, 8 on CPU)", int)
     lr: float = _setting(3e-3, "Adam learning rate (cosine decay to 5 %%)", finite_float)
-    loss: Loss = _setting(Loss.DICE, "training loss", Loss)
+    loss: Loss = _setting(Loss.DICE, "training loss (tversky: a missed voxel counts 0.7, an extra one 0.3)", Loss)
     plane: Plane = _setting(Plane.AUTO, "slicing plane (auto: the acquisition plane)", Plane)
     slice_grid: SliceGrid = _setting(
         SliceGrid.PAPER, "paper: every slice resampled to 256 x 256; fit: to the scan's own in-plane size rounded "
@@ -168,6 +169,12 @@ class TrainConfig:
                             "(2.5D; 0 is the paper's 2D)", int)
     intensity: bool = _setting(False, "also vary each patch's intensities on the device: gamma, contrast, "
                                "brightness, a smooth bias field and noise", bool)
+    pseudo_rounds: int = _setting(
+        3, "with unlabeled scans: how often the model pseudo-labels them, the first time halfway through the run, "
+        "then evenly over its second half", int)
+    pseudo_weight: float = _setting(
+        0.5, "with unlabeled scans: the loss weight of a pseudo-labeled voxel (a human-labeled one weighs 1)",
+        finite_float)
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     min_component_mm3: float = _setting(
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
@@ -195,6 +202,8 @@ class TrainConfig:
             raise ExtremeAugError("--lr must be a positive number")
         if not 0.0 < self.threshold < 1.0 or not self.min_component_mm3 >= 0:   # `not >=` also catches NaN
             raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
+        if self.pseudo_rounds < 1 or not 0.0 < self.pseudo_weight <= 1.0:
+            raise ExtremeAugError("--pseudo-rounds must be at least 1 and --pseudo-weight above 0, at most 1")
         if not 0.0 <= self.min_relative_size <= 1.0:
             raise ExtremeAugError("--min-relative-size must be 0 to 1 (a share of the largest component)")
         self.table()

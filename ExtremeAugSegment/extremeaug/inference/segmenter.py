@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from ..common.errors import ExtremeAugError
 from ..common.structures import Structure, check_table, default_structure
 from ..data.io import check_outputs, image_like, read_scan, write_image
-from ..data.labels import label_dtype, with_segment_fields
+from ..data.decision import clean_structures, label_array, uncertainty_map
+from ..data.labels import with_segment_fields
 from ..data.preprocess import Preprocessing, check_slice_size, scan_to_slices, slices_to_scan, with_context
 from ..networks.metadata import METADATA_KEY
 
@@ -175,27 +176,12 @@ class Segmenter:
         copy of the probabilities, about 0.07 s of a 67-slice scan on two cores)."""
         top = probs.max(axis=0)
         t = self.metadata.get("threshold", 0.5) if threshold is None else threshold
-        values = np.array([lab.value for lab in self.labels])
-        chosen = values[probs.argmax(axis=0)] if len(values) > 1 else values[0]
-        array = np.where(top > t, chosen, 0).astype(label_dtype(self.labels))
+        array = label_array(probs, self.labels, t)
         mm3 = self.metadata.get("min_component_mm3", 0.0) if min_component_mm3 is None else min_component_mm3
         largest = bool(self.metadata.get("keep_largest", False)) if keep_largest is None else keep_largest
         relative = self.metadata.get("min_relative_size", 0.0) if min_relative is None else min_relative
         mask = clean_structures(image_like(array, scan), self.labels, mm3, largest, relative)
         return mask, image_like(top, scan), image_like(uncertainty_map(probs), scan) if uncertainty else None
-
-
-def uncertainty_map(probs: np.ndarray) -> np.ndarray:
-    """Per voxel, 1 - the margin between its two most likely classes, in [0, 1], from probabilities [K, ...].
-
-    The classes are the K structures and background, whose score is 1 - the highest structure probability. With
-    one structure this is 1 - |2p - 1|; with several, two confident, competing structures (a disc that could be
-    L3-L4 or L4-L5) count as uncertain too, which the highest probability alone would hide."""
-    ranked = np.sort(probs, axis=0)
-    first = ranked[-1]
-    second = ranked[-2] if len(probs) > 1 else np.zeros_like(first)
-    margin = np.where(first >= 0.5, first - np.maximum(1 - first, second), 1 - 2 * first)
-    return (1 - margin).astype(np.float32)
 
 
 def warp(stack: np.ndarray, angle_deg: float, scale: float, inverse: bool = False) -> np.ndarray:
@@ -213,28 +199,6 @@ def warp(stack: np.ndarray, angle_deg: float, scale: float, inverse: bool = Fals
     transform.SetCenter([(shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0, 0.0])
     out = sitk.Resample(volume, volume, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out).reshape(shape)
-
-
-def clean_structures(labelmap: sitk.Image, labels, min_mm3: float = 0.0, keep_largest: bool = False,
-                     min_relative: float = 0.0) -> sitk.Image:
-    """Per structure, drop connected components smaller than `min_mm3` (the paper's false-positive specks),
-    smaller than `min_relative` times the structure's largest component and, with `keep_largest`, all but its
-    largest component."""
-    if not (min_mm3 and min_mm3 > 0) and not keep_largest and not min_relative > 0:
-        return labelmap
-    voxel_mm3 = float(np.prod(labelmap.GetSpacing()))
-    min_size = int(np.ceil(min_mm3 / voxel_mm3)) if min_mm3 and min_mm3 > 0 else 0
-    out = sitk.GetArrayFromImage(labelmap)
-    for lab in labels:
-        relabel = sitk.RelabelComponentImageFilter()   # components ranked by size, the largest is 1
-        relabel.SetMinimumObjectSize(min_size)
-        ranked = sitk.GetArrayFromImage(relabel.Execute(sitk.ConnectedComponent(labelmap == lab.value)))
-        sizes = relabel.GetSizeOfObjectsInPixels()
-        kept = 1 if keep_largest else sum(1 for n in sizes if sizes and n >= min_relative * sizes[0])
-        out[(out == lab.value) & ((ranked == 0) | (ranked > kept))] = 0
-    cleaned = sitk.GetImageFromArray(out)
-    cleaned.CopyInformation(labelmap)
-    return cleaned
 
 
 def structure_volumes(mask: sitk.Image, labels) -> list:

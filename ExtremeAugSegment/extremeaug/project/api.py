@@ -28,6 +28,7 @@ from .store import Store
 
 class Project:
     """An open project folder. Use as a context manager, or call `close()`."""
+    UNLABELED_PER_RUN = 20   # unlabeled cases a run pseudo-labels: every round segments them all, within its budget
 
     def __init__(self, store: Store):
         self._store = store
@@ -188,7 +189,11 @@ class Project:
 
     # -- training --------------------------------------------------------------------------------
     def train(self, spec: RunSpec) -> str:
-        """Start a background training run on the training split's human labels; returns its id."""
+        """Start a background training run on the training split's human labels (and, with `spec.unlabeled`, the
+        unlabeled cases' pseudo-labels); returns its id."""
+        if spec.unlabeled and not self._store.unlabeled_ids():
+            raise ExtremeAugError("no unlabeled case to learn from: add scans without a label first, or train "
+                                  "without the unlabeled cases")
         project_plane = Plane.parse(self._store.setting("plane"))
         return runs.start(self._store, replace(spec, train=replace(spec.train, plane=project_plane)))
 
@@ -292,14 +297,19 @@ class Project:
             return self._store.claim_run(run_id, pid)
 
     def job(self, run_id: str):
-        """(spec, [(case id, scan path, label path)]) of a run: what the worker trains on."""
+        """(spec, [(case id, scan path, label path)], [(case id, scan path)]) of a run: what the worker trains on,
+        and the unlabeled cases it pseudo-labels when the spec asks for them (at most UNLABELED_PER_RUN, spread
+        over the order they were added; a resumed run keeps the ones its checkpoint names)."""
         run = self._store.run(run_id)
-        inputs = []
+        spec, inputs = RunSpec.from_dict(run.spec), []
         for label_id in run.train_labels:
             label = self._store.label(label_id)
             scan = self._store.case_row(label.case_id)["scan"]
             inputs.append((label.case_id, self.path(scan), self.path(label.path)))
-        return RunSpec.from_dict(run.spec), inputs
+        ids = self._store.unlabeled_ids() if spec.unlabeled else []
+        cap = self.UNLABELED_PER_RUN
+        ids = [ids[i * len(ids) // cap] for i in range(cap)] if len(ids) > cap else ids
+        return spec, inputs, [(case_id, self.path(self._store.case_row(case_id)["scan"])) for case_id in ids]
 
     def set_phase(self, run_id: str, phase: Phase) -> None:
         append_event(runs.run_dir(self._store, run_id) / "progress.jsonl", "phase", phase=Phase(phase).value)

@@ -120,7 +120,7 @@ class Label:
     uncertainty: Optional[float] = None    # auto labels: mean of the uncertainty map near the prediction (0..1)
     correction: Optional[Correction] = None
     missing: List[str] = field(default_factory=list)   # human labels: the structures it left out
-    uncertainty_map: Optional[str] = None  # auto labels: the voxel-wise uncertainty (infer.uncertainty_map)
+    uncertainty_map: Optional[str] = None  # auto labels: the voxel-wise uncertainty (data.decision.uncertainty_map)
     accepted_by: Optional[str] = None      # human labels: who stored it (a web user, or the login name)
 
 
@@ -199,18 +199,20 @@ class RunSpec:
     checkpoint_minutes: float = RUN_DEFAULTS.checkpoint_minutes
     gpus: int = 1        # > 1: the worker starts one training process per GPU (CPU processes on --device cpu)
     compile: Compile = RUN_DEFAULTS.compile
+    unlabeled: bool = False   # also learn from the project's unlabeled cases (pseudo-labels, never stored as labels)
 
     def __post_init__(self):
         self.device, self.compile = Device.parse(self.device), Compile.parse(self.compile)
 
     def to_dict(self) -> dict:
         return {"train": self.train.to_dict(), "device": self.device.value, "time_budget_min": self.time_budget_min,
-                "checkpoint_minutes": self.checkpoint_minutes, "gpus": self.gpus, "compile": self.compile.value}
+                "checkpoint_minutes": self.checkpoint_minutes, "gpus": self.gpus, "compile": self.compile.value,
+                "unlabeled": self.unlabeled}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
-                   d.get("gpus", 1), d.get("compile", RUN_DEFAULTS.compile))
+                   d.get("gpus", 1), d.get("compile", RUN_DEFAULTS.compile), d.get("unlabeled", False))
 
     def check(self) -> None:
         """Refuse, before a worker starts, what the engine or its processes would refuse."""
@@ -266,6 +268,7 @@ class Version:
     val_then: Scores                # on the validation labels when it was trained
     val_now: Scores                 # on today's validation labels
     corrections: CorrectionSummary
+    unlabeled_scans: int = 0        # unlabeled cases its last pseudo-label round learned from
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ class SegmentResult:
     uncertainty: float
     state: CaseState
     provider: str = ""              # where onnxruntime actually ran it (session.get_providers()[0])
-    uncertainty_map: str = ""       # where to look when correcting (infer.uncertainty_map)
+    uncertainty_map: str = ""       # where to look when correcting (data.decision.uncertainty_map)
 
 
 class JobStatus(Choice):

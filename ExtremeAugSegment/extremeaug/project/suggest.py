@@ -1,6 +1,6 @@
 """Segment project cases with a model version, score how unsure the model is, suggest the next case.
 
-Each prediction is stored with its voxel-wise uncertainty map (`infer.uncertainty_map`: 1 - the margin between
+Each prediction is stored with its voxel-wise uncertainty map (`data.decision.uncertainty_map`: 1 - the margin between
 the two most likely classes, so two competing structures count as well as a faint boundary). A case's score is
 the mean of that map over the predicted region and a band of BAND_MM around it: where the boundary of a
 correction would go. A case the model barely sees (empty prediction) gets the band around any voxel with an

@@ -84,6 +84,8 @@ def publish(store: Store, run_id: str, train_dir: Path, device: str) -> int:
     summary = {"status": meta["status"], "epochs_done": meta["epochs_done"], "augment": meta["augment"],
                "train_dice": last.get("train_dice"), "loss": last.get("loss"), "seconds": meta["training_seconds"],
                "device": meta["device"], "width": meta["width"], "training_cases": meta["training_cases"],
+               "unlabeled_cases": [row["name"] for row in (meta.get("pseudo_labels") or [{"scans": []}])[-1]["scans"]
+                                   if row["used"]],
                "model_sha256": sha256(stage / "model.onnx")}
     run = store.run(run_id)
     with store.write():
@@ -124,7 +126,7 @@ def list_versions(store: Store, rescore: bool, device: str) -> List[Version]:
             s["epochs_done"], s["augment"], s["seconds"], s["device"], s["width"], s.get("train_dice"), s.get("loss"),
             _scores(have, v.val_labels), _scores(have, [lab.id for lab in current]),
             CorrectionSummary(len(fixes), mean([c.voxels_changed for c in fixes]), mean([c.dice for c in fixes]),
-                              mean([c.seconds for c in fixes]))))
+                              mean([c.seconds for c in fixes])), len(s.get("unlabeled_cases", []))))
     return out
 
 

@@ -46,6 +46,11 @@ class AffineParams:
     def __getitem__(self, rows) -> "AffineParams":
         return AffineParams(self.angle_rad[rows], self.scale[rows], self.shift_px[rows])
 
+    def __add__(self, other: "AffineParams") -> "AffineParams":
+        """The two batches' transforms, one after the other."""
+        return AffineParams(torch.cat([self.angle_rad, other.angle_rad]), torch.cat([self.scale, other.scale]),
+                            torch.cat([self.shift_px, other.shift_px]))
+
 
 def patch_size(slice_size: int) -> int:
     """128-pixel patches, or the whole slice when it is smaller (the stride is half a patch)."""

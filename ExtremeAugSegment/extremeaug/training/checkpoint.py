@@ -72,11 +72,11 @@ def portable_case(case: Case, folder: Path) -> dict:
             return os.path.relpath(Path(path).resolve(), folder.resolve())
         except ValueError:
             return str(Path(path).resolve())
-    return dict(asdict(case), image=relative(case.image), label=relative(case.label))
+    return dict(asdict(case), image=relative(case.image), label=case.label and relative(case.label))
 
 
 def located_case(case: dict, state: dict, folder: Path) -> Case:
     if state.get("case_paths") != "relative":   # a checkpoint from before: absolute paths
         return Case(**case)
     return Case(**dict(case, image=str((folder / case["image"]).resolve()),
-                       label=str((folder / case["label"]).resolve())))
+                       label=case["label"] and str((folder / case["label"]).resolve())))

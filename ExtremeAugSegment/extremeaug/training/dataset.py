@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +22,7 @@ from .augment import patch_size, patch_table
 @dataclass
 class Case:
     image: str
-    label: str
+    label: Optional[str]       # None: an unlabeled scan (pseudo-labels)
     id: Optional[str] = None   # a project's case id; None names the case after its image file
 
     @property
@@ -36,6 +36,11 @@ class PreparedCase:
     images: np.ndarray   # [n, S, S] float32 in [0, 1]
     masks: np.ndarray    # [n, K, S, S] uint8 in {0, 1}: one channel per structure of `labels`
     labels: List[Structure]
+    spacing: Tuple[float, float, float]   # of the slice grid, mm
+
+    def volumes_mm3(self) -> np.ndarray:
+        """Each structure's volume on the slice grid, [K]."""
+        return self.masks.sum(axis=(0, 2, 3)) * float(np.prod(self.spacing))
 
 
 def load_case(case: Case, prep: Preprocessing, table: Optional[Sequence[Structure]] = None,
@@ -52,13 +57,13 @@ def load_case(case: Case, prep: Preprocessing, table: Optional[Sequence[Structur
     structures, labels = read_structures(case.label, scan, table, label_values, merge)
     images, grid = scan_to_slices(scan, prep)
     masks = np.stack([mask_to_slices(m, grid, prep.axis) for m in structures], axis=1).astype(np.uint8)
-    return PreparedCase(case, images, masks, labels)
+    return PreparedCase(case, images, masks, labels, grid.GetSpacing())
 
 
 def check_cases(cases: Sequence[Case]) -> None:
     """Fail fast, before minutes of preprocessing, when any listed file is missing."""
     for c in cases:
-        for p in (c.image, c.label):
+        for p in (c.image, c.label) if c.label is not None else (c.image,):
             if not os.path.exists(p):
                 raise ExtremeAugError(f"{p}: no such file or folder")
 

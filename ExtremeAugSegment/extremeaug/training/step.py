@@ -35,22 +35,38 @@ class Draws:
 
     @classmethod
     def draw(cls, rows: torch.Tensor, step: int, seed: int, bounds: AugmentConfig, intensity: bool, shard: slice,
-             channels: int, patch: int = PATCH, pool: Optional[PoolParams] = None, parts=None) -> "Draws":
+             channels: int, patch: int = PATCH, pool: Optional[PoolParams] = None, parts=None,
+             pseudo: Optional[torch.Tensor] = None) -> "Draws":
         """Args:
             rows: the global batch's patches; `shard` is this rank's share of them (all of it in one process).
             bounds: the transforms' bounds (`AugmentConfig.for_slices`).
-            pool: the paper's fixed augmented set (`--augment-mode pool`), which takes its transforms per round."""
+            pool: the paper's fixed augmented set (`--augment-mode pool`), which takes its transforms per round.
+            pseudo: the pseudo-labeled patches (`SelfTraining.patches`): as many as `rows` are drawn from them at
+                random, after every other draw, so a run is the same as without unlabeled scans until they join."""
         generator = step_generator(seed, step, rows.device)
-        params = pool.for_parts(parts) if pool is not None else sample_params(len(rows), bounds, generator,
-                                                                              rows.device)
+        draws = cls._transforms(rows, pool.for_parts(parts) if pool is not None else sample_params(
+            len(rows), bounds, generator, rows.device), shard, intensity, channels, generator, patch)
+        if pseudo is None:
+            return draws
+        picked = pseudo[torch.randint(len(pseudo), (len(rows),), generator=generator, device=rows.device)]
+        extra = cls._transforms(picked, sample_params(len(picked), bounds, generator, rows.device), shard, intensity,
+                                channels, generator, patch)
+        jitter = None if not intensity else IntensityDraws(*(torch.cat(pair) for pair in zip(draws.intensity,
+                                                                                               extra.intensity)))
+        return cls(torch.cat([draws.rows, extra.rows]), draws.params + extra.params, jitter)
+
+    @classmethod
+    def _transforms(cls, rows, params: AffineParams, shard: slice, intensity: bool, channels: int, generator,
+                    patch: int) -> "Draws":
         rows, params = rows[shard], params[shard]
         jitter = intensity_draws(len(rows), channels, generator, rows.device, patch) if intensity else None
         return cls(rows, params, jitter)
 
-    def arguments(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple:
+    def arguments(self, inputs: torch.Tensor, masks: torch.Tensor, slice_weight: Optional[torch.Tensor] = None
+                  ) -> tuple:
         """Positional tensors for `TrainingStep` (plain tensors: what a compiled graph takes best)."""
         return (inputs, masks, self.rows, self.params.angle_rad, self.params.scale, self.params.shift_px,
-                self.intensity)
+                self.intensity, slice_weight)
 
 
 class TrainingStep(torch.nn.Module):
@@ -67,20 +83,32 @@ class TrainingStep(torch.nn.Module):
         self.model, self.loss, self.sums, self.patch = model, Loss.parse(loss), sums, patch
 
     def forward(self, inputs: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, angle: torch.Tensor,
-                scale: torch.Tensor, shift: torch.Tensor, intensity: Optional[IntensityDraws] = None):
+                scale: torch.Tensor, shift: torch.Tensor, intensity: Optional[IntensityDraws] = None,
+                slice_weight: Optional[torch.Tensor] = None):
+        """Args:
+            slice_weight: with pseudo-labels, each slice's weight [n]; the masks' last channel then marks the
+                voxels to leave out (uncertain ones), which weigh nothing."""
         x, y = augmented_batch(inputs, masks, rows, AffineParams(angle, scale, shift), self.patch)
+        weight = None
+        if slice_weight is not None:
+            y, left_out = y[:, :-1], y[:, -1:]
+            weight = (1 - left_out) * slice_weight[rows[:, 0]].view(-1, 1, 1, 1)
         if intensity is not None:
             x = apply_intensity(x, intensity)
-        return self.patches(x, y)
+        return self.patches(x, y, weight)
 
-    def patches(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def patches(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The network and the loss on patches already cut (benchmarks feed them from other pipelines)."""
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             logits = self.model(x)
-        loss = segmentation_loss(logits, y, self.loss, self.sums)
+        loss = segmentation_loss(logits, y, self.loss, self.sums, weight)
         pred = (logits.detach() > 0).to(y.dtype)
-        return loss, (pred * y).sum(), pred.sum() + y.sum()
+        if weight is None:
+            return loss, (pred * y).sum(), pred.sum() + y.sum()
+        counted = (weight > 0).to(y.dtype)   # the training Dice over the voxels the loss sees
+        return loss, (pred * y * counted).sum(), ((pred + y) * counted).sum()
 
 
 def compile_step(step: torch.nn.Module, mode: Optional[str] = None) -> torch.nn.Module:

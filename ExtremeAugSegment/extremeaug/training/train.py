@@ -1,12 +1,10 @@
 """Training: on-the-fly extreme augmentation, Dice loss, Adam, checkpoints, resume, clean stops."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,37 +13,24 @@ import torch
 from .. import __version__
 from ..common.config import AugmentMode, Device, RunOptions, TrainConfig, check_global_batch
 from ..common.errors import ExtremeAugError
-from ..common.files import write_bytes
 from ..common.structures import Structure
 from ..data.io import read_scan
 from ..data.preprocess import Preprocessing
-from ..networks.export import export_onnx
 from ..networks.model import ResUNet
 from . import distributed
 from .augment import AugmentConfig, EpochOrder, PoolParams
-from .checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, WEIGHTS, load, located_case, portable_case, resume_state, save
+from .checkpoint import CHECKPOINT, ONNX_FILE, load, located_case, portable_case, resume_state, save
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .interrupts import StopFlag, raise_if_interrupted
 from .memory import SmallerBatch, memory_error, out_of_memory, release
 from .progress import EpochStats, ProgressReporter
+from .pseudo import SelfTraining, pseudo_file
+from .publish import TrainResult, publish
 from .step import Draws, TrainingStep, compile_step, inductor_cache
 
 DEFAULT_WIDTH = {"cuda": 16, "cpu": 8}
 DEFAULT_BATCH = {"cuda": 256, "cpu": 16}   # a GPU needs large batches to be busy; a CPU gains nothing from them
 CURVE_SECONDS = 5.0
-
-
-@dataclass
-class TrainResult:
-    status: str                      # finished, time_budget, stopped, max_steps
-    out_dir: Path
-    epochs_done: float
-    history: list = field(default_factory=list)
-    best_val_dice: Optional[float] = None
-    onnx_max_abs_diff: float = 0.0
-    curve: list = field(default_factory=list)
-    val_curve: list = field(default_factory=list)
-    rank: int = 0                    # under torchrun, rank 0 alone writes the model
 
 
 def select_device(name: str) -> torch.device:
@@ -59,7 +44,7 @@ def select_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
-                 opts: RunOptions, structures: Optional[Sequence[Structure]] = None):
+                 opts: RunOptions, structures: Optional[Sequence[Structure]] = None, unlabeled: Sequence[Case] = ()):
         opts.check()
         self.out, self.opts = Path(out_dir), opts
         self.world, self.device = distributed.join(select_device(opts.device))
@@ -70,14 +55,16 @@ class Trainer:
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
             train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
             val_cases = [located_case(c, state, self.out) for c in state["val_cases"]]
+            unlabeled = [located_case(c, state, self.out) for c in state.get("unlabeled_cases", [])]
         cfg.check()
-        check_cases(list(train_cases) + list(val_cases))
+        check_cases(list(train_cases) + list(val_cases) + list(unlabeled))
         if cfg.width is None:
             cfg.width = DEFAULT_WIDTH[self.device.type]
         if cfg.batch_size is None:
             cfg.batch_size = DEFAULT_BATCH[self.device.type]
         check_global_batch(cfg.batch_size, self.world.size)
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
+        self.unlabeled = list(unlabeled)
         first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
             first_scan, cfg.plane, cfg.slice_grid)
@@ -85,8 +72,11 @@ class Trainer:
             list(structures) if structures else cfg.table())
         first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
         self.labels = first.labels   # the first mask fixes the structures; the others are matched to them
-        self.train_set = SliceSet([first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
-                                             for c in self.train_cases[1:]], self.device, cfg.context)
+        prepared = [first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                              for c in self.train_cases[1:]]
+        self.train_set = SliceSet(prepared, self.device, cfg.context)
+        self.selftraining = SelfTraining(self.unlabeled, self.prep, prepared, self.train_set, self.labels, cfg,
+                                         self.device) if self.unlabeled else None
         self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
                                  for c in val_cases], self.device, cfg.context) if val_cases else None
         torch.manual_seed(cfg.seed)
@@ -116,6 +106,8 @@ class Trainer:
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
+            if state.get("pseudo_rounds"):
+                self.selftraining.load_state_dict(load(pseudo_file(self.out, state["pseudo_rounds"])))
 
     def _steps(self):
         """The step eagerly, and compiled as asked: in one process the whole step (augmentation, network, loss)
@@ -158,9 +150,14 @@ class Trainer:
 
     def train_step(self, parts, elapsed: float):
         rows = self.train_set.patches[torch.cat([idx for _, idx in parts])]
+        mixed = self.selftraining.mixed if self.selftraining else None   # None until pseudo-labels join
         draws = Draws.draw(rows, self.step, self.cfg.seed, self.bounds, self.cfg.intensity, self.world.shard(len(rows)),
-                           self.train_set.inputs.shape[1], self.train_set.patch, self.pool, parts)
-        return self._update(self._forward(draws.arguments(self.train_set.inputs, self.train_set.masks)), elapsed)
+                           self.train_set.inputs.shape[1], self.train_set.patch, self.pool, parts,
+                           mixed.patches if mixed else None)
+        arguments = draws.arguments(mixed.inputs, mixed.masks, mixed.slice_weight) if mixed else draws.arguments(
+            self.train_set.inputs, self.train_set.masks)
+        return self._update(self._forward(arguments, len(draws.rows) == self._full_share * (2 if mixed else 1)),
+                            elapsed)
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
         """One optimiser step on a batch of patches cut elsewhere (benchmarks feed it from other pipelines)."""
@@ -176,8 +173,8 @@ class Trainer:
         self.step += 1
         return loss.detach(), inter, total
 
-    def _forward(self, arguments: tuple):
-        if self.compiled is None or len(arguments[2]) != self._full_share:
+    def _forward(self, arguments: tuple, full: bool):
+        if self.compiled is None or not full:
             return self.step_fn(*arguments)
         try:
             return self.compiled(*arguments)
@@ -220,6 +217,8 @@ class Trainer:
         save({"config": self.cfg.to_dict(), "preprocessing": self.prep.to_dict(),
               "train_cases": [portable_case(c, self.out) for c in self.train_cases],
               "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
+              "unlabeled_cases": [portable_case(c, self.out) for c in self.unlabeled],
+              "pseudo_rounds": len(self.selftraining.rounds) if self.selftraining else 0,
               "labels": [lab.to_dict() for lab in self.labels],
               "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
               "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
@@ -248,6 +247,8 @@ class Trainer:
                     epoch, k = divmod(self.step, self.steps_per_epoch)
                     if stats is None:
                         stats = EpochStats(self.device)
+                    if self.selftraining and self.selftraining.due(self.lr_progress):
+                        self._pseudo_round(reporter, self.elapsed_before + time.monotonic() - t0)
                     loss, inter, total = self.train_step(self.order.parts(epoch, k), time.monotonic() - t0)
                     stats.add(loss, inter, total)
                     window = reporter.step(self.step, epoch, stats.window_summary, self.cfg.batch_size)
@@ -280,7 +281,7 @@ class Trainer:
             elapsed, training = time.monotonic() - t0, False
             if main:
                 self._checkpoint(self.elapsed_before + elapsed)
-                result = self._publish(status, elapsed)
+                result = publish(self, status, elapsed)
             else:
                 result = TrainResult(status, self.out, self.step / self.steps_per_epoch, self.history,
                                      rank=self.world.rank)
@@ -294,6 +295,16 @@ class Trainer:
                        stop_reason=self._stop_reason(stop.reason, status))
         reporter.close()
         return result
+
+    def _pseudo_round(self, reporter: ProgressReporter, elapsed: float) -> None:
+        """Pseudo-label the unlabeled scans with the model as it is now (every rank alike: same weights, same scans),
+        then a checkpoint that names the new round's file; the previous round's file goes once nothing names it."""
+        report = self.selftraining.label(self.net, self.step)
+        if self.world.main:
+            reporter.event("pseudo", **report)
+            save(self.selftraining.state_dict(), pseudo_file(self.out, report["round"]))
+            self._checkpoint(elapsed)
+            pseudo_file(self.out, report["round"] - 1).unlink(missing_ok=True)
 
     def _out_of_memory(self, reporter: ProgressReporter, training: bool) -> ExtremeAugError:
         """A smaller batch to try (`train` tries it), or, with none left or retries off, the error and its advice."""
@@ -345,48 +356,20 @@ class Trainer:
             self.best = {"val_dice": val, "epochs_done": done}
             self.best_weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
-    def _publish(self, status: str, elapsed: float) -> TrainResult:
-        """Final weights (the best validated ones when there is validation), then ONNX with metadata."""
-        if self.best is not None and (self.out / "best.pt").exists():
-            self.net.load_state_dict(load(self.out / "best.pt"))
-        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        done = self.step / self.steps_per_epoch
-        meta = {"engine_version": __version__, "width": self.cfg.width, "preprocessing": self.prep.to_dict(),
-                "threshold": self.cfg.threshold, "min_component_mm3": self.cfg.min_component_mm3,
-                "keep_largest": self.cfg.keep_largest, "min_relative_size": self.cfg.min_relative_size,
-                "labels": [lab.to_dict() for lab in self.labels], "merge_labels": self.cfg.merge_labels,
-                "training_cases": [c.name for c in self.train_cases],
-                "validation_cases": [c.name for c in self.val_cases],
-                "augment": self.cfg.augment, "augmentation": self.cfg.augmentation,
-                "intensity": self.cfg.intensity, "context": self.cfg.context,
-                "augment_mode": self.cfg.augment_mode, "epochs_planned": self.cfg.epochs,
-                "epochs_done": round(done, 4), "status": status, "loss": self.cfg.loss, "seed": self.cfg.seed,
-                "label_values": self.cfg.label_values, "best_val_dice": self.best["val_dice"] if self.best else None,
-                "last_epoch": self.history[-1] if self.history else None,
-                "training_seconds": round(self.elapsed_before + elapsed, 1), "device": str(self.device),
-                "device_kind": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                "processes": self.world.size, "global_batch": self.cfg.batch_size}   # how it was trained
-        save({"state_dict": weights, "width": self.cfg.width, "metadata_json": json.dumps(meta)}, self.out / WEIGHTS)
-        diff = export_onnx(self.net, self.out / ONNX_FILE, meta)
-        write_bytes(json.dumps({"metadata": meta, "history": self.history, "curve": self.curve,
-                                "val_curve": self.val_curve, "onnx_max_abs_diff": diff}, indent=1).encode(),
-                    self.out / HISTORY)
-        return TrainResult(status, self.out, done, self.history,
-                           self.best["val_dice"] if self.best else None, diff, self.curve, self.val_curve)
-
-
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir,
-          opts: Optional[RunOptions] = None, structures: Optional[Sequence[Structure]] = None) -> TrainResult:
+          opts: Optional[RunOptions] = None, structures: Optional[Sequence[Structure]] = None,
+          unlabeled: Sequence[Case] = ()) -> TrainResult:
     """Train and export a model; out of memory in training tries again at half the batch (one line on stderr).
 
     Args:
         structures: the label table to learn (a project's); default: --label-names, else the first mask's.
+        unlabeled: scans without labels (`Case` with label None) to pseudo-label and learn from (`pseudo`).
     """
     opts, started = opts or RunOptions(), time.monotonic()
     try:
         while True:
             try:
-                return Trainer(cfg, train_cases, val_cases, out_dir, opts, structures).run()
+                return Trainer(cfg, train_cases, val_cases, out_dir, opts, structures, unlabeled).run()
             except SmallerBatch as smaller:
                 print(smaller.describe(), file=sys.stderr)
                 cfg, opts = smaller.retried(cfg, opts, time.monotonic() - started)

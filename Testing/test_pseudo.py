@@ -1,0 +1,190 @@
+"""Learning from unlabeled scans (training.pseudo) and the Tversky loss: the pseudo-labels are the segmentation's
+decision with the uncertain voxels left out, they join halfway and change nothing before, a run with them resumes
+exactly, a scan that cannot be pseudo-labeled is refused with its reason, and the losses weigh what they say."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_line_error, run_cli
+from extremeaug.common.config import Loss
+from extremeaug.common.errors import ExtremeAugError
+from extremeaug.data.io import read_scan, write_image
+from extremeaug.data.phantom import make_phantom
+from extremeaug.training.checkpoint import load, save
+from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
+from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
+from extremeaug.training.pseudo import MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
+
+SMALL = dict(width=4, augment=8, epochs=30, batch_size=16, slice_grid="fit")   # 12 x 40 x 50 phantoms: 64-pixel slices
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Three small phantoms (12 x 40 x 50 voxels; one 64-pixel patch per slice on the fitted grid), as files."""
+    folder, pairs = tmp_path_factory.mktemp("small"), []
+    for seed in (0, 1, 2):
+        p = make_phantom(seed, size=(12, 40, 50), spacing=(6.0, 4.8, 4.8))
+        pairs.append((str(folder / f"s{seed}_image.nii.gz"), str(folder / f"s{seed}_mask.nii.gz")))
+        write_image(p.image, pairs[-1][0])
+        write_image(p.mask, pairs[-1][1])
+    return pairs
+
+
+def test_tversky_counts_missed_voxels_against_extra_ones_far_more_than_dice_does():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    missed, extra = target.clone(), target.clone()
+    missed[..., 2, 2:6] = 0                   # four voxels of the structure missed
+    extra[..., 1, 2:6] = 1                    # or four voxels beside it added
+    dice_gap = soft_dice(extra, target) - soft_dice(missed, target)
+    assert tversky(extra, target) - tversky(missed, target) > 3 * dice_gap > 0
+    logits = {name: (p * 2 - 1) * 20 for name, p in (("missed", missed), ("extra", extra))}
+    assert segmentation_loss(logits["missed"], target, Loss.TVERSKY) > segmentation_loss(logits["extra"], target,
+                                                                                         Loss.TVERSKY)
+    assert tversky(target, target, miss=0.5) == pytest.approx(soft_dice(target, target).item())
+
+
+@pytest.mark.parametrize("kind", list(Loss))
+def test_a_voxel_of_weight_zero_changes_nothing_in_the_loss(kind):
+    torch.manual_seed(0)
+    target = (torch.rand(2, 2, 16, 16) > 0.6).float()
+    logits = torch.randn(2, 2, 16, 16)
+    weight = torch.ones(2, 1, 16, 16)
+    weight[:, :, :4] = 0                      # left out: the top rows
+    wrong = logits.clone()
+    wrong[:, :, :4] = -wrong[:, :, :4] * 5    # anything at all there
+    assert segmentation_loss(wrong, target, kind, weight=weight) == pytest.approx(
+        segmentation_loss(logits, target, kind, weight=weight).item(), rel=1e-6)
+    assert segmentation_loss(wrong, target, kind) != pytest.approx(segmentation_loss(logits, target, kind).item())
+
+
+def _self_training(small, cfg: TrainConfig, unlabeled):
+    prep = make_preprocessing(read_scan(small[0][0]), cfg.plane, cfg.slice_grid)
+    labeled = load_case(Case(*small[0]), prep, merge=cfg.merge_labels)
+    train_set = SliceSet([labeled], torch.device("cpu"))
+    return SelfTraining(unlabeled, prep, [labeled], train_set, labeled.labels, cfg, torch.device("cpu"))
+
+
+def test_pseudo_labels_are_the_segmentations_decision_with_the_uncertain_voxels_left_out(small):
+    cfg = TrainConfig(slice_grid="fit", merge_labels=True, min_component_mm3=100.0)
+    selftraining = _self_training(small, cfg, [Case(small[1][0], None)])
+    scan = selftraining.scans[0]
+    n, size = len(scan.inputs), scan.inputs.shape[-1]
+    probs = np.full((n, 1, size, size), 0.02, np.float32)
+    probs[2:10, :, 20:30, 20:30] = 0.97       # a confident structure
+    probs[2:10, :, 19, 20:30] = 0.6           # its uncertain rim, above the threshold
+    probs[0, :, 2, 2] = 0.97                  # a confident speck the clean-up removes (one voxel, 67.5 mm3)
+    assert np.prod(scan.spacing) < cfg.min_component_mm3
+    masks, left_out, row = selftraining.pseudo_labels(probs, scan)
+    expected = np.zeros((n, 1, size, size), np.uint8)
+    expected[2:10, :, 19:30, 20:30] = 1
+    assert masks.shape == (n, 1, size, size) and (masks == expected).all()
+    unsure = np.zeros((n, 1, size, size), np.uint8)
+    unsure[2:10, :, 19, 20:30] = 1            # 1 - |2 * 0.6 - 1| = 0.8 > MAX_UNCERTAINTY; 0.97 and 0.02 are sure
+    assert MAX_UNCERTAINTY < 0.8 and (left_out == unsure).all()
+    assert row["used"] and row["volume_ratio"] > 0
+    nothing = selftraining.pseudo_labels(np.full_like(probs, 0.02), scan)[2]   # another anatomy: no structure at all
+    assert not nothing["used"] and "another anatomy" in nothing["reason"] and nothing["volume_ratio"] == 0
+
+
+def test_a_run_is_what_it_was_without_unlabeled_scans_until_they_join(tmp_path, small):
+    """Every pseudo draw comes after the draws a run without unlabeled scans makes: before halfway, the weights are
+    those of that run, bit for bit."""
+    cfg, stop = dict(SMALL, epochs=4), RunOptions(device="cpu", show_progress=False, max_steps=5)
+    train(TrainConfig(**cfg), [Case(*small[0])], [], tmp_path / "plain", stop)
+    train(TrainConfig(**cfg), [Case(*small[0])], [], tmp_path / "unl", stop, unlabeled=[Case(small[1][0], None)])
+    plain, unl = load(tmp_path / "plain" / "checkpoint.pt"), load(tmp_path / "unl" / "checkpoint.pt")
+    assert unl["step"] == plain["step"] == 5 and unl["pseudo_rounds"] == 0 and unl["unlabeled_cases"]
+    assert all(torch.equal(plain["model"][k], unl["model"][k]) for k in plain["model"])
+
+
+def test_rounds_come_halfway_and_over_the_second_half_and_the_model_records_them(tmp_path, small):
+    unlabeled = [Case(small[1][0], None, id="s1"), Case(small[2][0], None, id="s2")]
+    progress = tmp_path / "progress.jsonl"
+    result = train(TrainConfig(**dict(SMALL, epochs=6)), [Case(*small[0])], [], tmp_path / "m",
+                   RunOptions(device="cpu", show_progress=False, progress_file=str(progress)), unlabeled=unlabeled)
+    rounds, total = result.unlabeled["pseudo_labels"], result.history[-1]["step"]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and result.unlabeled["unlabeled_cases"] == ["s1", "s2"]
+    assert total / 2 <= rounds[0]["step"] < rounds[1]["step"] < rounds[2]["step"] < total
+    for r in rounds:   # each scan either used or not, with the reason
+        assert [row["name"] for row in r["scans"]] == ["s1", "s2"]
+        assert all(row["used"] or row["reason"] for row in r["scans"])
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [e["round"] for e in events if e["event"] == "pseudo"] == [1, 2, 3]
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
+    assert meta["pseudo_labels"] == rounds and meta["pseudo_weight"] == 0.5 and meta["pseudo_rounds"] == 3
+    assert [p.name for p in (tmp_path / "m").glob("pseudo-*.pt")] == ["pseudo-3.pt"]
+
+
+def _seeded(small, out, opts: RunOptions) -> Trainer:
+    """A trainer whose one round of pseudo-labels is already made: s1's reference mask, its top rows left out (what
+    a model sure of s1 would give; the decision itself is tested above)."""
+    trainer = Trainer(TrainConfig(**dict(SMALL, epochs=2, pseudo_rounds=1)), [Case(*small[0])], [], out, opts,
+                      unlabeled=[Case(small[1][0], None, id="s1")])
+    reference = load_case(Case(*small[1]), trainer.prep, trainer.labels)
+    left_out = np.zeros_like(reference.masks[:, :1])
+    left_out[:, :, :8] = 1
+    trainer.selftraining.load_state_dict({"rounds": [{"round": 1, "step": 0, "scans": [
+        {"name": "s1", "used": True}]}], "used": ["s1"], "maps": torch.from_numpy(
+            np.concatenate([reference.masks, left_out], axis=1))})
+    out.mkdir(parents=True, exist_ok=True)
+    save(trainer.selftraining.state_dict(), pseudo_file(out, 1))
+    return trainer
+
+
+@pytest.mark.slow
+def test_pseudo_labeled_patches_train_beside_the_human_ones_and_a_stopped_run_resumes_to_the_same_model(tmp_path,
+                                                                                                          small):
+    """Once pseudo-labels exist, every step also cuts as many pseudo-labeled patches (weighted, their left-out
+    voxels weighing nothing), and a run stopped then resumed from its checkpoint (which names the round's file)
+    ends with the uninterrupted run's weights."""
+    full = _seeded(small, tmp_path / "full", RunOptions(device="cpu", show_progress=False))
+    mixed, human = full.selftraining.mixed, full.train_set
+    assert len(mixed.patches) == 12 and (mixed.patches[:, 0] >= len(human.inputs)).all()   # s1's 12 slices
+    assert mixed.slice_weight.tolist() == [1.0] * len(human.inputs) + [0.5] * 12
+    assert int(mixed.masks[len(human.inputs):, -1].sum()) == 12 * 8 * 64   # the left-out rows
+    assert full.run().status == "finished"
+    part = _seeded(small, tmp_path / "part", RunOptions(device="cpu", show_progress=False, max_steps=5))
+    assert part.run().status == "max_steps"
+    assert load(tmp_path / "part" / "checkpoint.pt")["pseudo_rounds"] == 1
+    resumed = Trainer(TrainConfig(), [], [], tmp_path / "part", RunOptions(device="cpu", show_progress=False,
+                                                                           resume=True))
+    assert resumed.selftraining.mixed is not None and resumed.step == 5
+    resumed.run()
+    a, b = load(tmp_path / "full" / "model.pt")["state_dict"], load(tmp_path / "part" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = train(TrainConfig(**dict(SMALL, epochs=2)), [Case(*small[0])], [], tmp_path / "plain",
+                  RunOptions(device="cpu", show_progress=False))
+    assert plain.history[-1]["step"] == full.step and not all(
+        torch.equal(a[k], v) for k, v in load(tmp_path / "plain" / "model.pt")["state_dict"].items())
+
+
+def test_an_unlabeled_scan_of_another_field_of_view_is_refused_before_training_with_its_reason(tmp_path, phantoms):
+    """A 12 x 40 x 50 mm crop beside 72 x 192 x 240 mm scans: on the model's slice grid its anatomy would appear
+    about five times larger than training ever showed. Alone, it is refused in one line and nothing is written;
+    beside a fitting scan, it is left out with a warning and named in the model."""
+    crop = tmp_path / "crop_image.nii.gz"
+    write_image(make_phantom(0, size=(12, 40, 50), spacing=(1.0, 1.0, 1.0)).image, crop)
+    common = ("--width", "4", "--augment", "1", "--epochs", "1", "--device", "cpu", "--quiet")
+    alone = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--unlabeled", crop,
+                    "--out", tmp_path / "m", *common)
+    one_line_error(alone, "no unlabeled scan can be used", "crop_image.nii.gz", "times as large")
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+    both = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--unlabeled", crop,
+                   phantoms[1][0], "--out", tmp_path / "m2", *common)
+    assert both.returncode == 0, both.stderr
+    assert "warning: unlabeled scan crop_image.nii.gz is not used" in both.stderr
+    assert "pseudo-labels of" in both.stdout and "of 2 unlabeled scan(s) in 3 round(s)" in both.stdout
+    meta = json.loads((tmp_path / "m2" / "history.json").read_text())["metadata"]
+    assert [row["name"] for row in meta["unlabeled_left_out"]] == ["crop_image.nii.gz"]
+    assert meta["unlabeled_cases"] == ["crop_image.nii.gz", phantoms[1][0].name]
+
+
+def test_the_same_scan_as_labeled_and_unlabeled_is_refused(small):
+    with pytest.raises(ExtremeAugError, match="also a labeled training scan"):
+        _self_training(small, TrainConfig(slice_grid="fit"), [Case(small[0][0], None)])
