@@ -160,3 +160,41 @@ def test_a_slice_size_the_model_was_not_trained_for_is_refused_naming_the_closes
     assert Segmenter(plain, "cpu", slice_size=256).prep.slice_size == 256
     done = run_cli("segment", "--model", random_model, "--image", phantoms[1][0], "--out", out, "--slice-size", 224)
     assert done.returncode == 0 and "on 224 x 224 slices" in done.stdout, done.stderr
+
+
+def test_a_model_from_before_slice_sizes_and_union_decisions_segments_as_it_always_did(tmp_path, phantoms):
+    """Models written before the fitted grid carry no slice size, and before the union decision no `union`: they
+    segment on 256 x 256 slices and decide on the highest structure probability, whatever training's defaults are
+    now; with two structures that is not the union decision (checked on the same probabilities)."""
+    import json
+
+    import onnx
+    import torch
+
+    from extremeaug.data.preprocess import Preprocessing, make_template
+    from extremeaug.networks.export import export_onnx
+    from extremeaug.networks.metadata import METADATA_KEY
+    from extremeaug.networks.model import ResUNet
+
+    torch.manual_seed(1)
+    scan = sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32)
+    prep = Preprocessing("sagittal", template=make_template(scan)).to_dict()
+    del prep["slice_size"]
+    labels = [dict(default_structure().to_dict(), value=v, name=f"s{v}") for v in (1, 2)]
+    path = tmp_path / "old.onnx"
+    export_onnx(ResUNet(4, classes=2), path, {"preprocessing": prep, "threshold": 0.5, "min_component_mm3": 0.0,
+                                              "width": 4, "labels": labels})
+    model = onnx.load(str(path))
+    meta = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    assert "slice_size" not in meta["preprocessing"] and "union" not in meta
+    old = Segmenter(path, "cpu")
+    assert old.prep.slice_size == 256
+    probs = old.class_probabilities(scan)
+    decided = sitk.GetArrayFromImage(old.decide(probs, scan, uncertainty=False)[0])
+    highest = np.where(probs.max(0) > 0.5, np.array([1, 2])[probs.argmax(0)], 0)
+    assert (decided == highest).all()
+    shared = np.zeros_like(probs)
+    shared[:, 40:60, 40:60, 5:9] = 0.4   # two neighbours share these voxels: 1 - 0.6 * 0.6 = 0.64 for either
+    assert not sitk.GetArrayFromImage(old.decide(shared, scan, uncertainty=False)[0]).any()
+    union = sitk.GetArrayFromImage(old.decide(shared, scan, uncertainty=False, union=True)[0])
+    assert (union != 0).sum() == 4 * 20 * 20

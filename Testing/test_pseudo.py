@@ -18,6 +18,7 @@ from extremeaug.training.checkpoint import load, save
 from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
 from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
 from extremeaug.training.pseudo import MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.step import Draws
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
 SMALL = dict(width=4, augment=8, epochs=30, batch_size=16, slice_grid="fit")   # 12 x 40 x 50 phantoms: 64-pixel slices
@@ -140,12 +141,15 @@ def _seeded(small, out, opts: RunOptions) -> Trainer:
 @pytest.mark.slow
 def test_pseudo_labeled_patches_train_beside_the_human_ones_and_a_stopped_run_resumes_to_the_same_model(tmp_path,
                                                                                                           small):
-    """Once pseudo-labels exist, every step also cuts as many pseudo-labeled patches (weighted, their left-out
-    voxels weighing nothing), and a run stopped then resumed from its checkpoint (which names the round's file)
-    ends with the uninterrupted run's weights."""
+    """Once pseudo-labels exist, the second half of every batch is pseudo-labeled patches (weighted, their left-out
+    voxels weighing nothing; the batch keeps its size), and a run stopped then resumed from its checkpoint (which
+    names the round's file) ends with the uninterrupted run's weights."""
     full = _seeded(small, tmp_path / "full", RunOptions(device="cpu", show_progress=False))
     mixed, human = full.selftraining.mixed, full.train_set
     assert len(mixed.patches) == 12 and (mixed.patches[:, 0] >= len(human.inputs)).all()   # s1's 12 slices
+    rows = human.patches[full.order.batch(0, 0)]
+    draws = Draws.draw(rows, 0, 0, full.bounds, False, slice(0, 16), 1, 64, pseudo=mixed.patches)
+    assert len(draws.rows) == 16 and (draws.rows[:8] == rows[:8]).all() and (draws.rows[8:, 0] >= 12).all()
     assert mixed.slice_weight.tolist() == [1.0] * len(human.inputs) + [0.5] * 12
     assert int(mixed.masks[len(human.inputs):, -1].sum()) == 12 * 8 * 64   # the left-out rows
     assert full.run().status == "finished"

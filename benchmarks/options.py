@@ -59,15 +59,23 @@ def settings(flags: str, seed: int, unlabeled: list) -> tuple:
 
 
 def score(model: Path, tests: dict) -> dict:
-    segmenter, rows = Segmenter(model, "cpu"), {}
+    """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`) and, with several
+    structures, deciding foreground on the probability of any structure (`per_scan_union`, data.decision)."""
+    segmenter, rows, union = Segmenter(model, "cpu"), {}, {}
     for test_id, (image, mask) in tests.items():
-        prediction = segmenter.segment(read_scan(image))[0]
-        m = evaluate(prediction, read_binary(mask))
-        rows[test_id] = {"dice": round(m["dice"], 4), "ratio": round(m["prediction_voxels"] /
-                                                                     max(m["reference_voxels"], 1), 4)}
-    return {"slice_size": segmenter.prep.slice_size, "per_scan": rows,
+        scan, reference = read_scan(image), read_binary(mask)
+        probs = segmenter.class_probabilities(scan)
+        rows[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False)[0], reference)
+        if len(segmenter.labels) > 1:
+            union[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False, union=True)[0], reference)
+    return {"slice_size": segmenter.prep.slice_size, "per_scan": rows, **({"per_scan_union": union} if union else {}),
             "mean_dice": round(statistics.mean(r["dice"] for r in rows.values()), 4),
             "mean_ratio": round(statistics.mean(r["ratio"] for r in rows.values()), 4)}
+
+
+def overlap(prediction, reference) -> dict:
+    m = evaluate(prediction, reference)
+    return {"dice": round(m["dice"], 4), "ratio": round(m["prediction_voxels"] / max(m["reference_voxels"], 1), 4)}
 
 
 def gains(runs: list, base: str, option: str) -> dict:

@@ -12,14 +12,18 @@ from ..common.structures import Structure
 from .labels import label_dtype
 
 
-def label_array(probs: np.ndarray, labels: Sequence[Structure], threshold: float) -> np.ndarray:
+def label_array(probs: np.ndarray, labels: Sequence[Structure], threshold: float, union: bool = False) -> np.ndarray:
     """Per voxel, the value of its most probable structure where that probability passes `threshold`, else 0.
 
     Args:
-        probs: one probability per structure of `labels` and voxel, [K, ...]."""
+        probs: one probability per structure of `labels` and voxel, [K, ...].
+        union: a voxel is foreground where the probability that it belongs to any structure, 1 - prod(1 - p_k),
+            passes `threshold` (two neighbouring structures that share a voxel's probability keep it); the same
+            as the highest probability with one structure."""
     values = np.array([lab.value for lab in labels])
     chosen = values[probs.argmax(axis=0)] if len(values) > 1 else values[0]
-    return np.where(probs.max(axis=0) > threshold, chosen, 0).astype(label_dtype(labels))
+    foreground = 1 - np.prod(1 - probs, axis=0) if union and len(values) > 1 else probs.max(axis=0)
+    return np.where(foreground > threshold, chosen, 0).astype(label_dtype(labels))
 
 
 def uncertainty_map(probs: np.ndarray) -> np.ndarray:

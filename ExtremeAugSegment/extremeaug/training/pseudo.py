@@ -3,8 +3,8 @@
 Once the labeled scans have trained for half the run, the model segments the unlabeled scans as `segment` would
 (the model's threshold and clean-up, `data.decision`) on the slice grid training uses, and each voxel whose
 uncertainty (`data.decision.uncertainty_map`) is at most MAX_UNCERTAINTY becomes a pseudo-label; the other voxels
-weigh nothing. From then on every step also trains on as many pseudo-labeled patches as human-labeled ones, their
-voxels weighted `--pseudo-weight`. The pseudo-labels are made again `--pseudo-rounds` times over the run's second
+weigh nothing. From then on half of every batch is pseudo-labeled patches (a step costs what it did), their voxels
+weighted `--pseudo-weight`. The pseudo-labels are made again `--pseudo-rounds` times over the run's second
 half, each time by a better model, all within the run's time budget. They are training material only: kept in the
 run's folder for an exact resume (pseudo-N.pt), never written as anyone's label.
 

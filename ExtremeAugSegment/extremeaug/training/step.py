@@ -41,23 +41,17 @@ class Draws:
             rows: the global batch's patches; `shard` is this rank's share of them (all of it in one process).
             bounds: the transforms' bounds (`AugmentConfig.for_slices`).
             pool: the paper's fixed augmented set (`--augment-mode pool`), which takes its transforms per round.
-            pseudo: the pseudo-labeled patches (`SelfTraining.patches`): as many as `rows` are drawn from them at
-                random, after every other draw, so a run is the same as without unlabeled scans until they join."""
+            pseudo: the pseudo-labeled patches (`SelfTraining.mixed.patches`): the second half of the batch is drawn
+                from them at random instead (a step costs what it did), after the draws a run without unlabeled
+                scans makes, so until pseudo-labels join the run is that run."""
         generator = step_generator(seed, step, rows.device)
-        draws = cls._transforms(rows, pool.for_parts(parts) if pool is not None else sample_params(
-            len(rows), bounds, generator, rows.device), shard, intensity, channels, generator, patch)
-        if pseudo is None:
-            return draws
-        picked = pseudo[torch.randint(len(pseudo), (len(rows),), generator=generator, device=rows.device)]
-        extra = cls._transforms(picked, sample_params(len(picked), bounds, generator, rows.device), shard, intensity,
-                                channels, generator, patch)
-        jitter = None if not intensity else IntensityDraws(*(torch.cat(pair) for pair in zip(draws.intensity,
-                                                                                               extra.intensity)))
-        return cls(torch.cat([draws.rows, extra.rows]), draws.params + extra.params, jitter)
-
-    @classmethod
-    def _transforms(cls, rows, params: AffineParams, shard: slice, intensity: bool, channels: int, generator,
-                    patch: int) -> "Draws":
+        params = pool.for_parts(parts) if pool is not None else sample_params(len(rows), bounds, generator,
+                                                                              rows.device)
+        if pseudo is not None:
+            keep = len(rows) - len(rows) // 2
+            picked = pseudo[torch.randint(len(pseudo), (len(rows) - keep,), generator=generator, device=rows.device)]
+            rows = torch.cat([rows[:keep], picked])
+            params = params[:keep] + sample_params(len(picked), bounds, generator, rows.device)
         rows, params = rows[shard], params[shard]
         jitter = intensity_draws(len(rows), channels, generator, rows.device, patch) if intensity else None
         return cls(rows, params, jitter)

@@ -156,8 +156,7 @@ class Trainer:
                            mixed.patches if mixed else None)
         arguments = draws.arguments(mixed.inputs, mixed.masks, mixed.slice_weight) if mixed else draws.arguments(
             self.train_set.inputs, self.train_set.masks)
-        return self._update(self._forward(arguments, len(draws.rows) == self._full_share * (2 if mixed else 1)),
-                            elapsed)
+        return self._update(self._forward(arguments, len(draws.rows) == self._full_share), elapsed)
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
         """One optimiser step on a batch of patches cut elsewhere (benchmarks feed it from other pipelines)."""
