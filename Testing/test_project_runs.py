@@ -1,6 +1,7 @@
 """Background training with real worker processes: one run at a time, kill -9, cancel, resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -422,7 +423,12 @@ def test_a_run_with_the_unlabeled_cases_names_them_and_stores_no_label_for_them(
         assert [r["round"] for r in rounds] == [1, 2, 3]
         assert all([row["name"] for row in r["scans"]] == ["p1", "p2"] for r in rounds)
         used = [row["name"] for row in rounds[-1]["scans"] if row["used"]]
-        assert project.versions(rescore=False)[-1].unlabeled_scans == len(used)
+        version = project.versions(rescore=False)[-1]
+        assert version.unlabeled_scans == len(used)
+        module_lib_importable()
+        from ExtremeAugSegmentLib import Tables   # what the panel's and the page's versions table show
+        assert Tables.scansText(version) == "1" + (f" + {len(used)} unlabeled" if used else "")
+        assert Tables.scansText(dataclasses.replace(version, unlabeled_scans=2)) == "1 + 2 unlabeled"
         assert {c: project.case(c).history for c in ("p0", "p1", "p2")} == labels_before
         assert [c.state.value for c in project.cases()] == ["manual", "unlabeled", "unlabeled"]
         monkeypatch.setattr(Project, "UNLABELED_PER_RUN", 1)

@@ -100,7 +100,7 @@ def test_a_run_is_what_it_was_without_unlabeled_scans_until_they_join(tmp_path, 
     train(TrainConfig(**cfg), [Case(*small[0])], [], tmp_path / "plain", stop)
     train(TrainConfig(**cfg), [Case(*small[0])], [], tmp_path / "unl", stop, unlabeled=[Case(small[1][0], None)])
     plain, unl = load(tmp_path / "plain" / "checkpoint.pt"), load(tmp_path / "unl" / "checkpoint.pt")
-    assert unl["step"] == plain["step"] == 5 and unl["pseudo_rounds"] == 0 and unl["unlabeled_cases"]
+    assert unl["step"] == plain["step"] == 5 and unl["pseudo_rounds_done"] == 0 and unl["unlabeled_cases"]
     assert all(torch.equal(plain["model"][k], unl["model"][k]) for k in plain["model"])
 
 
@@ -155,7 +155,10 @@ def test_pseudo_labeled_patches_train_beside_the_human_ones_and_a_stopped_run_re
     assert full.run().status == "finished"
     part = _seeded(small, tmp_path / "part", RunOptions(device="cpu", show_progress=False, max_steps=5))
     assert part.run().status == "max_steps"
-    assert load(tmp_path / "part" / "checkpoint.pt")["pseudo_rounds"] == 1
+    assert load(tmp_path / "part" / "checkpoint.pt")["pseudo_rounds_done"] == 1
+    with pytest.raises(ExtremeAugError, match="its own unlabeled scans \\(s1\\); they cannot change"):
+        Trainer(TrainConfig(), [], [], tmp_path / "part", RunOptions(device="cpu", show_progress=False, resume=True),
+                unlabeled=[Case(small[2][0], None)])
     resumed = Trainer(TrainConfig(), [], [], tmp_path / "part", RunOptions(device="cpu", show_progress=False,
                                                                            resume=True))
     assert resumed.selftraining.mixed is not None and resumed.step == 5

@@ -29,9 +29,14 @@ def scenePairRow(volumeName: str, segmentationName: str) -> Tuple[str, ...]:
 def versionRow(v: Version) -> Tuple[str, ...]:
     """The validation scores recorded when the version was trained (listing them runs no inference)."""
     fixes = v.corrections
-    return (str(v.version), str(v.training_scans), v.val_then.dice.format(".3f"), v.val_then.hd95_mm.format(".2f"),
+    return (str(v.version), scansText(v), v.val_then.dice.format(".3f"), v.val_then.hd95_mm.format(".2f"),
             f"{fixes.voxels_changed.format('.0f')} (n={fixes.corrections})" if fixes.corrections else "-",
             "yes" if v.active else "")
+
+
+def scansText(v: Version) -> str:
+    """The scans a version learned from: `2`, or `2 + 3 unlabeled` when its run pseudo-labeled some."""
+    return str(v.training_scans) + (f" + {v.unlabeled_scans} unlabeled" if v.unlabeled_scans else "")
 
 
 def statusText(status: Optional[ProjectStatus]) -> str:

@@ -179,7 +179,8 @@ def train_run(project: Project, run_id: str, resume: bool, job) -> str:
     return train(spec.train, [Case(str(scan), str(label), id=case_id) for case_id, scan, label in inputs], [],
                  folder / "train", spec.to_options(resume=resume, progress_file=str(folder / "progress.jsonl"),
                                                    show_progress=False, stop_file=str(folder / "cancel")),
-                 project.structures(), [Case(str(scan), None, id=case_id) for case_id, scan in unlabeled]).status
+                 project.structures(), [] if resume else [Case(str(scan), None, id=case_id)
+                                                          for case_id, scan in unlabeled]).status
 
 
 def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled: threading.Event) -> str:

@@ -55,7 +55,11 @@ class Trainer:
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
             train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
             val_cases = [located_case(c, state, self.out) for c in state["val_cases"]]
-            unlabeled = [located_case(c, state, self.out) for c in state.get("unlabeled_cases", [])]
+            own = [located_case(c, state, self.out) for c in state.get("unlabeled_cases", [])]
+            if unlabeled and [Path(c.image).resolve() for c in unlabeled] != [Path(c.image) for c in own]:
+                raise ExtremeAugError(f"--resume continues the run in {self.out} with its own unlabeled scans "
+                                      f"({', '.join(c.name for c in own) or 'none'}); they cannot change")
+            unlabeled = own
         cfg.check()
         check_cases(list(train_cases) + list(val_cases) + list(unlabeled))
         if cfg.width is None:
@@ -106,8 +110,8 @@ class Trainer:
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
             self.curve = state.get("curve", [])
             self.val_curve = state.get("val_curve", [])
-            if state.get("pseudo_rounds"):
-                self.selftraining.load_state_dict(load(pseudo_file(self.out, state["pseudo_rounds"])))
+            if state.get("pseudo_rounds_done"):
+                self.selftraining.load_state_dict(load(pseudo_file(self.out, state["pseudo_rounds_done"])))
 
     def _steps(self):
         """The step eagerly, and compiled as asked: in one process the whole step (augmentation, network, loss)
@@ -156,7 +160,7 @@ class Trainer:
                            mixed.patches if mixed else None)
         arguments = draws.arguments(mixed.inputs, mixed.masks, mixed.slice_weight) if mixed else draws.arguments(
             self.train_set.inputs, self.train_set.masks)
-        return self._update(self._forward(arguments, len(draws.rows) == self._full_share), elapsed)
+        return self._update(self._forward(arguments), elapsed)
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, elapsed: float):
         """One optimiser step on a batch of patches cut elsewhere (benchmarks feed it from other pipelines)."""
@@ -172,8 +176,8 @@ class Trainer:
         self.step += 1
         return loss.detach(), inter, total
 
-    def _forward(self, arguments: tuple, full: bool):
-        if self.compiled is None or not full:
+    def _forward(self, arguments: tuple):
+        if self.compiled is None or len(arguments[2]) != self._full_share:
             return self.step_fn(*arguments)
         try:
             return self.compiled(*arguments)
@@ -217,7 +221,7 @@ class Trainer:
               "train_cases": [portable_case(c, self.out) for c in self.train_cases],
               "val_cases": [portable_case(c, self.out) for c in self.val_cases], "case_paths": "relative",
               "unlabeled_cases": [portable_case(c, self.out) for c in self.unlabeled],
-              "pseudo_rounds": len(self.selftraining.rounds) if self.selftraining else 0,
+              "pseudo_rounds_done": len(self.selftraining.rounds) if self.selftraining else 0,
               "labels": [lab.to_dict() for lab in self.labels],
               "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
               "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
