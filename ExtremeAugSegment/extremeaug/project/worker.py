@@ -191,7 +191,7 @@ def _train_on_ranks(project: Project, run_id: str, resume: bool, spec, cancelled
     import torch
 
     from ..training.distributed import free_port, rank_environment
-    from ..training.train import HISTORY
+    from ..training.checkpoint import HISTORY
 
     folder = project.run_folder(run_id)
     if spec.device != Device.CPU and torch.cuda.device_count() < spec.gpus:
