@@ -162,6 +162,33 @@ def test_a_slice_size_the_model_was_not_trained_for_is_refused_naming_the_closes
     assert done.returncode == 0 and "on 224 x 224 slices" in done.stdout, done.stderr
 
 
+def _two_structure_model(path, scan_path, slice_size: bool = True, **meta):
+    """An untrained ONNX model of two structures, with or without a slice size (an older engine's), and `meta`."""
+    import torch
+
+    from extremeaug.data.preprocess import Preprocessing, make_template
+    from extremeaug.networks.export import export_onnx
+    from extremeaug.networks.model import ResUNet
+
+    torch.manual_seed(1)
+    scan = sitk.ReadImage(str(scan_path), sitk.sitkFloat32)
+    prep = Preprocessing("sagittal", template=make_template(scan)).to_dict()
+    if not slice_size:
+        del prep["slice_size"]
+    labels = [dict(default_structure().to_dict(), value=v, name=f"s{v}") for v in (1, 2)]
+    export_onnx(ResUNet(4, classes=2), path, {"preprocessing": prep, "threshold": 0.5, "min_component_mm3": 0.0,
+                                              "width": 4, "labels": labels, **meta})
+    return scan
+
+
+def _shared_voxels(probs):
+    """Probabilities where two neighbours share 20 x 20 x 4 voxels at 0.4 each: neither passes 0.5, but the
+    probability of either, 1 - 0.6 * 0.6 = 0.64, does."""
+    shared = np.zeros_like(probs)
+    shared[:, 40:60, 40:60, 5:9] = 0.4
+    return shared
+
+
 def test_a_model_from_before_slice_sizes_and_union_decisions_segments_as_it_always_did(tmp_path, phantoms):
     """Models written before the fitted grid carry no slice size, and before the union decision no `union`: they
     segment on 256 x 256 slices and decide on the highest structure probability, whatever training's defaults are
@@ -169,23 +196,12 @@ def test_a_model_from_before_slice_sizes_and_union_decisions_segments_as_it_alwa
     import json
 
     import onnx
-    import torch
 
-    from extremeaug.data.preprocess import Preprocessing, make_template
-    from extremeaug.networks.export import export_onnx
     from extremeaug.networks.metadata import METADATA_KEY
-    from extremeaug.networks.model import ResUNet
 
-    torch.manual_seed(1)
-    scan = sitk.ReadImage(str(phantoms[1][0]), sitk.sitkFloat32)
-    prep = Preprocessing("sagittal", template=make_template(scan)).to_dict()
-    del prep["slice_size"]
-    labels = [dict(default_structure().to_dict(), value=v, name=f"s{v}") for v in (1, 2)]
     path = tmp_path / "old.onnx"
-    export_onnx(ResUNet(4, classes=2), path, {"preprocessing": prep, "threshold": 0.5, "min_component_mm3": 0.0,
-                                              "width": 4, "labels": labels})
-    model = onnx.load(str(path))
-    meta = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    scan = _two_structure_model(path, phantoms[1][0], slice_size=False)
+    meta = json.loads(next(p.value for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY))
     assert "slice_size" not in meta["preprocessing"] and "union" not in meta
     old = Segmenter(path, "cpu")
     assert old.prep.slice_size == 256
@@ -193,8 +209,18 @@ def test_a_model_from_before_slice_sizes_and_union_decisions_segments_as_it_alwa
     decided = sitk.GetArrayFromImage(old.decide(probs, scan, uncertainty=False)[0])
     highest = np.where(probs.max(0) > 0.5, np.array([1, 2])[probs.argmax(0)], 0)
     assert (decided == highest).all()
-    shared = np.zeros_like(probs)
-    shared[:, 40:60, 40:60, 5:9] = 0.4   # two neighbours share these voxels: 1 - 0.6 * 0.6 = 0.64 for either
+    shared = _shared_voxels(probs)
     assert not sitk.GetArrayFromImage(old.decide(shared, scan, uncertainty=False)[0]).any()
     union = sitk.GetArrayFromImage(old.decide(shared, scan, uncertainty=False, union=True)[0])
     assert (union != 0).sum() == 4 * 20 * 20
+
+
+def test_a_model_stored_with_the_union_decision_keeps_voxels_its_structures_share(tmp_path, phantoms):
+    """`train --union` stores `union: true` (test_train); segmenting then follows it without being asked."""
+    path = tmp_path / "union.onnx"
+    scan = _two_structure_model(path, phantoms[1][0], union=True)
+    model = Segmenter(path, "cpu")
+    shared = _shared_voxels(model.class_probabilities(scan))
+    decided = sitk.GetArrayFromImage(model.decide(shared, scan, uncertainty=False)[0])
+    assert (decided != 0).sum() == 4 * 20 * 20 and set(np.unique(decided)) == {0, 1}   # the likeliest: a tie, 1
+    assert not sitk.GetArrayFromImage(model.decide(shared, scan, uncertainty=False, union=False)[0]).any()

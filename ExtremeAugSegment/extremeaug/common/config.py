@@ -176,6 +176,10 @@ class TrainConfig:
         0.5, "with unlabeled scans: the loss weight of a pseudo-labeled voxel (a human-labeled one weighs 1)",
         finite_float)
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
+    union: bool = _setting(
+        False, "with several structures, a voxel is foreground where the probability that it belongs to any of "
+        "them passes the threshold (not only the likeliest one's; it then takes the likeliest); stored with the "
+        "model", bool)
     min_component_mm3: float = _setting(
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
     keep_largest: bool = _setting(False, "keep only the largest connected component of each structure at "

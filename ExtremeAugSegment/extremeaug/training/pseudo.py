@@ -146,7 +146,7 @@ class SelfTraining:
         mm3 mean what they mean in `segment`."""
         to_volume = 3 - self.prep.axis   # where the slice index goes in a [K, z, y, x] volume of the slice grid
         volume = np.moveaxis(probs.transpose(1, 0, 2, 3), 1, to_volume)
-        labelmap = sitk.GetImageFromArray(label_array(volume, self.labels, self.cfg.threshold))
+        labelmap = sitk.GetImageFromArray(label_array(volume, self.labels, self.cfg.threshold, self.cfg.union))
         labelmap.SetSpacing(scan.spacing)
         cleaned = sitk.GetArrayFromImage(clean_structures(labelmap, self.labels, self.cfg.min_component_mm3,
                                                           self.cfg.keep_largest, self.cfg.min_relative_size))
