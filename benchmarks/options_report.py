@@ -1,6 +1,7 @@
 """Markdown tables from `benchmarks/options.py` reports (several are merged: another seed's, say): per option the
 mean union Dice and predicted / reference voxels over its models, each option's paired gain over --base with its
-standard error, and the gain of deciding foreground on the probability of any structure (`per_scan_union`).
+standard error, and the gain of deciding foreground on the probability of any structure (`per_scan_union`), per option
+and over every model.
 
     python benchmarks/options_report.py bench-out/discs.json [bench-out/discs-seed1.json ...] --base fit
 """
@@ -47,6 +48,7 @@ def main() -> None:
         better = f"{sum(d > 0 for d in g['gains'])}/{g['pairs']}" if g else "-"
         print(f"| {option} | {len(mine)} | {mean_over(mine, 'per_scan'):.4f} | "
               f"{mean_over(mine, 'per_scan', 'ratio'):.3f} | {paired} | {better} | {union_gain(mine)} |")
+    print(f"| every model | {len(runs)} | | | | | {union_gain(runs)} |")
     print()
     print("| training scan | seed | option | steps | test scans | mean Dice | predicted / reference |")
     print("|---|---|---|---|---|---|---|")
