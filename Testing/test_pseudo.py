@@ -195,3 +195,25 @@ def test_an_unlabeled_scan_of_another_field_of_view_is_refused_before_training_w
 def test_the_same_scan_as_labeled_and_unlabeled_is_refused(small):
     with pytest.raises(ExtremeAugError, match="also a labeled training scan"):
         _self_training(small, TrainConfig(slice_grid="fit"), [Case(small[0][0], None)])
+
+
+@pytest.mark.parametrize("union", [False, True])
+def test_pseudo_labels_decide_shared_voxels_as_the_model_stores_it(tmp_path_factory, union):
+    """`train --union` reaches the pseudo-labels too: voxels two structures share at 0.4 each (any of them: 0.64)
+    are the likelier structure's with it, background without it, as `segment` would decide them."""
+    folder = tmp_path_factory.mktemp("structures")
+    pair = [(str(folder / f"{seed}_image.nii.gz"), str(folder / f"{seed}_mask.nii.gz")) for seed in (0, 1)]
+    for seed, (image, mask) in enumerate(pair):
+        p = make_phantom(seed, size=(12, 40, 50), spacing=(6.0, 4.8, 4.8), structures=True)
+        write_image(p.image, image)
+        write_image(p.mask, mask)
+    cfg = TrainConfig(slice_grid="fit", union=union, min_component_mm3=0.0)
+    selftraining = _self_training(pair, cfg, [Case(pair[1][0], None)])
+    scan = selftraining.scans[0]
+    assert len(selftraining.labels) >= 2
+    n, size = len(scan.inputs), scan.inputs.shape[-1]
+    probs = np.full((n, len(selftraining.labels), size, size), 0.02, np.float32)
+    probs[2:10, :2, 20:30, 20:30] = 0.4
+    masks = selftraining.pseudo_labels(probs, scan)[0]
+    assert masks[2:10, 0, 20:30, 20:30].all() == union and not masks[:, 1:].any()
+    assert masks.sum() == (8 * 10 * 10 if union else 0)
