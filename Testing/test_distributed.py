@@ -30,7 +30,7 @@ import json, sys, torch
 from extremeaug.training.dataset import Case
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer
 image, label, out = sys.argv[1:4]
-t = Trainer(TrainConfig(augment=1, width=4, batch_size=32, lr=0.01), [Case(image, label)], [], out,
+t = Trainer(TrainConfig(augment=2, width=4, batch_size=32, lr=0.01), [Case(image, label)], [], out,
             RunOptions(device="cpu", show_progress=False))
 losses = [float(t.train_step(t.order.parts(0, k), 0.0)[0]) for k in range(5)]
 torch.save({"losses": losses, "state": t.net.state_dict()}, f"{out}/rank{t.world.rank}.pt")

@@ -70,7 +70,7 @@ def test_shards_split_the_grid_without_overlap():
 
 
 @pytest.mark.slow
-def test_experiment_grid_runs_reports_and_resumes(tmp_path, phantoms):
+def test_experiment_grid_runs_the_papers_set_up_reports_and_resumes(tmp_path, phantoms):
     out = tmp_path / "exp"
     args = ["experiment", "--data", phantoms[0][0].parent, "--out", out, "--scans", "1", "--augment", "1,2",
             "--augment-mode", "fresh,pool", "--epochs", "1", "--match-steps", "--val", "phantom_3",
@@ -85,6 +85,9 @@ def test_experiment_grid_runs_reports_and_resumes(tmp_path, phantoms):
     for row in rows:
         assert row["train"] == "phantom_0" and row["val"] == "phantom_3"
         assert 0.0 < float(row["val_dice"]) <= 1.0 and 0.0 < float(row["train_dice"]) <= 1.0
+    for history in out.glob("cells/*/model/history.json"):   # the paper's grid and loss, not train's defaults
+        meta = json.loads(history.read_text(encoding="utf-8"))["metadata"]
+        assert meta["loss"] == "dice" and meta["preprocessing"]["slice_size"] == 256
     report = (out / "results.md").read_text(encoding="utf-8")
     assert "Table I" in report and "Table II" in report and "| 2x (1) |" in report
     for fig in ("fig_training_by_augmentation.png", "fig_training_by_scans.png", "fig_validation.png"):

@@ -56,7 +56,7 @@ def test_the_compiled_step_gives_the_eager_steps_patches_loss_sums_and_gradients
     eager_x, eager_y = augmented_batch(trainer.train_set.inputs, trainer.train_set.masks, draws.rows, draws.params)
     fused_x, fused_y = torch.compile(augmented_batch)(trainer.train_set.inputs, trainer.train_set.masks, draws.rows,
                                                       draws.params)
-    assert torch.allclose(fused_x, eager_x, atol=1e-5)
+    assert torch.allclose(fused_x, eager_x, atol=1e-4)   # inductor's float32 gamma and bias field: 2e-5 apart at most
     assert (fused_y != eager_y).float().mean() < 1e-4   # a mask value within rounding of 0.5 may flip
 
     eager = trainer.step_fn(*arguments)   # BatchNorm uses the batch's statistics: both steps see one network

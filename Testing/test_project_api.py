@@ -243,7 +243,7 @@ def test_every_command_takes_its_defaults_from_the_one_definition():
     from dataclasses import fields
 
     from extremeaug.cli.main import parser
-    from extremeaug.common.config import RUN_DEFAULTS, TRAIN_DEFAULTS
+    from extremeaug.common.config import PAPER_SETUP, RUN_DEFAULTS, TRAIN_DEFAULTS
     p = parser()
     commands = {"train": p.parse_args(["train", "--image", "a", "--label", "b", "--out", "o"]),
                 "project train": p.parse_args(["project", "train", "d"]),
@@ -253,7 +253,9 @@ def test_every_command_takes_its_defaults_from_the_one_definition():
         for defaults in (TRAIN_DEFAULTS, RUN_DEFAULTS):
             for f in fields(defaults):
                 own = (name == "demo" and f.name == "time_budget_min") or (name == "experiment" and f.name == "augment")
-                if hasattr(args, f.name) and not own:   # the demo's budget; the grid's list of levels
+                if name == "experiment" and f.name in PAPER_SETUP:   # the grid reproduces the paper
+                    assert str(getattr(args, f.name)) == str(PAPER_SETUP[f.name]), f.name
+                elif hasattr(args, f.name) and not own:   # the demo's budget; the grid's list of levels
                     assert str(getattr(args, f.name)) == str(getattr(defaults, f.name)), (name, f.name)
     assert commands["train"].checkpoint_minutes == commands["project train"].checkpoint_minutes == 2.0
 

@@ -388,13 +388,15 @@ def test_project_train_keeps_its_compile_choice_in_the_run_spec_and_hands_it_to_
 def test_project_train_keeps_its_slice_grid_in_the_run_spec_and_an_older_spec_reads_as_the_papers(tmp_path):
     from extremeaug.cli.main import parser
     from extremeaug.cli.project import run_spec
-    from extremeaug.common.config import SliceGrid
+    from extremeaug.common.config import Loss, SliceGrid
 
-    spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "fit"]))
+    spec = run_spec(parser().parse_args(["project", "train", str(tmp_path)]))
+    assert spec.train.slice_grid == SliceGrid.FIT and spec.train.loss == Loss.TVERSKY   # today's defaults
+    spec = run_spec(parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "paper"]))
     again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
-    assert spec.train.slice_grid == again.train.slice_grid == SliceGrid.FIT
-    old = spec.to_dict()
-    del old["train"]["slice_grid"]
+    assert spec.train.slice_grid == again.train.slice_grid == SliceGrid.PAPER
+    old = run_spec(parser().parse_args(["project", "train", str(tmp_path)])).to_dict()
+    del old["train"]["slice_grid"]   # a run queued before the setting existed trained on the paper's grid
     assert RunSpec.from_dict(old).train.slice_grid == SliceGrid.PAPER
     with pytest.raises(SystemExit):
         parser().parse_args(["project", "train", str(tmp_path), "--slice-grid", "native"])

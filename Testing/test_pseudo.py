@@ -177,7 +177,7 @@ def test_an_unlabeled_scan_of_another_field_of_view_is_refused_before_training_w
     beside a fitting scan, it is left out with a warning and named in the model."""
     crop = tmp_path / "crop_image.nii.gz"
     write_image(make_phantom(0, size=(12, 40, 50), spacing=(1.0, 1.0, 1.0)).image, crop)
-    common = ("--width", "4", "--augment", "1", "--epochs", "1", "--device", "cpu", "--quiet")
+    common = ("--width", "4", "--augment", "2", "--epochs", "1", "--device", "cpu", "--quiet")   # 12 steps: 3 rounds
     alone = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--unlabeled", crop,
                     "--out", tmp_path / "m", *common)
     one_line_error(alone, "no unlabeled scan can be used", "crop_image.nii.gz", "times as large")

@@ -54,7 +54,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, phantoms):
     cases = [Case(*map(str, phantoms[0]))]
     full = train(TrainConfig(**TINY), cases, [], tmp_path / "full", RunOptions(device="cpu", show_progress=False))
     half = train(TrainConfig(**TINY), cases, [], tmp_path / "half",
-                 RunOptions(device="cpu", show_progress=False, max_steps=9))
+                 RunOptions(device="cpu", show_progress=False, max_steps=3))   # of 6 an epoch
     assert half.status == "max_steps" and half.epochs_done < 1
     resumed = train(TrainConfig(), [], [], tmp_path / "half", RunOptions(device="cpu", show_progress=False,
                                                                          resume=True))
@@ -124,7 +124,7 @@ def test_several_training_scans(tmp_path, phantoms):
     cases = [Case(*map(str, phantoms[0])), Case(*map(str, phantoms[3]))]
     trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1}), cases, [], tmp_path / "m",
                       RunOptions(device="cpu", show_progress=False))
-    assert trainer.train_set.counts == [24, 24] and len(trainer.train_set.patches) == 2 * 24 * 9
+    assert trainer.train_set.counts == [24, 24] and len(trainer.train_set.patches) == 2 * 24 * 4   # 160-pixel slices
     result = trainer.run()
     assert result.status == "finished"
     meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
@@ -151,7 +151,7 @@ def test_2_5d_takes_each_slices_neighbours_from_its_own_scan_and_exports_them(tm
 def test_validation_between_epoch_ends_keeps_the_best(tmp_path, phantoms):
     """Under a time budget a 50x epoch outlasts the run; validation then happens at checkpoints."""
     progress = tmp_path / "p.jsonl"
-    result = train(TrainConfig(**{**TINY, "augment": 3, "epochs": 1}), [Case(*map(str, phantoms[0]))],
+    result = train(TrainConfig(**{**TINY, "augment": 8, "epochs": 1}), [Case(*map(str, phantoms[0]))],
                    [Case(*map(str, phantoms[1]))], tmp_path / "m",
                    RunOptions(device="cpu", show_progress=False, checkpoint_minutes=0.03,
                               progress_file=str(progress)))
@@ -247,7 +247,7 @@ def test_an_early_interrupt_swallowed_by_a_library_still_stops_training(tmp_path
 def test_demo_runs_and_reports(tmp_path):
     from extremeaug.experiments.demo import run_demo
 
-    summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=3, epochs=1, show_progress=False)
+    summary = run_demo(tmp_path / "demo", time_budget_min=5, augment=10, epochs=1, show_progress=False)
     assert set(summary["scores"]) == {"phantom_2", "phantom_3"}
     assert summary["mean_dice"] > 0.5
     for key in ("model", "overlay", "training_curve"):
@@ -265,10 +265,10 @@ def test_resume_at_a_smaller_batch_size_continues_the_same_epoch(tmp_path, phant
     resumed = train(TrainConfig(batch_size=8), [], [], tmp_path / "m",
                     RunOptions(device="cpu", show_progress=False, resume=True, progress_file=str(progress)))
     start = next(e for e in events(progress) if e["event"] == "start")
-    assert start["resumed_at_step"] == 10 and start["steps_total"] == 27   # 216 patches in steps of 8
+    assert start["resumed_at_step"] == 10 and start["steps_total"] == 12   # 96 patches in steps of 8
     assert resumed.status == "finished" and resumed.epochs_done == 1.0
     meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
-    assert meta["last_epoch"]["step"] == 27 and torch.load(tmp_path / "m" / "checkpoint.pt",
+    assert meta["last_epoch"]["step"] == 12 and torch.load(tmp_path / "m" / "checkpoint.pt",
                                                              weights_only=True)["config"]["batch_size"] == 8
 
 
@@ -334,9 +334,9 @@ def test_compile_on_puts_the_cpu_network_through_torch_compile_and_auto_or_off_k
         # augmentation, network and loss; export and state_dict keep using the plain module
 
 
-def test_a_small_crop_on_the_fitted_grid_trains_one_patch_per_slice_and_segments_at_its_size(tmp_path):
-    """A 12 x 40 x 50 phantom: `--slice-grid fit` makes its sagittal slices 64 x 64 (the paper's grid: 256 x 256,
-    33 times its pixels), one 64-pixel patch each with the shift in proportion; the model keeps the size."""
+def test_the_default_grid_fits_a_small_crop_one_patch_per_slice_and_the_papers_grid_stays_available(tmp_path):
+    """A 12 x 40 x 50 phantom: the default (fitted) grid makes its sagittal slices 64 x 64 (the paper's grid: 256 x
+    256, 33 times its pixels), one 64-pixel patch each with the shift in proportion; the model keeps the size."""
     from extremeaug.data.io import read_scan, write_image
     from extremeaug.data.phantom import make_phantom
     from extremeaug.inference.segmenter import Segmenter
@@ -349,7 +349,7 @@ def test_a_small_crop_on_the_fitted_grid_trains_one_patch_per_slice_and_segments
         write_image(small.image, pairs[-1][0])
         write_image(small.mask, pairs[-1][1])
     case = Case(*map(str, pairs[0]))
-    trainer = Trainer(TrainConfig(**TINY, slice_grid="fit"), [case], [], tmp_path / "m",
+    trainer = Trainer(TrainConfig(**TINY), [case], [], tmp_path / "m",   # the default grid fits the scan
                       RunOptions(device="cpu", show_progress=False))
     assert trainer.prep.slice_size == 64 and trainer.train_set.patch == 64
     assert len(trainer.train_set.patches) == 12 and trainer.bounds.max_shift_px == 12.5
@@ -357,5 +357,23 @@ def test_a_small_crop_on_the_fitted_grid_trains_one_patch_per_slice_and_segments
     segmenter = Segmenter(tmp_path / "m" / "model.onnx", "cpu")
     scan = read_scan(str(pairs[1][0]))
     assert segmenter.prep.slice_size == 64 and segmenter.segment(scan)[0].GetSize() == scan.GetSize()
-    paper = Trainer(TrainConfig(**TINY), [case], [], tmp_path / "p", RunOptions(device="cpu", show_progress=False))
+    paper = Trainer(TrainConfig(**TINY, slice_grid="paper"), [case], [], tmp_path / "p",
+                    RunOptions(device="cpu", show_progress=False))
     assert paper.prep.slice_size == 256 and paper.train_set.patch == 128 and paper.bounds.max_shift_px == 50
+
+
+def test_a_checkpoint_stored_before_the_slice_grid_setting_resumes_as_the_paper_grid_it_trained_on(tmp_path, phantoms):
+    """Runs from before `slice_grid` existed trained on 256 x 256: a resume reads the missing setting as the paper's,
+    not as today's default, so asking for the run's own grid again is no change."""
+    from extremeaug.common.config import SliceGrid
+    from extremeaug.training.checkpoint import CHECKPOINT, load, save
+    from extremeaug.training.train import Trainer
+
+    cfg = TrainConfig(**TINY, slice_grid="paper")
+    train(cfg, [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
+          RunOptions(device="cpu", show_progress=False, max_steps=1))
+    state = load(tmp_path / "m" / CHECKPOINT)
+    del state["config"]["slice_grid"]
+    save(state, tmp_path / "m" / CHECKPOINT)
+    resumed = Trainer(cfg, [], [], tmp_path / "m", RunOptions(device="cpu", show_progress=False, resume=True))
+    assert resumed.cfg.slice_grid == SliceGrid.PAPER and resumed.prep.slice_size == 256

@@ -9,7 +9,7 @@ from dataclasses import fields
 from typing import List, Optional
 
 from .. import __version__
-from ..common.config import (DEMO_MINUTES, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments,
+from ..common.config import (DEMO_MINUTES, PAPER_SETUP, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments,
                              int_list, non_negative, positive_int_list, probability)
 from ..common.errors import ExtremeAugError, Interrupted
 from ..common.files import WRITTEN, database_error_text, os_error_text
@@ -125,8 +125,8 @@ def cmd_experiment(a) -> int:
     return 0
 
 
-EXPERIMENT_TRAIN_FLAGS = ("epochs", "plane", "width", "batch_size", "lr", "loss", "context", "intensity", "seed",
-                          "label_values")
+EXPERIMENT_TRAIN_FLAGS = ("epochs", "plane", "width", "batch_size", "lr", "loss", "slice_grid", "context", "intensity",
+                          "seed", "label_values")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -228,7 +228,7 @@ def parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     x.add_argument("--labels", action="store_true", help="learn each label value as its own structure and report "
                    "validation Dice per structure (default: their union as one, the paper's set-up)")
     add_arguments(x, RunOptions, ["device"])
-    add_arguments(x, TrainConfig, EXPERIMENT_TRAIN_FLAGS)
+    add_arguments(x, TrainConfig, EXPERIMENT_TRAIN_FLAGS, **PAPER_SETUP)   # the grid reproduces the paper
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=cmd_experiment)
 

@@ -211,7 +211,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(TrainConfig(**d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
+        return cls(TrainConfig.stored(d["train"]), d["device"], d["time_budget_min"], d["checkpoint_minutes"],
                    d.get("gpus", 1), d.get("compile", RUN_DEFAULTS.compile), d.get("unlabeled", False))
 
     def check(self) -> None:

@@ -41,7 +41,7 @@ def resume_state(out: Path, resume: bool, have_cases: bool, asked: TrainConfig) 
         if not ckpt.exists():
             raise ExtremeAugError(f"--resume: {ckpt} does not exist")
         state = load(ckpt)
-        changed = changed_settings(TrainConfig, asked, TrainConfig(**state["config"]),
+        changed = changed_settings(TrainConfig, asked, TrainConfig.stored(state["config"]),
                                    [f.name for f in fields(TrainConfig) if f.name != "batch_size"])
         if changed:
             raise ExtremeAugError(f"--resume continues the run in {out} with its own settings: {', '.join(changed)} "

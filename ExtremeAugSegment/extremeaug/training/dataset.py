@@ -68,7 +68,7 @@ def check_cases(cases: Sequence[Case]) -> None:
                 raise ExtremeAugError(f"{p}: no such file or folder")
 
 
-def make_preprocessing(template_scan: sitk.Image, plane: str, grid: SliceGrid = SliceGrid.PAPER) -> Preprocessing:
+def make_preprocessing(template_scan: sitk.Image, plane: str, grid: SliceGrid) -> Preprocessing:
     plane = resolve_plane(template_scan, plane)
     return Preprocessing(plane=plane, slice_size=slice_size_for(template_scan, plane, grid),
                          template=make_template(template_scan))

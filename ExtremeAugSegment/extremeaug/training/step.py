@@ -72,7 +72,7 @@ class TrainingStep(torch.nn.Module):
         sums: turns this rank's Dice sums into the global batch's (several ranks: `World.global_sums`).
         patch: pixels a side of the patches cut."""
 
-    def __init__(self, model: torch.nn.Module, loss: Loss = Loss.DICE, sums: Sums = None, patch: int = PATCH):
+    def __init__(self, model: torch.nn.Module, loss: Loss, sums: Sums = None, patch: int = PATCH):
         super().__init__()
         self.model, self.loss, self.sums, self.patch = model, Loss.parse(loss), sums, patch
 

@@ -51,7 +51,7 @@ class Trainer:
         state = resume_state(self.out, opts.resume, bool(train_cases), cfg)
         asked_batch = cfg.batch_size
         if state:
-            cfg = TrainConfig(**state["config"])
+            cfg = TrainConfig.stored(state["config"])
             cfg.merge_labels = cfg.merge_labels or "labels" not in state   # older checkpoints learned the union
             train_cases = [located_case(c, state, self.out) for c in state["train_cases"]]
             val_cases = [located_case(c, state, self.out) for c in state["val_cases"]]
