@@ -9,8 +9,8 @@ from dataclasses import fields
 from typing import List, Optional
 
 from .. import __version__
-from ..common.config import (DEMO_MINUTES, PAPER_SETUP, AugmentMode, RunOptions, TrainConfig, add_arguments, from_arguments,
-                             int_list, non_negative, positive_int_list, probability)
+from ..common.config import (DEMO_MINUTES, PAPER_SETUP, AugmentMode, RunOptions, TrainConfig, add_arguments,
+                             from_arguments, int_list, non_negative, positive_int_list, probability)
 from ..common.errors import ExtremeAugError, Interrupted
 from ..common.files import WRITTEN, database_error_text, os_error_text
 from ..common.output import json_text
