@@ -17,7 +17,7 @@ from extremeaug.data.phantom import make_phantom
 from extremeaug.training.checkpoint import load, save
 from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
 from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
-from extremeaug.training.pseudo import MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.pseudo import MAX_GROWTH, MAX_UNCERTAINTY, SelfTraining, pseudo_file
 from extremeaug.training.step import Draws
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
@@ -93,6 +93,38 @@ def test_pseudo_labels_are_the_segmentations_decision_with_the_uncertain_voxels_
     assert not nothing["used"] and "another anatomy" in nothing["reason"] and nothing["volume_ratio"] == 0
 
 
+class Box(torch.nn.Module):
+    """A network sure of one square structure on slices 2-9, of side `side` pixels, and of background elsewhere."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x):
+        out = torch.full((len(x), 1) + tuple(x.shape[-2:]), -10.0)
+        out[2:10, :, 20:20 + self.side, 20:20 + self.side] = 10.0   # every batch of BATCH_SLICES starts at slice 0
+        return out
+
+
+def test_a_round_keeps_a_scans_pseudo_label_when_its_new_one_grows_more_than_max_growth(small):
+    """Rounds that each grow a scan's pseudo-label (as a model trained on its own pseudo-labels with Tversky does)
+    leave the one in use; a round that does not grow it replaces it; a resume restores what was in use."""
+    selftraining = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), [Case(small[1][0], None)])
+    in_use = lambda: selftraining.mixed.masks[len(selftraining.train_set.inputs):, 0].sum().item()  # noqa: E731
+    first = selftraining.label(Box(10), step=1)["scans"][0]
+    assert first["used"] and "kept" not in first and in_use() == 8 * 10 * 10
+    grown = selftraining.label(Box(12), step=2)["scans"][0]   # 1.44 times the one in use
+    assert (12 / 10) ** 2 > 1 + MAX_GROWTH and grown["used"] and "1.44 times the one in use" in grown["kept"]
+    assert grown["volume_ratio"] == pytest.approx(1.44 * first["volume_ratio"], rel=0.01)
+    assert grown["pseudo_volume_ratio"] == first["volume_ratio"] and in_use() == 8 * 10 * 10
+    resumed = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), [Case(small[1][0], None)])
+    resumed.load_state_dict(selftraining.state_dict())
+    assert torch.equal(resumed.mixed.masks, selftraining.mixed.masks)
+    assert "kept" in resumed.label(Box(11), step=3)["scans"][0]   # 1.21 times round 1's, still in use
+    smaller = selftraining.label(Box(10 - 1), step=3)["scans"][0]
+    assert "kept" not in smaller and smaller["pseudo_volume_ratio"] == smaller["volume_ratio"] and in_use() == 8 * 81
+
+
 def test_a_run_is_what_it_was_without_unlabeled_scans_until_they_join(tmp_path, small):
     """Every pseudo draw comes after the draws a run without unlabeled scans makes: before halfway, the weights are
     those of that run, bit for bit."""
@@ -131,7 +163,7 @@ def _seeded(small, out, opts: RunOptions) -> Trainer:
     left_out = np.zeros_like(reference.masks[:, :1])
     left_out[:, :, :8] = 1
     trainer.selftraining.load_state_dict({"rounds": [{"round": 1, "step": 0, "scans": [
-        {"name": "s1", "used": True}]}], "used": ["s1"], "maps": torch.from_numpy(
+        {"name": "s1", "used": True, "volume_ratio": 1.0}]}], "used": ["s1"], "maps": torch.from_numpy(
             np.concatenate([reference.masks, left_out], axis=1))})
     out.mkdir(parents=True, exist_ok=True)
     save(trainer.selftraining.state_dict(), pseudo_file(out, 1))
