@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,15 +61,20 @@ def settings(flags: str, seed: int, unlabeled: list) -> tuple:
 
 def score(model: Path, tests: dict) -> dict:
     """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`) and, with several
-    structures, deciding foreground on the probability of any structure (`per_scan_union`, data.decision)."""
-    segmenter, rows, union = Segmenter(model, "cpu"), {}, {}
+    structures, deciding foreground on the probability of any structure (`per_scan_union`, data.decision) and each
+    structure's own (`per_structure`)."""
+    segmenter, rows, union, structures = Segmenter(model, "cpu"), {}, {}, {}
     for test_id, (image, mask) in tests.items():
         scan, reference = read_scan(image), read_binary(mask)
         probs = segmenter.class_probabilities(scan)
-        rows[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False)[0], reference)
+        labelmap = segmenter.decide(probs, scan, uncertainty=False)[0]
+        rows[test_id] = overlap(labelmap, reference)
         if len(segmenter.labels) > 1:
             union[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False, union=True)[0], reference)
+            values = sitk.ReadImage(mask)   # each structure against the reference's own label value
+            structures[test_id] = {s.name: overlap(labelmap == s.value, values == s.value) for s in segmenter.labels}
     return {"slice_size": segmenter.prep.slice_size, "per_scan": rows, **({"per_scan_union": union} if union else {}),
+            **({"per_structure": structures} if structures else {}),
             "mean_dice": round(statistics.mean(r["dice"] for r in rows.values()), 4),
             "mean_ratio": round(statistics.mean(r["ratio"] for r in rows.values()), 4)}
 

@@ -1,7 +1,7 @@
 """Markdown tables from `benchmarks/options.py` reports (several are merged: another seed's, say): per option the
 mean union Dice and predicted / reference voxels over its models, each option's paired gain over --base with its
 standard error, and the gain of deciding foreground on the probability of any structure (`per_scan_union`), per option
-and over every model.
+and over every model; with several structures, each structure's Dice and predicted / reference per option.
 
     python benchmarks/options_report.py bench-out/discs.json [bench-out/discs-seed1.json ...] --base fit
 """
@@ -31,6 +31,35 @@ def union_gain(runs: list) -> str:
     return f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs) / math.sqrt(len(diffs)):.4f} ({len(diffs)})"
 
 
+def structures(runs: list, options: list) -> None:
+    """With several structures: each one's mean Dice and predicted / reference per option, and its paired gain over
+    the first option (same training scan and seed, same test scans)."""
+    runs = [r for r in runs if "per_structure" in r]   # reports written before per_structure have none
+    options = [o for o in options if any(r["option"] == o for r in runs)]
+    if not runs:
+        return
+    names = list(next(iter(runs[0]["per_structure"].values())))
+    print("| option | " + " | ".join(f"{n}: Dice, predicted / reference, gain over {options[0]} (SE)"
+                                      for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for option in options:
+        cells = []
+        for name in names:
+            mine = {(r["train"], r["seed"]): [s[name] for s in r["per_structure"].values()]
+                    for r in runs if r["option"] == option}
+            base = {(r["train"], r["seed"]): [s[name] for s in r["per_structure"].values()]
+                    for r in runs if r["option"] == options[0]}
+            dice = statistics.mean(statistics.mean(s["dice"] for s in v) for v in mine.values())
+            ratio = statistics.mean(statistics.mean(s["ratio"] for s in v) for v in mine.values())
+            diffs = [statistics.mean(s["dice"] for s in mine[k]) - statistics.mean(s["dice"] for s in base[k])
+                     for k in mine if k in base]
+            gain = (f"{statistics.mean(diffs):+.3f} ({statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f})"
+                    if option != options[0] and len(diffs) > 1 else "-")
+            cells.append(f"{dice:.3f}, {ratio:.3f}, {gain}")
+        print(f"| {option} | " + " | ".join(cells) + " |")
+    print()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reports", nargs="+", type=Path)
@@ -50,6 +79,7 @@ def main() -> None:
               f"{mean_over(mine, 'per_scan', 'ratio'):.3f} | {paired} | {better} | {union_gain(mine)} |")
     print(f"| every model | {len(runs)} | | | | | {union_gain(runs)} |")
     print()
+    structures(runs, options)
     print("| training scan | seed | option | steps | test scans | mean Dice | predicted / reference |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(runs, key=lambda r: (r["seed"], r["train"], options.index(r["option"]))):
