@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +32,7 @@ from bench_engine import emit  # noqa: E402
 from extremeaug.cli.main import TRAIN_FLAGS, parser  # noqa: E402
 from extremeaug.common.config import TrainConfig, from_arguments  # noqa: E402
 from extremeaug.data.io import read_binary, read_scan  # noqa: E402
-from extremeaug.evaluation.metrics import evaluate  # noqa: E402
+from extremeaug.evaluation.metrics import evaluate, evaluate_structures  # noqa: E402
 from extremeaug.inference.segmenter import Segmenter  # noqa: E402
 from extremeaug.training.dataset import Case  # noqa: E402
 from extremeaug.training.train import RunOptions, train  # noqa: E402
@@ -71,8 +70,8 @@ def score(model: Path, tests: dict) -> dict:
         rows[test_id] = overlap(labelmap, reference)
         if len(segmenter.labels) > 1:
             union[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False, union=True)[0], reference)
-            values = sitk.ReadImage(mask)   # each structure against the reference's own label value
-            structures[test_id] = {s.name: overlap(labelmap == s.value, values == s.value) for s in segmenter.labels}
+            rows_of = evaluate_structures(labelmap, mask)["structures"]
+            structures[test_id] = {r["name"]: ratio_and_dice(r) for r in rows_of}
     return {"slice_size": segmenter.prep.slice_size, "per_scan": rows, **({"per_scan_union": union} if union else {}),
             **({"per_structure": structures} if structures else {}),
             "mean_dice": round(statistics.mean(r["dice"] for r in rows.values()), 4),
@@ -80,7 +79,11 @@ def score(model: Path, tests: dict) -> dict:
 
 
 def overlap(prediction, reference) -> dict:
-    m = evaluate(prediction, reference)
+    return ratio_and_dice(evaluate(prediction, reference))
+
+
+def ratio_and_dice(m: dict) -> dict:
+    """From `evaluate`'s metrics: Dice and predicted / reference voxels."""
     return {"dice": round(m["dice"], 4), "ratio": round(m["prediction_voxels"] / max(m["reference_voxels"], 1), 4)}
 
 

@@ -33,7 +33,7 @@ def union_gain(runs: list) -> str:
 
 def structures(runs: list, options: list) -> None:
     """With several structures: each one's mean Dice and predicted / reference per option, and its paired gain over
-    the first option (same training scan and seed, same test scans)."""
+    the first option (`gains`: same training scan and seed, same test scans)."""
     runs = [r for r in runs if "per_structure" in r]   # reports written before per_structure have none
     options = [o for o in options if any(r["option"] == o for r in runs)]
     if not runs:
@@ -42,20 +42,14 @@ def structures(runs: list, options: list) -> None:
     print("| option | " + " | ".join(f"{n}: Dice, predicted / reference, gain over {options[0]} (SE)"
                                       for n in names) + " |")
     print("|---|" + "---|" * len(names))
+    alone = {n: [dict(r, per_scan={t: s[n] for t, s in r["per_structure"].items()}) for r in runs] for n in names}
     for option in options:
         cells = []
         for name in names:
-            mine = {(r["train"], r["seed"]): [s[name] for s in r["per_structure"].values()]
-                    for r in runs if r["option"] == option}
-            base = {(r["train"], r["seed"]): [s[name] for s in r["per_structure"].values()]
-                    for r in runs if r["option"] == options[0]}
-            dice = statistics.mean(statistics.mean(s["dice"] for s in v) for v in mine.values())
-            ratio = statistics.mean(statistics.mean(s["ratio"] for s in v) for v in mine.values())
-            diffs = [statistics.mean(s["dice"] for s in mine[k]) - statistics.mean(s["dice"] for s in base[k])
-                     for k in mine if k in base]
-            gain = (f"{statistics.mean(diffs):+.3f} ({statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f})"
-                    if option != options[0] and len(diffs) > 1 else "-")
-            cells.append(f"{dice:.3f}, {ratio:.3f}, {gain}")
+            mine = [r for r in alone[name] if r["option"] == option]
+            g = gains(alone[name], options[0], option) if option != options[0] else {}
+            gain = f"{g['mean_gain']:+.3f} ({g['se']:.3f})" if g.get("se") is not None else "-"
+            cells.append(f"{mean_over(mine, 'per_scan'):.3f}, {mean_over(mine, 'per_scan', 'ratio'):.3f}, {gain}")
         print(f"| {option} | " + " | ".join(cells) + " |")
     print()
 
