@@ -14,10 +14,11 @@ from extremeaug.common.config import Loss
 from extremeaug.common.errors import ExtremeAugError
 from extremeaug.data.io import read_scan, write_image
 from extremeaug.data.phantom import make_phantom
+from extremeaug.data.poses import averaged_over_poses
 from extremeaug.training.checkpoint import load, save
 from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
 from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
-from extremeaug.training.pseudo import MAX_GROWTH, MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.pseudo import BATCH_SLICES, MAX_GROWTH, MAX_UNCERTAINTY, SelfTraining, pseudo_file
 from extremeaug.training.step import Draws
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
@@ -109,7 +110,8 @@ class Box(torch.nn.Module):
 def test_a_round_keeps_a_scans_pseudo_label_when_its_new_one_grows_more_than_max_growth(small):
     """Rounds that each grow a scan's pseudo-label (as a model trained on its own pseudo-labels with Tversky does)
     leave the one in use; a round that does not grow it replaces it; a resume restores what was in use."""
-    selftraining = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), [Case(small[1][0], None)])
+    one_pass = TrainConfig(slice_grid="fit", merge_labels=True, tta=False)   # the square's pixels as Box gives them
+    selftraining = _self_training(small, one_pass, [Case(small[1][0], None)])
     in_use = lambda: selftraining.mixed.masks[len(selftraining.train_set.inputs):, 0].sum().item()  # noqa: E731
     first = selftraining.label(Box(10), step=1)["scans"][0]
     assert first["used"] and "kept" not in first and in_use() == 8 * 10 * 10
@@ -117,12 +119,31 @@ def test_a_round_keeps_a_scans_pseudo_label_when_its_new_one_grows_more_than_max
     assert (12 / 10) ** 2 > 1 + MAX_GROWTH and grown["used"] and "1.44 times the one in use" in grown["kept"]
     assert grown["volume_ratio"] == pytest.approx(1.44 * first["volume_ratio"], rel=0.01)
     assert grown["pseudo_volume_ratio"] == first["volume_ratio"] and in_use() == 8 * 10 * 10
-    resumed = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), [Case(small[1][0], None)])
+    resumed = _self_training(small, one_pass, [Case(small[1][0], None)])
     resumed.load_state_dict(selftraining.state_dict())
     assert torch.equal(resumed.mixed.masks, selftraining.mixed.masks)
     assert "kept" in resumed.label(Box(11), step=3)["scans"][0]   # 1.21 times round 1's, still in use
     smaller = selftraining.label(Box(10 - 1), step=3)["scans"][0]
     assert "kept" not in smaller and smaller["pseudo_volume_ratio"] == smaller["volume_ratio"] and in_use() == 8 * 81
+
+
+def test_pseudo_labels_are_averaged_over_the_poses_segment_averages_over_when_the_model_uses_tta(small):
+    """With `tta` (the default) a round decides from the network averaged over `data.poses.POSES`, as `segment`
+    does: the rotated and scaled passes of a square, mapped back, shave its corners; without, the square stays."""
+    unlabeled = [Case(small[1][0], None)]
+    plain = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True, tta=False), unlabeled)
+    posed = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), unlabeled)
+    assert posed.cfg.tta and posed.cfg.threshold == 0.5
+    plain.label(Box(10), step=1)
+    posed.label(Box(10), step=1)
+    square = plain.mixed.masks[len(plain.train_set.inputs):, 0]
+    shaved = posed.mixed.masks[len(posed.train_set.inputs):, 0]
+    def box(x):   # in the batches a round runs (Box's square is on a batch's slices 2-9)
+        return np.concatenate([torch.sigmoid(Box(10)(torch.from_numpy(x[s:s + BATCH_SLICES]))).numpy()
+                               for s in range(0, len(x), BATCH_SLICES)])
+    expected = averaged_over_poses(posed.scans[0].inputs.numpy(), box)[:, 0] > 0.5
+    assert square.sum() == 8 * 10 * 10 and torch.equal(shaved.bool(), torch.from_numpy(expected))
+    assert 0 < shaved.sum() < square.sum() and not (shaved.bool() & ~square.bool()).any()
 
 
 def test_a_run_is_what_it_was_without_unlabeled_scans_until_they_join(tmp_path, small):

@@ -43,7 +43,7 @@ def test_outputs_progress_and_metadata(tmp_path, phantoms):
     assert meta["preprocessing"]["plane"] == "sagittal" and len(meta["preprocessing"]["template"]) > 100
     assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
     assert meta["epochs_done"] == 2 and meta["width"] == 4 and meta["min_relative_size"] == 0.3
-    assert meta["union"] is True   # what `Segmenter.decide` follows (test_infer)
+    assert meta["union"] is True and meta["tta"] is True   # what `Segmenter` follows (test_infer, test_uncertainty)
     vals = [h["val_dice"] for h in result.history]
     assert meta["best_val_dice"] == max(vals) == result.best_val_dice
     net = load_weights(tmp_path / "m" / "model.pt")
@@ -362,18 +362,19 @@ def test_the_default_grid_fits_a_small_crop_one_patch_per_slice_and_the_papers_g
     assert paper.prep.slice_size == 256 and paper.train_set.patch == 128 and paper.bounds.max_shift_px == 50
 
 
-def test_a_checkpoint_stored_before_the_slice_grid_setting_resumes_as_the_paper_grid_it_trained_on(tmp_path, phantoms):
-    """Runs from before `slice_grid` existed trained on 256 x 256: a resume reads the missing setting as the paper's,
-    not as today's default, so asking for the run's own grid again is no change."""
+def test_a_checkpoint_stored_before_the_slice_grid_and_tta_settings_resumes_as_the_paper_set_up_it_trained_on(
+        tmp_path, phantoms):
+    """Runs from before `slice_grid` and `tta` existed trained on 256 x 256 and segmented in one pass: a resume reads
+    the missing settings as the paper's, not as today's defaults, so asking for the run's own again is no change."""
     from extremeaug.common.config import SliceGrid
     from extremeaug.training.checkpoint import CHECKPOINT, load, save
     from extremeaug.training.train import Trainer
 
-    cfg = TrainConfig(**TINY, slice_grid="paper")
+    cfg = TrainConfig(**TINY, slice_grid="paper", tta=False)
     train(cfg, [Case(*map(str, phantoms[0]))], [], tmp_path / "m",
           RunOptions(device="cpu", show_progress=False, max_steps=1))
     state = load(tmp_path / "m" / CHECKPOINT)
-    del state["config"]["slice_grid"]
+    del state["config"]["slice_grid"], state["config"]["tta"]
     save(state, tmp_path / "m" / CHECKPOINT)
     resumed = Trainer(cfg, [], [], tmp_path / "m", RunOptions(device="cpu", show_progress=False, resume=True))
-    assert resumed.cfg.slice_grid == SliceGrid.PAPER and resumed.prep.slice_size == 256
+    assert resumed.cfg.slice_grid == SliceGrid.PAPER and resumed.prep.slice_size == 256 and resumed.cfg.tta is False

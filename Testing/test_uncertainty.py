@@ -88,6 +88,27 @@ def test_tta_maps_every_pose_back_onto_the_scan_grid(tmp_path):
     assert evaluate(tta, image_like(box, scan))["dice"] > 0.9
 
 
+def test_a_model_stored_with_tta_averages_over_poses_unless_told_not_to_and_an_older_model_does_not(tmp_path):
+    """`tta` is stored with the model (on for models trained with the defaults): `segment` then averages over poses
+    and `--no-tta` makes one pass; a model stored without it (every model from before) segments as it always did."""
+    scan, _ = blurred_box((1.0, 0.9, 1.3), oblique_direction(-20, 12))
+    write_image(scan, tmp_path / "scan.nrrd")
+    probabilities = {}
+    for name, meta, flags in (("posed", {"tta": True}, []), ("one-pass", {"tta": True}, ["--no-tta"]),
+                              ("older", {}, []), ("asked", {}, ["--tta"])):
+        model = threshold_model(tmp_path / f"{name}.onnx", scan, **meta)
+        r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / f"{name}.nrrd",
+                    "--probabilities", tmp_path / f"{name}-p.nrrd", "--device", "cpu", *flags)
+        assert r.returncode == 0, r.stderr
+        assert ("averaged over poses" in r.stdout) == (name in ("posed", "asked")), r.stdout
+        probabilities[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}-p.nrrd")))
+    assert np.array_equal(probabilities["posed"], probabilities["asked"])
+    assert np.array_equal(probabilities["one-pass"], probabilities["older"])
+    assert np.abs(probabilities["posed"] - probabilities["older"]).max() > 0.01   # the poses' interpolation blurs
+    with pytest.raises(ExtremeAugError, match="tta is not true or false"):
+        Segmenter(threshold_model(tmp_path / "damaged.onnx", scan, tta="yes"), "cpu")
+
+
 def test_segmenting_without_the_uncertainty_map_skips_it_and_gives_the_same_label_map(tmp_path):
     """`segment` without --uncertainty (and `Segmenter.segment`) leave the map out, to save its time: the label
     and probability maps must not change."""

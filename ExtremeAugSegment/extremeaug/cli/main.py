@@ -66,7 +66,8 @@ def cmd_segment(a) -> int:
     info = segment_file(a.model, a.image, a.out, a.probabilities, a.device, a.threshold, a.min_component_mm3,
                         a.keep_largest, a.seg_nrrd, a.uncertainty, a.tta, a.min_relative_size, a.slice_size)
     print(f"wrote {info['mask']}: {info['foreground_voxels']} voxels ({info['foreground_mm3']} mm3) "
-          f"with {info['providers'][0]}" + (f" on {a.slice_size} x {a.slice_size} slices" if a.slice_size else ""))
+          f"with {info['providers'][0]}" + (f" on {a.slice_size} x {a.slice_size} slices" if a.slice_size else "")
+          + (", averaged over poses (--no-tta: one pass)" if info["tta"] else ""))
     if len(info["structures"]) > 1:
         print("; ".join(f"{s['value']} {s['name']}: {s['voxels']} voxels" for s in info["structures"]))
     return 0
@@ -116,7 +117,8 @@ def cmd_experiment(a) -> int:
         raise ExtremeAugError(f"--augment-mode: choose fresh, pool or both (fresh,pool), got {a.augment_mode!r}")
     if a.match_steps and a.time_budget_min:
         raise ExtremeAugError("--match-steps sets epochs per level; it cannot be combined with --time-budget")
-    base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS, merge_labels=not a.labels)
+    base = from_arguments(TrainConfig, a, EXPERIMENT_TRAIN_FLAGS, merge_labels=not a.labels,
+                          **{k: v for k, v in PAPER_SETUP.items() if k not in EXPERIMENT_TRAIN_FLAGS})
     opts = from_arguments(RunOptions, a, ("device", "time_budget_min"), show_progress=False)
     rows = run_experiment(a.data, a.out, a.scans, a.augment, modes, base, opts,
                           [v for v in (a.val or "").replace(",", " ").split()], a.folds, a.match_steps, not a.quiet,
@@ -182,8 +184,9 @@ def parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                    "coloured segment per structure")
     s.add_argument("--uncertainty", metavar="OUT", help="also write the voxel-wise uncertainty (0..1: 1 - the margin "
                    "between the two most likely classes) here: where to look when correcting")
-    s.add_argument("--tta", action="store_true", help="test-time augmentation: average the model over rotations "
-                   "and scales of the training's family (about 5x the model time)")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average the model over rotations and scales of the training's family "
+                   "(about 5x the model time; default: the model's, on for models trained with the defaults)")
     s.add_argument("--threshold", type=probability, help="default: the model's")
     s.add_argument("--min-component-mm3", type=non_negative, help="default: the model's; 0 keeps every component")
     s.add_argument("--min-relative-size", type=non_negative, metavar="F",

@@ -91,7 +91,7 @@ class Loss(Choice):
 
 # The paper's set-up where it differs from today's defaults: what the experiment grid reproduces, and what a model
 # stored before these settings existed was trained with (docs/results.md section 15 says why the defaults moved).
-PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE}
+PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE, "tta": False}
 
 
 def int_list(text: str) -> List[int]:
@@ -181,6 +181,10 @@ class TrainConfig:
     pseudo_weight: float = _setting(
         0.5, "with unlabeled scans: the loss weight of a pseudo-labeled voxel (a human-labeled one weighs 1)",
         finite_float)
+    tta: bool = _setting(
+        True, "segment with one pass of the network instead of averaging it over five poses of the augmentation's "
+        "family (test-time augmentation, about 5x the network's time; stored with the model, used by `segment`, the "
+        "project and the pseudo-labels)", bool, "--no-tta")
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     union: bool = _setting(
         False, "with several structures, a voxel is foreground where the probability that it belongs to any of "

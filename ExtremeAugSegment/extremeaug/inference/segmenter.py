@@ -16,11 +16,11 @@ from ..common.structures import Structure, check_table, default_structure
 from ..data.io import check_outputs, image_like, read_scan, write_image
 from ..data.decision import clean_structures, label_array, uncertainty_map
 from ..data.labels import with_segment_fields
+from ..data.poses import averaged_over_poses
 from ..data.preprocess import Preprocessing, check_slice_size, scan_to_slices, slices_to_scan, with_context
 from ..networks.metadata import METADATA_KEY
 
 BATCH_SLICES = 8
-TTA_POSES = ((0.0, 1.0), (-10.0, 1.0), (10.0, 1.0), (0.0, 0.9), (0.0, 1.1))   # (degrees, scale) for --tta
 
 
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}   # EXHAUSTIVE (the default) re-tunes on every run: seconds
@@ -90,6 +90,8 @@ class Segmenter:
             for key in ("threshold", "min_component_mm3", "min_relative_size"):
                 if not isinstance(self.metadata.get(key, 0.0), (int, float)):
                     raise ValueError(f"{key} is not a number")
+            if not isinstance(self.metadata.get("tta", False), bool):
+                raise ValueError("tta is not true or false")
             if not 0.0 <= self.metadata.get("min_relative_size", 0.0) <= 1.0:   # above 1 would drop every component
                 raise ValueError("min_relative_size is not 0 to 1")
         except (TypeError, ValueError) as e:
@@ -108,25 +110,22 @@ class Segmenter:
         except (KeyError, TypeError, ValueError, ExtremeAugError) as e:
             raise ExtremeAugError(f"{path}: the model's label table is damaged ({e})") from None
 
-    def class_probabilities(self, scan: sitk.Image, tta: bool = False) -> np.ndarray:
+    def class_probabilities(self, scan: sitk.Image, tta: Optional[bool] = None) -> np.ndarray:
         """Probability of each structure on the scan's own grid, float32 [K, z, y, x].
 
         Args:
-            tta: average over TTA_POSES (rotations and scales of the training's family), each mapped back.
+            tta: average over `data.poses.POSES` (rotations and scales of the training's family), each mapped
+                back; None is the model's setting (off for a model that does not store one).
         """
         slices, grid = scan_to_slices(scan, self.prep)
-        if tta:
-            total = np.zeros((len(slices), len(self.labels)) + slices.shape[1:], np.float32)
-            weight = np.zeros((len(slices), 1) + slices.shape[1:], np.float32)
-            ones = np.ones((1,) + slices.shape[1:], np.float32)
-            for angle, scale in TTA_POSES:
-                total += warp(self._slice_probabilities(warp(slices, angle, scale)), angle, scale, inverse=True)
-                weight += warp(ones, angle, scale, inverse=True)[:, None]   # where the pose saw the slice
-            out = total / np.maximum(weight, 1e-6)
-        else:
-            out = self._slice_probabilities(slices)
+        out = averaged_over_poses(slices, self._slice_probabilities) if self.tta(tta) \
+            else self._slice_probabilities(slices)
         return np.stack([sitk.GetArrayFromImage(slices_to_scan(out[:, k], grid, self.prep.axis, scan))
                          for k in range(len(self.labels))])
+
+    def tta(self, asked: Optional[bool] = None) -> bool:
+        """Whether segmentation averages over poses: as asked, else as the model was trained to segment."""
+        return bool(self.metadata.get("tta", False)) if asked is None else asked
 
     def _slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """The model on normalised slices [n, S, S]: probabilities [n, K, S, S]."""
@@ -152,14 +151,14 @@ class Segmenter:
         return image_like(self.class_probabilities(scan).max(axis=0), scan)
 
     def segment(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                keep_largest: Optional[bool] = None, tta: bool = False) -> Tuple[sitk.Image, sitk.Image]:
+                keep_largest: Optional[bool] = None, tta: Optional[bool] = None) -> Tuple[sitk.Image, sitk.Image]:
         """The label map (each voxel the value of its most probable structure where that probability passes the
         threshold, else 0) after per-structure clean-up, and the highest-probability map beside it."""
         mask, top, _ = self.analyse(scan, threshold, min_component_mm3, keep_largest, tta, uncertainty=False)
         return mask, top
 
     def analyse(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                keep_largest: Optional[bool] = None, tta: bool = False,
+                keep_largest: Optional[bool] = None, tta: Optional[bool] = None,
                 min_relative: Optional[float] = None, uncertainty: bool = True
                 ) -> Tuple[sitk.Image, sitk.Image, Optional[sitk.Image]]:
         """`segment`'s label map and highest-probability map, and the voxel-wise uncertainty map
@@ -184,23 +183,6 @@ class Segmenter:
         return mask, image_like(top, scan), image_like(uncertainty_map(probs), scan) if uncertainty else None
 
 
-def warp(stack: np.ndarray, angle_deg: float, scale: float, inverse: bool = False) -> np.ndarray:
-    """Rotate every slice of [n, S, S] (or [n, K, S, S]) by `angle_deg` and scale it by `scale` about its centre,
-    as training's augmentation does (linear interpolation, zeros outside); `inverse` maps such a result back."""
-    if angle_deg == 0 and scale == 1:
-        return stack
-    shape = stack.shape
-    volume = sitk.GetImageFromArray(np.ascontiguousarray(stack.reshape((-1,) + shape[-2:]), np.float32))
-    a, k = np.radians(angle_deg), (scale if inverse else 1.0 / scale)
-    sign = -1.0 if inverse else 1.0
-    transform = sitk.AffineTransform(3)   # output point -> input point, in the slice plane only
-    transform.SetMatrix([k * np.cos(a), sign * k * np.sin(a), 0.0, -sign * k * np.sin(a), k * np.cos(a), 0.0,
-                         0.0, 0.0, 1.0])
-    transform.SetCenter([(shape[-1] - 1) / 2.0, (shape[-2] - 1) / 2.0, 0.0])
-    out = sitk.Resample(volume, volume, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).reshape(shape)
-
-
 def structure_volumes(mask: sitk.Image, labels) -> list:
     array = sitk.GetArrayViewFromImage(mask)
     voxel_mm3 = float(np.prod(mask.GetSpacing()))
@@ -211,7 +193,7 @@ def structure_volumes(mask: sitk.Image, labels) -> list:
 def segment_file(model: str, image: str, out: str, probabilities: Optional[str] = None, device: str = "auto",
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                  keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None,
-                 uncertainty: Optional[str] = None, tta: bool = False, min_relative: Optional[float] = None,
+                 uncertainty: Optional[str] = None, tta: Optional[bool] = None, min_relative: Optional[float] = None,
                  slice_size: Optional[int] = None) -> dict:
     """Segment one scan: the label map to `out`, optionally the highest-probability map, the uncertainty map and
     a 3D Slicer segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
@@ -235,4 +217,4 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
     return {"mask": str(out), "foreground_voxels": voxels,
             "foreground_mm3": round(voxels * float(np.prod(scan.GetSpacing())), 1),
             "structures": structure_volumes(mask, segmenter.labels), "providers": segmenter.providers,
-            "slice_size": segmenter.prep.slice_size}
+            "slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(tta)}

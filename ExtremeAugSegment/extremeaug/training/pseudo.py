@@ -1,12 +1,13 @@
 """Learning from unlabeled scans: self-training with pseudo-labels.
 
 Once the labeled scans have trained for half the run, the model segments the unlabeled scans as `segment` would
-(the model's threshold and clean-up, `data.decision`) on the slice grid training uses, and each voxel whose
-uncertainty (`data.decision.uncertainty_map`) is at most MAX_UNCERTAINTY becomes a pseudo-label; the other voxels
-weigh nothing. From then on half of every batch is pseudo-labeled patches (a step costs what it did), their voxels
-weighted `--pseudo-weight`. The pseudo-labels are made again `--pseudo-rounds` times over the run's second
-half, each time by a better model, all within the run's time budget. They are training material only: kept in the
-run's folder for an exact resume (pseudo-N.pt), never written as anyone's label.
+(averaged over poses with `tta`, `data.poses`; the model's threshold and clean-up, `data.decision`) on the slice
+grid training uses, and each voxel whose uncertainty (`data.decision.uncertainty_map`) is at most MAX_UNCERTAINTY
+becomes a pseudo-label; the other voxels weigh nothing. From then on half of every batch is pseudo-labeled patches
+(a step costs what it did), their voxels weighted `--pseudo-weight`. The pseudo-labels are made again
+`--pseudo-rounds` times over the run's second half, each time by a better model, all within the run's time budget.
+They are training material only: kept in the run's folder for an exact resume (pseudo-N.pt), never written as
+anyone's label.
 
 A round does not replace a scan's pseudo-label with one more than MAX_GROWTH larger: a model trained on its own
 pseudo-labels with a loss that counts misses above extra voxels (Tversky) segments a little beyond them, so unchecked
@@ -34,6 +35,7 @@ from ..common.errors import ExtremeAugError
 from ..common.structures import Structure
 from ..data.decision import clean_structures, label_array, uncertainty_map
 from ..data.io import read_scan
+from ..data.poses import averaged_over_poses
 from ..data.preprocess import Preprocessing, scan_to_slices, with_context
 from .augment import patch_table
 from .dataset import Case, PreparedCase, SliceSet
@@ -154,12 +156,18 @@ class SelfTraining:
         return report
 
     def _probabilities(self, net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
-        out = []
-        for s in range(0, len(inputs), BATCH_SLICES):
-            x = inputs[s:s + BATCH_SLICES].contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-                out.append(torch.sigmoid(net(x).float()).cpu())
-        return torch.cat(out).numpy()
+        """The network's probabilities [n, K, S, S] of a scan's slices, averaged over poses as `segment` would."""
+        def predict(slices: np.ndarray) -> np.ndarray:
+            out, device = [], inputs.device
+            for s in range(0, len(slices), BATCH_SLICES):
+                x = torch.from_numpy(slices[s:s + BATCH_SLICES]).to(device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    out.append(torch.sigmoid(net(x).float()).cpu())
+            return torch.cat(out).numpy()
+
+        slices = inputs.cpu().numpy()
+        return averaged_over_poses(slices, predict) if self.cfg.tta else predict(slices)
 
     def pseudo_labels(self, probs: np.ndarray, scan: UnlabeledScan):
         """Slices' probabilities [n, K, S, S] -> pseudo-label masks [n, K, S, S], the voxels left out [n, 1, S, S]
