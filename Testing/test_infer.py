@@ -216,7 +216,7 @@ def test_a_model_from_before_slice_sizes_and_union_decisions_segments_as_it_alwa
 
 
 def test_a_model_stored_with_the_union_decision_keeps_voxels_its_structures_share(tmp_path, phantoms):
-    """`train --union` stores `union: true` (test_train); segmenting then follows it without being asked."""
+    """Training stores `union: true` by default (test_train); segmenting then follows it without being asked."""
     path = tmp_path / "union.onnx"
     scan = _two_structure_model(path, phantoms[1][0], union=True)
     model = Segmenter(path, "cpu")

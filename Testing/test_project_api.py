@@ -258,7 +258,9 @@ def test_every_command_takes_its_defaults_from_the_one_definition():
                 elif hasattr(args, f.name) and not own:   # the demo's budget; the grid's list of levels
                     assert str(getattr(args, f.name)) == str(getattr(defaults, f.name)), (name, f.name)
     assert commands["train"].checkpoint_minutes == commands["project train"].checkpoint_minutes == 2.0
-    assert commands["train"].tta is True and p.parse_args(["project", "train", "d", "--no-tta"]).tta is False
+    assert commands["train"].tta is commands["train"].union is True
+    one_pass = p.parse_args(["project", "train", "d", "--no-tta", "--no-union"])
+    assert one_pass.tta is one_pass.union is False
 
 
 def test_means_count_undefined_values_instead_of_dropping_them():

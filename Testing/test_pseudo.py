@@ -252,7 +252,7 @@ def test_the_same_scan_as_labeled_and_unlabeled_is_refused(small):
 
 @pytest.mark.parametrize("union", [False, True])
 def test_pseudo_labels_decide_shared_voxels_as_the_model_stores_it(tmp_path_factory, union):
-    """`train --union` reaches the pseudo-labels too: voxels two structures share at 0.4 each (any of them: 0.64)
+    """`union` (the default; `--no-union`) reaches the pseudo-labels too: voxels two structures share at 0.4 each (any of them: 0.64)
     are the likelier structure's with it, background without it, as `segment` would decide them."""
     folder = tmp_path_factory.mktemp("structures")
     pair = [(str(folder / f"{seed}_image.nii.gz"), str(folder / f"{seed}_mask.nii.gz")) for seed in (0, 1)]

@@ -27,7 +27,7 @@ def events(path):
 
 def test_outputs_progress_and_metadata(tmp_path, phantoms):
     progress = tmp_path / "progress.jsonl"
-    result = train(TrainConfig(**TINY, min_relative_size=0.3, union=True), [Case(*map(str, phantoms[0]))],
+    result = train(TrainConfig(**TINY, min_relative_size=0.3), [Case(*map(str, phantoms[0]))],
                    [Case(*map(str, phantoms[1]))], tmp_path / "m",
                    RunOptions(device="cpu", progress_file=str(progress), show_progress=False))
     assert result.status == "finished" and result.epochs_done == 2
@@ -43,7 +43,7 @@ def test_outputs_progress_and_metadata(tmp_path, phantoms):
     assert meta["preprocessing"]["plane"] == "sagittal" and len(meta["preprocessing"]["template"]) > 100
     assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
     assert meta["epochs_done"] == 2 and meta["width"] == 4 and meta["min_relative_size"] == 0.3
-    assert meta["union"] is True and meta["tta"] is True   # what `Segmenter` follows (test_infer, test_uncertainty)
+    assert meta["union"] is True and meta["tta"] is True   # the defaults `Segmenter` follows (test_infer, _uncertainty)
     vals = [h["val_dice"] for h in result.history]
     assert meta["best_val_dice"] == max(vals) == result.best_val_dice
     net = load_weights(tmp_path / "m" / "model.pt")

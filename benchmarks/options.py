@@ -7,7 +7,9 @@ With --unlabeled K, the K scans that follow each training scan (in sorted order,
 scans: an option whose FLAGS hold {unlabeled} gets their paths there (`train --unlabeled`), and every model of that
 training scan is scored without them, so a gain is measured on scans that were neither labeled nor used unlabeled.
 The JSON is written after every model and read again at the start, so a run cut short goes on where it stopped;
---rescore scores the models of its runs again (their folders are kept, under `model`).
+--rescore scores the models of its runs again (their folders are kept, under `model`); --decide NAME=FLAGS scores
+the first option's models again as `segment FLAGS` decides (--tta, --threshold ...), as runs of option NAME: a
+segmentation setting paired on the very same models.
 
     python benchmarks/options.py --data ../shared/data/msd-hippocampus --train 038 039 040 --seeds 0 1 \\
         --minutes 5 --option paper="--slice-grid paper" --option fit="--slice-grid fit" --out grid.json
@@ -58,21 +60,26 @@ def settings(flags: str, seed: int, unlabeled: list) -> tuple:
     return from_arguments(TrainConfig, args, TRAIN_FLAGS), [Case(p, None) for p in args.unlabeled or []]
 
 
-def score(model: Path, tests: dict) -> dict:
-    """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`) and, with several
-    structures, deciding foreground on the probability of any structure (`per_scan_union`, data.decision) and each
-    structure's own (`per_structure`)."""
+def score(model: Path, tests: dict, segment: str = "") -> dict:
+    """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`; with SEGMENT, the
+    `segment` flags that decide: --tta, --threshold, --min-relative-size ...) and, with several structures, deciding
+    foreground on the probability of any structure (`per_scan_union`, data.decision) and each structure's own
+    (`per_structure`)."""
+    a = parser().parse_args(["segment", "--model", "m", "--image", "i", "--out", "o", *shlex.split(segment)])
+    decide = dict(threshold=a.threshold, min_component_mm3=a.min_component_mm3, min_relative=a.min_relative_size,
+                  keep_largest=a.keep_largest, uncertainty=False)
     segmenter, rows, union, structures = Segmenter(model, "cpu"), {}, {}, {}
     for test_id, (image, mask) in tests.items():
         scan, reference = read_scan(image), read_binary(mask)
-        probs = segmenter.class_probabilities(scan)
-        labelmap = segmenter.decide(probs, scan, uncertainty=False)[0]
+        probs = segmenter.class_probabilities(scan, a.tta)
+        labelmap = segmenter.decide(probs, scan, **decide)[0]
         rows[test_id] = overlap(labelmap, reference)
         if len(segmenter.labels) > 1:
-            union[test_id] = overlap(segmenter.decide(probs, scan, uncertainty=False, union=True)[0], reference)
+            union[test_id] = overlap(segmenter.decide(probs, scan, union=True, **decide)[0], reference)
             rows_of = evaluate_structures(labelmap, mask)["structures"]
             structures[test_id] = {r["name"]: ratio_and_dice(r) for r in rows_of}
-    return {"slice_size": segmenter.prep.slice_size, "per_scan": rows, **({"per_scan_union": union} if union else {}),
+    return {"slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(a.tta), "per_scan": rows,
+            **({"per_scan_union": union} if union else {}),
             **({"per_structure": structures} if structures else {}),
             "mean_dice": round(statistics.mean(r["dice"] for r in rows.values()), 4),
             "mean_ratio": round(statistics.mean(r["ratio"] for r in rows.values()), 4)}
@@ -118,6 +125,9 @@ def main() -> None:
                    "but its own (others: leave-one-out), or only on scans no model of the run trains on")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--rescore", action="store_true", help="score the models of --out's runs again, then stop")
+    p.add_argument("--decide", action="append", default=[], metavar="NAME=SEGMENT_FLAGS",
+                   help="score the models of the first option's runs in --out again as `segment SEGMENT_FLAGS` decides "
+                   "(--tta, --threshold T ...), each as a run of option NAME paired with its own model, then stop")
     a = p.parse_args()
     scans = pairs(a.data)
     missing = [t for t in a.train if t not in scans]
@@ -129,8 +139,23 @@ def main() -> None:
                    "minutes": a.minutes, "options": dict(options), "unlabeled_per_scan": a.unlabeled})
     if a.rescore:
         for run in report["runs"]:
-            run.update(score(Path(run["model"]) / "model.onnx", {k: scans[k] for k in run["per_scan"]}))
+            run.update(score(Path(run["model"]) / "model.onnx", {k: scans[k] for k in run["per_scan"]},
+                             run.get("segment", "")))
         report["gains"] = {n: gains(report["runs"], options[0][0], n) for n, _ in options[1:]}
+        emit(report, a.out)
+        return
+    if a.decide:
+        decisions = [d.split("=", 1) for d in a.decide]
+        for run in [r for r in report["runs"] if r["option"] == options[0][0]]:
+            for name, flags in decisions:
+                if not any((r["train"], r["seed"], r["option"]) == (run["train"], run["seed"], name)
+                           for r in report["runs"]):
+                    tests = {k: scans[k] for k in run["per_scan"]}
+                    report["runs"].append({**{k: v for k, v in run.items() if not k.startswith("per_")},
+                                           "option": name, "segment": flags,
+                                           **score(Path(run["model"]) / "model.onnx", tests, flags)})
+                    emit(report, a.out)
+        report["gains"] = {n: gains(report["runs"], options[0][0], n) for n in dict(options[1:] + decisions)}
         emit(report, a.out)
         return
     done = {(r["train"], r["seed"], r["option"]) for r in report["runs"]}

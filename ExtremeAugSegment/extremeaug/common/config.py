@@ -91,7 +91,7 @@ class Loss(Choice):
 
 # The paper's set-up where it differs from today's defaults: what the experiment grid reproduces, and what a model
 # stored before these settings existed was trained with (docs/results.md section 15 says why the defaults moved).
-PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE, "tta": False}
+PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE, "tta": False, "union": False}
 
 
 def int_list(text: str) -> List[int]:
@@ -187,9 +187,9 @@ class TrainConfig:
         "project and the pseudo-labels)", bool, "--no-tta")
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     union: bool = _setting(
-        False, "with several structures, a voxel is foreground where the probability that it belongs to any of "
-        "them passes the threshold (not only the likeliest one's; it then takes the likeliest); stored with the "
-        "model", bool)
+        True, "with several structures, make a voxel foreground only where its likeliest structure's probability "
+        "passes the threshold, not where the probability that it belongs to any of them does (stored with the model)",
+        bool, "--no-union")
     min_component_mm3: float = _setting(
         100.0, "connected components smaller than this are removed at segmentation (0 keeps all)", non_negative)
     keep_largest: bool = _setting(False, "keep only the largest connected component of each structure at "
