@@ -144,12 +144,12 @@ def main() -> None:
         report["gains"] = {n: gains(report["runs"], options[0][0], n) for n, _ in options[1:]}
         emit(report, a.out)
         return
+    done = {(r["train"], r["seed"], r["option"]) for r in report["runs"]}
     if a.decide:
         decisions = [d.split("=", 1) for d in a.decide]
         for run in [r for r in report["runs"] if r["option"] == options[0][0]]:
             for name, flags in decisions:
-                if not any((r["train"], r["seed"], r["option"]) == (run["train"], run["seed"], name)
-                           for r in report["runs"]):
+                if (run["train"], run["seed"], name) not in done:
                     tests = {k: scans[k] for k in run["per_scan"]}
                     report["runs"].append({**{k: v for k, v in run.items() if not k.startswith("per_")},
                                            "option": name, "segment": flags,
@@ -158,7 +158,6 @@ def main() -> None:
         report["gains"] = {n: gains(report["runs"], options[0][0], n) for n in dict(options[1:] + decisions)}
         emit(report, a.out)
         return
-    done = {(r["train"], r["seed"], r["option"]) for r in report["runs"]}
     work = Path(tempfile.mkdtemp(prefix="extremeaug-options-"))
     ids = sorted(scans)
     for seed in a.seeds:

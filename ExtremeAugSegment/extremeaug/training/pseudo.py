@@ -157,17 +157,16 @@ class SelfTraining:
 
     def _probabilities(self, net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
         """The network's probabilities [n, K, S, S] of a scan's slices, averaged over poses as `segment` would."""
-        def predict(slices: np.ndarray) -> np.ndarray:
+        def predict(slices) -> np.ndarray:   # a pose's warped slices (numpy), or the inputs as they are (on device)
             out, device = [], inputs.device
             for s in range(0, len(slices), BATCH_SLICES):
-                x = torch.from_numpy(slices[s:s + BATCH_SLICES]).to(device)
+                x = torch.as_tensor(slices[s:s + BATCH_SLICES], device=device)
                 x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     out.append(torch.sigmoid(net(x).float()).cpu())
             return torch.cat(out).numpy()
 
-        slices = inputs.cpu().numpy()
-        return averaged_over_poses(slices, predict) if self.cfg.tta else predict(slices)
+        return averaged_over_poses(inputs.cpu().numpy(), predict) if self.cfg.tta else predict(inputs)
 
     def pseudo_labels(self, probs: np.ndarray, scan: UnlabeledScan):
         """Slices' probabilities [n, K, S, S] -> pseudo-label masks [n, K, S, S], the voxels left out [n, 1, S, S]
