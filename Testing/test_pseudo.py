@@ -18,7 +18,7 @@ from extremeaug.data.poses import averaged_over_poses
 from extremeaug.training.checkpoint import load, save
 from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
 from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
-from extremeaug.training.pseudo import BATCH_SLICES, MAX_GROWTH, MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.pseudo import BATCH_SLICES, MAX_CHANGE, MAX_UNCERTAINTY, SelfTraining, pseudo_file
 from extremeaug.training.step import Draws
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
@@ -95,36 +95,40 @@ def test_pseudo_labels_are_the_segmentations_decision_with_the_uncertain_voxels_
 
 
 class Box(torch.nn.Module):
-    """A network sure of one square structure on slices 2-9, of side `side` pixels, and of background elsewhere."""
+    """A network sure of one rectangular structure on slices 2-9, `side` x `width` pixels (square unless told), and of
+    background elsewhere."""
 
-    def __init__(self, side: int):
+    def __init__(self, side: int, width: int = 0):
         super().__init__()
-        self.side = side
+        self.side, self.width = side, width or side
 
     def forward(self, x):
         out = torch.full((len(x), 1) + tuple(x.shape[-2:]), -10.0)
-        out[2:10, :, 20:20 + self.side, 20:20 + self.side] = 10.0   # every batch of BATCH_SLICES starts at slice 0
+        out[2:10, :, 20:20 + self.side, 20:20 + self.width] = 10.0   # every batch of BATCH_SLICES starts at slice 0
         return out
 
 
-def test_a_round_keeps_a_scans_pseudo_label_when_its_new_one_grows_more_than_max_growth(small):
-    """Rounds that each grow a scan's pseudo-label (as a model trained on its own pseudo-labels with Tversky does)
-    leave the one in use; a round that does not grow it replaces it; a resume restores what was in use."""
-    one_pass = TrainConfig(slice_grid="fit", merge_labels=True, tta=False)   # the square's pixels as Box gives them
+def test_a_round_keeps_a_scans_pseudo_label_when_its_new_one_grows_or_shrinks_more_than_max_change(small):
+    """Rounds that grow a scan's pseudo-label (as a model trained on its own pseudo-labels with Tversky does) or shrink
+    it (as the discs' did) by more than MAX_CHANGE leave the one in use; a round within it replaces it; a resume
+    restores what was in use."""
+    one_pass = TrainConfig(slice_grid="fit", merge_labels=True, tta=False)   # the box's pixels as Box gives them
     selftraining = _self_training(small, one_pass, [Case(small[1][0], None)])
     in_use = lambda: selftraining.mixed.masks[len(selftraining.train_set.inputs):, 0].sum().item()  # noqa: E731
     first = selftraining.label(Box(10), step=1)["scans"][0]
     assert first["used"] and "kept" not in first and in_use() == 8 * 10 * 10
     grown = selftraining.label(Box(12), step=2)["scans"][0]   # 1.44 times the one in use
-    assert (12 / 10) ** 2 > 1 + MAX_GROWTH and grown["used"] and "1.44 times the one in use" in grown["kept"]
+    assert (12 / 10) ** 2 > 1 + MAX_CHANGE and grown["used"] and "1.44 times the one in use" in grown["kept"]
     assert grown["volume_ratio"] == pytest.approx(1.44 * first["volume_ratio"], rel=0.01)
     assert grown["pseudo_volume_ratio"] == first["volume_ratio"] and in_use() == 8 * 10 * 10
     resumed = _self_training(small, one_pass, [Case(small[1][0], None)])
     resumed.load_state_dict(selftraining.state_dict())
     assert torch.equal(resumed.mixed.masks, selftraining.mixed.masks)
     assert "kept" in resumed.label(Box(11), step=3)["scans"][0]   # 1.21 times round 1's, still in use
-    smaller = selftraining.label(Box(10 - 1), step=3)["scans"][0]
-    assert "kept" not in smaller and smaller["pseudo_volume_ratio"] == smaller["volume_ratio"] and in_use() == 8 * 81
+    shrunk = selftraining.label(Box(9), step=3)["scans"][0]   # 0.81 times the one in use
+    assert (9 / 10) ** 2 < 1 - MAX_CHANGE and "0.81 times the one in use" in shrunk["kept"] and in_use() == 8 * 100
+    within = selftraining.label(Box(15, 7), step=4)["scans"][0]   # 1.05 times: replaces it
+    assert "kept" not in within and within["pseudo_volume_ratio"] == within["volume_ratio"] and in_use() == 8 * 105
 
 
 def test_pseudo_labels_are_averaged_over_the_poses_segment_averages_over_when_the_model_uses_tta(small):
