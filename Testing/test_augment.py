@@ -99,19 +99,34 @@ def test_identity_is_a_plain_crop():
         assert torch.equal(msk[k, 0], masks[s, y:y + 128, x:x + 128])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_simpleitk_resampling(seed):
-    """An independent implementation of the documented transform (SimpleITK, nearest) agrees."""
+def test_scale_each_axis_draws_a_second_independent_scale_and_leaves_the_other_draws_as_they_were():
+    one, each = (sample_params(20000, AugmentConfig(scale_each_axis=e), step_generator(3, 7, CPU), CPU)
+                 for e in (False, True))
+    assert one.scale.shape == (20000,) and each.scale.shape == (20000, 2)
+    assert torch.equal(each.scale[:, 0], one.scale) and torch.equal(each.angle_rad, one.angle_rad)
+    assert torch.equal(each.shift_px, one.shift_px)
+    y = each.scale[:, 1]
+    assert y.min() >= 0.8 and y.max() <= 1.2 and y.max() > 1.19
+    assert abs(np.corrcoef(each.scale[:, 0].numpy(), y.numpy())[0, 1]) < 0.03
+    aspect = each.scale[:, 1] / each.scale[:, 0]
+    assert aspect.max() > 1.45 and aspect.min() < 1 / 1.45   # one scale keeps every structure's proportions
+
+
+@pytest.mark.parametrize("seed,each", [(0, False), (1, False), (2, False), (3, True), (4, True)])
+def test_matches_simpleitk_resampling(seed, each):
+    """An independent implementation of the documented transform (SimpleITK, nearest) agrees, with one scale for
+    both axes and with one per axis."""
     _, masks = blobs(1, seed=seed)
     g = step_generator(seed, 0, CPU)
-    params = sample_params(1, AugmentConfig(), g, CPU)
+    params = sample_params(1, AugmentConfig(scale_each_axis=each), g, CPU)
     y0, x0 = 64, 64
     _, msk = augmented_batch(masks, masks, torch.tensor([[0, y0, x0]]), params)
-    a, s = float(params.angle_rad[0]), float(params.scale[0])
+    a, s = float(params.angle_rad[0]), params.scale[0].expand(2).numpy().astype(float)
+    assert (s[0] != s[1]) == each
     tx, ty = params.shift_px[0].tolist()
-    # output pixel q (x, y) shows input point c + R(-a) (q + corner - c - t) / s, c = patch centre
+    # output pixel q (x, y) shows input point c + S^-1 R(-a) (q + corner - c - t), c = patch centre, S = diag(sx, sy)
     c = np.array([x0 + 63.5, y0 + 63.5])
-    rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) / s
+    rot = np.diag(1 / s) @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
     transform = sitk.AffineTransform(2)
     transform.SetMatrix(rot.ravel().tolist())
     transform.SetCenter((0.0, 0.0))

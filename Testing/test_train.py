@@ -44,6 +44,7 @@ def test_outputs_progress_and_metadata(tmp_path, phantoms):
     assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
     assert meta["epochs_done"] == 2 and meta["width"] == 4 and meta["min_relative_size"] == 0.3
     assert meta["union"] is True and meta["tta"] is True   # the defaults `Segmenter` follows (test_infer, _uncertainty)
+    assert meta["scale_each_axis"] is False   # the paper's one scale for both axes
     vals = [h["val_dice"] for h in result.history]
     assert meta["best_val_dice"] == max(vals) == result.best_val_dice
     net = load_weights(tmp_path / "m" / "model.pt")
@@ -63,6 +64,22 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, phantoms):
     b = torch.load(tmp_path / "half" / "model.pt", weights_only=True)["state_dict"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_scale_each_axis_changes_what_training_sees_is_stored_and_resumes_exactly(tmp_path, phantoms):
+    cases, quiet = [Case(*map(str, phantoms[0]))], dict(device="cpu", show_progress=False)
+    one = train(TrainConfig(**TINY), cases, [], tmp_path / "one", RunOptions(**quiet, max_steps=2))
+    full = train(TrainConfig(**TINY, scale_each_axis=True), cases, [], tmp_path / "full", RunOptions(**quiet))
+    half = train(TrainConfig(**TINY, scale_each_axis=True), cases, [], tmp_path / "half",
+                 RunOptions(**quiet, max_steps=2))
+    assert half.status == one.status == "max_steps"
+    weights = {k: torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("one", "half")}
+    assert any(not torch.equal(weights["one"][k], weights["half"][k]) for k in weights["one"])
+    resumed = train(TrainConfig(), [], [], tmp_path / "half", RunOptions(**quiet, resume=True))
+    assert resumed.status == "finished" and resumed.epochs_done == full.epochs_done
+    a, b = (torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("full", "half"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert json.loads((tmp_path / "half" / "history.json").read_text())["metadata"]["scale_each_axis"] is True
 
 
 def test_time_budget_ends_gracefully(tmp_path, phantoms):

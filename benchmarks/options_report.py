@@ -4,6 +4,9 @@ standard error, and the gain of deciding foreground on the probability of any st
 and over every model; with several structures, each structure's Dice and predicted / reference per option.
 
     python benchmarks/options_report.py bench-out/discs.json [bench-out/discs-seed1.json ...] --base fit
+
+With --union every model is scored by its union decision where the report has one (`per_scan_union`): models that
+stored no `union` (trained before it became a default) paired with models that decide by it.
 """
 from __future__ import annotations
 
@@ -29,6 +32,13 @@ def union_gain(runs: list) -> str:
     if len(diffs) < 2:
         return "-"
     return f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs) / math.sqrt(len(diffs)):.4f} ({len(diffs)})"
+
+
+def union_decided(run: dict) -> dict:
+    """A run scored by its union decision, where it has one."""
+    scans = run.get("per_scan_union", run["per_scan"])
+    return dict(run, per_scan=scans, mean_dice=statistics.mean(s["dice"] for s in scans.values()),
+                mean_ratio=statistics.mean(s["ratio"] for s in scans.values()))
 
 
 def structures(runs: list, options: list) -> None:
@@ -58,8 +68,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reports", nargs="+", type=Path)
     p.add_argument("--base", required=True, help="the option the others are paired with")
+    p.add_argument("--union", action="store_true", help="score every model by its union decision (per_scan_union)")
     a = p.parse_args()
     runs = [r for path in a.reports for r in json.loads(path.read_text())["runs"]]
+    if a.union:
+        runs = [union_decided(r) for r in runs]
     options = list(dict.fromkeys(r["option"] for r in runs))
     print("| option | models | mean Dice | predicted / reference | paired gain over " + a.base +
           " (SE, pairs) | pairs better | union decision's gain (SE, models) |")

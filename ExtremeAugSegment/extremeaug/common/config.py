@@ -173,6 +173,10 @@ class TrainConfig:
         "transforms per patch, reused every epoch (regenerated from the seed, never stored)", AugmentMode)
     context: int = _setting(0, "neighbouring slices on each side given to the network as extra input channels "
                             "(2.5D; 0 is the paper's 2D)", int)
+    scale_each_axis: bool = _setting(
+        False, "draw the augmentation's scale for each in-plane axis of the slice on its own (within the same range), "
+        "so training also sees the structure taller or flatter than the labeled scan's, not only larger or smaller",
+        bool)
     intensity: bool = _setting(False, "also vary each patch's intensities on the device: gamma, contrast, "
                                "brightness, a smooth bias field and noise", bool)
     pseudo_rounds: int = _setting(

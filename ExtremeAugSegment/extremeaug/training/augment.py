@@ -27,20 +27,22 @@ class AugmentConfig:
     scale_range: Tuple[float, float] = SCALE_RANGE
     max_shift_px: float = 50.0
     enabled: bool = True
+    scale_each_axis: bool = False              # one scale per in-plane axis (`--scale-each-axis`), else one for both
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def for_slices(cls, slice_size: int, enabled: bool = True) -> "AugmentConfig":
+    def for_slices(cls, slice_size: int, enabled: bool = True, scale_each_axis: bool = False) -> "AugmentConfig":
         """The paper's bounds, with its shift (50 pixels of a 256-pixel slice) in proportion to the slice."""
-        return cls(max_shift_px=cls.max_shift_px * slice_size / SLICE_SIZE, enabled=enabled)
+        return cls(max_shift_px=cls.max_shift_px * slice_size / SLICE_SIZE, enabled=enabled,
+                   scale_each_axis=scale_each_axis)
 
 
 @dataclass
 class AffineParams:
     angle_rad: torch.Tensor   # [B]
-    scale: torch.Tensor       # [B]
+    scale: torch.Tensor       # [B], or [B, 2] as (x, y) with `scale_each_axis`
     shift_px: torch.Tensor    # [B, 2] as (x, y) in slice pixels
 
     def __getitem__(self, rows) -> "AffineParams":
@@ -81,23 +83,26 @@ def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator, device
     lo, hi = cfg.scale_range
     scale = lo + (hi - lo) * u[:, 1]
     shift = (2 * u[:, 2:] - 1) * cfg.max_shift_px
+    if cfg.scale_each_axis:   # drawn after the others: a run without it draws what it always did
+        scale = torch.stack([scale, lo + (hi - lo) * torch.rand(n, generator=generator, device=device)], dim=1)
     return AffineParams(angle, scale, shift)
 
 
 def patch_theta(corners: torch.Tensor, params: AffineParams, slice_size: int, patch: int = PATCH) -> torch.Tensor:
     """`affine_grid` matrices [B, 2, 3] mapping patch coordinates to slice coordinates.
 
-    The content of the patch is rotated by `angle` and scaled by `scale` about the patch centre, then
-    shifted by `shift_px`; normalised coordinates use align_corners=False.
+    The content of the patch is scaled by `scale` along the slice's axes (one factor, or one per axis), rotated by
+    `angle` about the patch centre, then shifted by `shift_px`; normalised coordinates use align_corners=False.
     """
     y0, x0 = corners[:, 0].to(params.scale.dtype), corners[:, 1].to(params.scale.dtype)
     cx = 2 * (x0 + patch / 2) / slice_size - 1
     cy = 2 * (y0 + patch / 2) / slice_size - 1
     cos, sin = torch.cos(params.angle_rad), torch.sin(params.angle_rad)
     inv = 1.0 / params.scale
+    inv_x, inv_y = (inv[:, 0], inv[:, 1]) if inv.dim() == 2 else (inv, inv)
     k = patch / slice_size
-    # inverse rotation R(-a) = [[cos, sin], [-sin, cos]] takes output offsets back to input offsets
-    a11, a12, a21, a22 = cos * inv, sin * inv, -sin * inv, cos * inv
+    # S^-1 R(-a), R(-a) = [[cos, sin], [-sin, cos]]: takes output offsets back to input offsets
+    a11, a12, a21, a22 = cos * inv_x, sin * inv_x, -sin * inv_y, cos * inv_y
     tx = 2 * params.shift_px[:, 0] / slice_size
     ty = 2 * params.shift_px[:, 1] / slice_size
     theta = torch.stack([

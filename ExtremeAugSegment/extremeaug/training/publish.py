@@ -44,7 +44,7 @@ def publish(trainer, status: str, elapsed: float) -> TrainResult:
             "training_cases": [c.name for c in t.train_cases],
             "validation_cases": [c.name for c in t.val_cases],
             "augment": cfg.augment, "augmentation": cfg.augmentation,
-            "intensity": cfg.intensity, "context": cfg.context,
+            "intensity": cfg.intensity, "scale_each_axis": cfg.scale_each_axis, "context": cfg.context,
             "augment_mode": cfg.augment_mode, "epochs_planned": cfg.epochs,
             "epochs_done": round(done, 4), "status": status, "loss": cfg.loss, "seed": cfg.seed,
             "label_values": cfg.label_values, "best_val_dice": t.best["val_dice"] if t.best else None,
