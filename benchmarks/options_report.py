@@ -35,9 +35,10 @@ def union_gain(runs: list) -> str:
 
 
 def union_decided(run: dict) -> dict:
-    """A run scored by its union decision, where it has one."""
+    """A run scored by its union decision, where it has one (no union decision's gain is left to show)."""
     scans = run.get("per_scan_union", run["per_scan"])
-    return dict(run, per_scan=scans, mean_dice=statistics.mean(s["dice"] for s in scans.values()),
+    return dict({k: v for k, v in run.items() if k != "per_scan_union"}, per_scan=scans,
+                mean_dice=statistics.mean(s["dice"] for s in scans.values()),
                 mean_ratio=statistics.mean(s["ratio"] for s in scans.values()))
 
 

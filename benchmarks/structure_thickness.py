@@ -20,10 +20,9 @@ import SimpleITK as sitk
 NEAR_MM = 3.0
 
 
-def thickness(mask: np.ndarray, lines: np.ndarray, axis: int, spacing: float) -> float:
-    """The mean count of `mask` voxels (mm) over the lines along `axis` where `lines` has any voxel."""
-    crossed = lines.any(axis=axis)
-    return round(float(mask.sum(axis=axis)[crossed].mean() * spacing), 2)
+def thickness(label: np.ndarray, axis: int, spacing: float) -> float:
+    """The mean length (mm) of `label` along the lines parallel to `axis` that cross it."""
+    return round(float(label.sum(axis=axis)[label.any(axis=axis)].mean() * spacing), 2)
 
 
 def reached(label: np.ndarray, predicted: np.ndarray, axis: int, spacing: float) -> dict:
@@ -49,7 +48,7 @@ def rows(reference: Path, prediction: Path = None) -> list:
             radius = [max(1, round(NEAR_MM / s)) for s in image.GetSpacing()]
             near = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(label.astype(np.uint8)), radius)) > 0
         for axis, name in enumerate("zyx"):
-            row[f"{name}_mm"] = thickness(label, label, axis, spacing[axis])
+            row[f"{name}_mm"] = thickness(label, axis, spacing[axis])
             if predicted is not None:
                 row[f"{name}_where_reached"] = reached(label, predicted & near, axis, spacing[axis])
         out.append(row)
