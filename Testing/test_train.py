@@ -82,6 +82,43 @@ def test_scale_each_axis_changes_what_training_sees_is_stored_and_resumes_exactl
     assert json.loads((tmp_path / "half" / "history.json").read_text())["metadata"]["scale_each_axis"] is True
 
 
+def test_average_weights_exports_the_mean_of_the_second_halfs_steps_and_resumes_it_exactly(tmp_path, phantoms):
+    cases, quiet = [Case(*map(str, phantoms[0]))], dict(device="cpu", show_progress=False)
+    one_epoch = dict(TINY, epochs=1)   # 6 steps: the updates at progress 3/6, 4/6 and 5/6 join the average
+    for steps in (4, 5, 6):
+        train(TrainConfig(**one_epoch), cases, [], tmp_path / f"last{steps}", RunOptions(**quiet, max_steps=steps))
+    half = train(TrainConfig(**one_epoch, average_weights=True), cases, [], tmp_path / "avg",
+                 RunOptions(**quiet, max_steps=5))
+    assert half.status == "max_steps"
+    train(TrainConfig(), [], [], tmp_path / "avg", RunOptions(**quiet, resume=True))
+    last = [torch.load(tmp_path / f"last{n}" / "model.pt", weights_only=True)["state_dict"] for n in (4, 5, 6)]
+    averaged = torch.load(tmp_path / "avg" / "model.pt", weights_only=True)["state_dict"]
+    floats = [k for k in averaged if averaged[k].is_floating_point()]   # weights and BatchNorm statistics
+    assert any("running_var" in k for k in floats)
+    for k in floats:
+        assert torch.allclose(averaged[k], sum(w[k] for w in last) / 3, atol=1e-6), k
+    assert not torch.allclose(averaged["head.weight"], last[-1]["head.weight"])
+    meta = json.loads((tmp_path / "avg" / "history.json").read_text())["metadata"]
+    assert meta["weights"] == "average" and meta["averaged_steps"] == 3 and meta["average_weights"] is True
+    assert json.loads((tmp_path / "last6" / "history.json").read_text())["metadata"]["weights"] == "last"
+
+
+def test_average_weights_with_validation_exports_the_better_validated_of_the_average_and_the_best(tmp_path,
+                                                                                                  phantoms):
+    result = train(TrainConfig(**TINY, average_weights=True), [Case(*map(str, phantoms[0]))],
+                   [Case(*map(str, phantoms[1]))], tmp_path / "m", RunOptions(device="cpu", show_progress=False))
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
+    assert meta["best_val_dice"] == max(h["val_dice"] for h in result.history)
+    better = "average" if meta["averaged_val_dice"] >= meta["best_val_dice"] else "best"
+    assert meta["weights"] == better and meta["averaged_steps"] == 6
+    exported = torch.load(tmp_path / "m" / "model.pt", weights_only=True)["state_dict"]
+    averaged = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["averaged"]
+    best = torch.load(tmp_path / "m" / "best.pt", weights_only=True)
+    chosen = {"average": {k[len("module."):]: v for k, v in averaged.items() if k.startswith("module.")},
+              "best": best}[better]
+    assert all(torch.equal(exported[k], chosen[k]) for k in exported)
+
+
 def test_time_budget_ends_gracefully(tmp_path, phantoms):
     cfg = TrainConfig(**{**TINY, "epochs": 1000})
     t0 = time.monotonic()

@@ -9,7 +9,8 @@ training scan is scored without them, so a gain is measured on scans that were n
 The JSON is written after every model and read again at the start, so a run cut short goes on where it stopped;
 --rescore scores the models of its runs again (their folders are kept, under `model`); --decide NAME=FLAGS scores
 the first option's models again as `segment FLAGS` decides (--tta, --threshold ...), as runs of option NAME: a
-segmentation setting paired on the very same models.
+segmentation setting paired on the very same models; --last NAME, for models trained with --average-weights, scores
+each run's last weights (its checkpoint's) as option NAME: the average paired with the run it was taken from.
 
     python benchmarks/options.py --data ../shared/data/msd-hippocampus --train 038 039 040 --seeds 0 1 \\
         --minutes 5 --option paper="--slice-grid paper" --option fit="--slice-grid fit" --out grid.json
@@ -36,6 +37,9 @@ from extremeaug.common.config import TrainConfig, from_arguments  # noqa: E402
 from extremeaug.data.io import read_binary, read_scan  # noqa: E402
 from extremeaug.evaluation.metrics import evaluate, evaluate_structures  # noqa: E402
 from extremeaug.inference.segmenter import Segmenter  # noqa: E402
+from extremeaug.networks.export import export_onnx  # noqa: E402
+from extremeaug.networks.model import ResUNet  # noqa: E402
+from extremeaug.training.checkpoint import CHECKPOINT, HISTORY, load  # noqa: E402
 from extremeaug.training.dataset import Case  # noqa: E402
 from extremeaug.training.train import RunOptions, train  # noqa: E402
 
@@ -85,6 +89,18 @@ def score(model: Path, tests: dict, segment: str = "") -> dict:
             "mean_ratio": round(statistics.mean(r["ratio"] for r in rows.values()), 4)}
 
 
+def export_last(run: Path) -> Path:
+    """The run's last weights (its checkpoint's `model`) as an ONNX model with the run's metadata, in RUN/last: for a
+    model trained with --average-weights, the weights it would have exported without it, from the same run."""
+    weights, meta = load(run / CHECKPOINT)["model"], json.loads((run / HISTORY).read_text())["metadata"]
+    net = ResUNet(meta["width"], in_channels=weights["down.0.body.0.weight"].shape[1],
+                  classes=weights["head.weight"].shape[0])
+    net.load_state_dict(weights)
+    (run / "last").mkdir(exist_ok=True)
+    export_onnx(net, run / "last" / "model.onnx", dict(meta, weights="last"))
+    return run / "last"
+
+
 def overlap(prediction, reference) -> dict:
     return ratio_and_dice(evaluate(prediction, reference))
 
@@ -128,6 +144,9 @@ def main() -> None:
     p.add_argument("--decide", action="append", default=[], metavar="NAME=SEGMENT_FLAGS",
                    help="score the models of the first option's runs in --out again as `segment SEGMENT_FLAGS` decides "
                    "(--tta, --threshold T ...), each as a run of option NAME paired with its own model, then stop")
+    p.add_argument("--last", metavar="NAME", help="the first option's models were trained with --average-weights: "
+                   "score their last weights (the same runs' checkpoints) as runs of option NAME, each paired with its "
+                   "own average, also as every --decide decides, then stop")
     a = p.parse_args()
     scans = pairs(a.data)
     missing = [t for t in a.train if t not in scans]
@@ -145,17 +164,22 @@ def main() -> None:
         emit(report, a.out)
         return
     done = {(r["train"], r["seed"], r["option"]) for r in report["runs"]}
-    if a.decide:
+    if a.decide or a.last:
         decisions = [d.split("=", 1) for d in a.decide]
         for run in [r for r in report["runs"] if r["option"] == options[0][0]]:
-            for name, flags in decisions:
+            scored = [(name, Path(run["model"]), flags) for name, flags in decisions]
+            if a.last:
+                last = export_last(Path(run["model"]))
+                scored += [(a.last, last, "")] + [(f"{a.last}+{name}", last, flags) for name, flags in decisions]
+            for name, model, flags in scored:
                 if (run["train"], run["seed"], name) not in done:
                     tests = {k: scans[k] for k in run["per_scan"]}
                     report["runs"].append({**{k: v for k, v in run.items() if not k.startswith("per_")},
-                                           "option": name, "segment": flags,
-                                           **score(Path(run["model"]) / "model.onnx", tests, flags)})
+                                           "option": name, "segment": flags, "model": str(model),
+                                           **score(model / "model.onnx", tests, flags)})
                     emit(report, a.out)
-        report["gains"] = {n: gains(report["runs"], options[0][0], n) for n in dict(options[1:] + decisions)}
+        report["gains"] = {n: gains(report["runs"], options[0][0], n)
+                           for n in sorted({r["option"] for r in report["runs"]} - {options[0][0]})}
         emit(report, a.out)
         return
     work = Path(tempfile.mkdtemp(prefix="extremeaug-options-"))

@@ -177,6 +177,9 @@ class TrainConfig:
         False, "draw the augmentation's scale for each in-plane axis of the slice on its own (within the same range), "
         "so training also sees the structure taller or flatter than the labeled scan's, not only larger or smaller",
         bool)
+    average_weights: bool = _setting(
+        False, "export the mean of the weights over the run's second half (stochastic weight averaging) instead of "
+        "the last ones; with validation scans, the better validated of the two", bool)
     intensity: bool = _setting(False, "also vary each patch's intensities on the device: gamma, contrast, "
                                "brightness, a smooth bias field and noise", bool)
     pseudo_rounds: int = _setting(

@@ -1,5 +1,5 @@
-"""The end of a run: the final weights (the best validated ones when there is validation), the ONNX model with its
-metadata (what segmentation needs, and how the model was trained), and history.json."""
+"""The end of a run: the final weights (the last, the best validated or their average over the run's second half),
+the ONNX model with its metadata (what segmentation needs, and how the model was trained), and history.json."""
 from __future__ import annotations
 
 import json
@@ -29,11 +29,25 @@ class TrainResult:
     unlabeled: dict = field(default_factory=dict)   # with unlabeled scans: SelfTraining.summary()
 
 
+def choose_weights(t) -> dict:
+    """Load the weights to export into `t.net` and say which they are: the average of the run's second half
+    (`--average-weights`) and the best validated weights compete on the validation scans (without any, the average
+    is exported); without an average, the best validated, else the last."""
+    chosen = {"weights": "last"}
+    if t.average is not None and t.average.count:
+        t.net.load_state_dict(t.average.weights())
+        chosen = {"weights": "average", "averaged_steps": t.average.count, "averaged_val_dice": t.validate()}
+    if t.best is not None and (t.out / "best.pt").exists() and (
+            chosen["weights"] == "last" or chosen["averaged_val_dice"] < t.best["val_dice"]):
+        t.net.load_state_dict(load(t.out / "best.pt"))
+        chosen["weights"] = "best"
+    return chosen
+
+
 def publish(trainer, status: str, elapsed: float) -> TrainResult:
     """Write the model of `trainer` (a `train.Trainer` at its end) and say what was written."""
     t, cfg = trainer, trainer.cfg
-    if t.best is not None and (t.out / "best.pt").exists():
-        t.net.load_state_dict(load(t.out / "best.pt"))
+    chosen = choose_weights(t)
     weights = {k: v.detach().cpu() for k, v in t.net.state_dict().items()}
     done = t.step / t.steps_per_epoch
     unlabeled = t.selftraining.summary() if t.selftraining else {}
@@ -45,6 +59,7 @@ def publish(trainer, status: str, elapsed: float) -> TrainResult:
             "validation_cases": [c.name for c in t.val_cases],
             "augment": cfg.augment, "augmentation": cfg.augmentation,
             "intensity": cfg.intensity, "scale_each_axis": cfg.scale_each_axis, "context": cfg.context,
+            "average_weights": cfg.average_weights, **chosen,
             "augment_mode": cfg.augment_mode, "epochs_planned": cfg.epochs,
             "epochs_done": round(done, 4), "status": status, "loss": cfg.loss, "seed": cfg.seed,
             "label_values": cfg.label_values, "best_val_dice": t.best["val_dice"] if t.best else None,

@@ -19,6 +19,7 @@ from ..data.preprocess import Preprocessing
 from ..networks.model import ResUNet
 from . import distributed
 from .augment import AugmentConfig, EpochOrder, PoolParams
+from .averaging import WeightAverage
 from .checkpoint import CHECKPOINT, ONNX_FILE, load, located_case, portable_case, resume_state, save
 from .dataset import Case, SliceSet, check_cases, load_case, make_preprocessing
 from .interrupts import StopFlag, raise_if_interrupted
@@ -88,6 +89,7 @@ class Trainer:
         self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
             self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
+        self.average = WeightAverage(self.net) if cfg.average_weights else None
         self.step_fn, self.compiled = self._steps()
         if state and asked_batch and asked_batch != cfg.batch_size:
             self._rebatch(state, asked_batch)
@@ -109,6 +111,8 @@ class Trainer:
             self.best = state.get("best")
             self.lr_progress = self.lr_progress_before = state.get("lr_progress", 0.0)
             self.curve = state.get("curve", [])
+            if self.average and state.get("averaged"):
+                self.average.load_state_dict(state["averaged"])
             self.val_curve = state.get("val_curve", [])
             if state.get("pseudo_rounds_done"):
                 self.selftraining.load_state_dict(load(pseudo_file(self.out, state["pseudo_rounds_done"])))
@@ -173,6 +177,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average:
+            self.average.update(self.net, self.lr_progress)
         self.step += 1
         return loss.detach(), inter, total
 
@@ -224,6 +230,7 @@ class Trainer:
               "pseudo_rounds_done": len(self.selftraining.rounds) if self.selftraining else 0,
               "labels": [lab.to_dict() for lab in self.labels],
               "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+              "averaged": self.average.state_dict() if self.average else None,
               "step": self.step, "history": self.history, "elapsed_s": elapsed, "best": self.best,
               "lr_progress": self.lr_progress, "curve": self.curve, "val_curve": self.val_curve,
               "version": __version__}, self.out / CHECKPOINT)
