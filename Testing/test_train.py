@@ -255,6 +255,20 @@ def test_outputs_are_readable_by_others(tmp_path, phantoms):
         assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
+def test_a_ctrl_c_inside_a_callback_python_cannot_raise_from_is_remembered_without_a_traceback():
+    code = ("import signal, weakref\n"
+            "from extremeaug.training.interrupts import raise_if_interrupted, watch\n"
+            "watch()\n"
+            "class A: pass\n"
+            "a = A()\n"
+            "r = weakref.ref(a, lambda _: signal.raise_signal(signal.SIGINT))\n"
+            "del a\n"   # the callback's KeyboardInterrupt cannot propagate: Python reports it as unraisable
+            "try:\n    raise_if_interrupted()\nexcept KeyboardInterrupt:\n    print('remembered')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "remembered", done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
 def test_interrupt_before_training_writes_nothing(tmp_path, phantoms):
     out = tmp_path / "m"
     proc = subprocess.Popen([sys.executable, "-m", "extremeaug", "train", "--image", str(phantoms[0][0]),

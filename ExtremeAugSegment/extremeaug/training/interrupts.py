@@ -8,6 +8,7 @@ also remembers the interrupt, and training refuses to start once one was seen (`
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -18,11 +19,19 @@ def watch() -> None:
     """Install the remembering SIGINT handler (main thread only, as signal handlers must be)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _remember_and_raise)
+        sys.unraisablehook = _quiet_interrupts
 
 
 def _remember_and_raise(signum, frame):
     _seen.set()
     raise KeyboardInterrupt
+
+
+def _quiet_interrupts(unraisable) -> None:
+    """A Ctrl-C that lands in code Python cannot raise from (an import lock's weakref callback) is remembered and
+    raised again at the next check, so it needs no "Exception ignored ... Traceback" on the clinician's screen."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def raise_if_interrupted() -> None:
