@@ -38,8 +38,7 @@ from extremeaug.data.io import read_binary, read_scan  # noqa: E402
 from extremeaug.evaluation.metrics import evaluate, evaluate_structures  # noqa: E402
 from extremeaug.inference.segmenter import Segmenter  # noqa: E402
 from extremeaug.networks.export import export_onnx  # noqa: E402
-from extremeaug.networks.model import ResUNet  # noqa: E402
-from extremeaug.training.checkpoint import CHECKPOINT, HISTORY, load  # noqa: E402
+from extremeaug.training.checkpoint import CHECKPOINT, HISTORY, ONNX_FILE, load, network  # noqa: E402
 from extremeaug.training.dataset import Case  # noqa: E402
 from extremeaug.training.train import RunOptions, train  # noqa: E402
 
@@ -92,12 +91,12 @@ def score(model: Path, tests: dict, segment: str = "") -> dict:
 def export_last(run: Path) -> Path:
     """The run's last weights (its checkpoint's `model`) as an ONNX model with the run's metadata, in RUN/last: for a
     model trained with --average-weights, the weights it would have exported without it, from the same run."""
-    weights, meta = load(run / CHECKPOINT)["model"], json.loads((run / HISTORY).read_text())["metadata"]
-    net = ResUNet(meta["width"], in_channels=weights["down.0.body.0.weight"].shape[1],
-                  classes=weights["head.weight"].shape[0])
-    net.load_state_dict(weights)
+    if (run / "last" / ONNX_FILE).exists():   # exported by an earlier call
+        return run / "last"
+    meta = json.loads((run / HISTORY).read_text())["metadata"]
     (run / "last").mkdir(exist_ok=True)
-    export_onnx(net, run / "last" / "model.onnx", dict(meta, weights="last"))
+    export_onnx(network(meta["width"], load(run / CHECKPOINT)["model"]), run / "last" / ONNX_FILE,
+                dict(meta, weights="last"))
     return run / "last"
 
 

@@ -57,10 +57,14 @@ def resume_state(out: Path, resume: bool, have_cases: bool, asked: TrainConfig) 
 def load_weights(path: str | Path) -> ResUNet:
     """Rebuild the network from model.pt (state dict, loaded with weights_only=True)."""
     blob = load(Path(path))
-    state = blob["state_dict"]
-    net = ResUNet(int(blob["width"]), in_channels=int(state["down.0.body.0.weight"].shape[1]),
+    return network(int(blob["width"]), blob["state_dict"])
+
+
+def network(width: int, state: dict) -> ResUNet:
+    """The network of a state dict (its input channels and structures read from the weights), in eval mode."""
+    net = ResUNet(width, in_channels=int(state["down.0.body.0.weight"].shape[1]),
                   classes=int(state["head.weight"].shape[0]))
-    net.load_state_dict(blob["state_dict"])
+    net.load_state_dict(state)
     return net.eval()
 
 
