@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from conftest import make_image, oblique_direction
 from extremeaug.common.structures import default_structure
 from extremeaug.data.io import write_image
-from extremeaug.data.decision import clean_structures
+from extremeaug.data.decision import across_slices, clean_structures
 from extremeaug.inference.segmenter import Segmenter, segment_file
 
 
@@ -224,3 +224,31 @@ def test_a_model_stored_with_the_union_decision_keeps_voxels_its_structures_shar
     decided = sitk.GetArrayFromImage(model.decide(shared, scan, uncertainty=False)[0])
     assert (decided != 0).sum() == 4 * 20 * 20 and set(np.unique(decided)) == {0, 1}   # the likeliest: a tie, 1
     assert not sitk.GetArrayFromImage(model.decide(shared, scan, uncertainty=False, union=False)[0]).any()
+
+
+def test_across_slices_averages_a_slice_with_its_neighbours_by_their_distance():
+    """1 mm apart a neighbour weighs half the slice ([1, 2, 1] / 4); 3 mm apart next to nothing; the first and last
+    slice stand in for their missing neighbour, so a uniform stack stays as it is."""
+    spike = np.zeros((5, 2, 3, 3), np.float32)
+    spike[2] = 1.0
+    assert across_slices(spike, 1.0)[:, 1, 0, 0].tolist() == [0.0, 0.25, 0.5, 0.25, 0.0]
+    far = across_slices(spike, 3.0)[:, 0, 2, 2]
+    assert far[2] > 0.99 and 0 < far[1] == far[3] < 0.003
+    flat = np.full((4, 1, 2, 2), 0.7, np.float32)
+    assert np.allclose(across_slices(flat, 1.0), flat) and across_slices(flat, 1.0).dtype == np.float32
+
+
+def test_a_model_that_smooths_slices_averages_each_sagittal_slice_with_its_neighbours_and_an_older_one_does_not(
+        tmp_path, phantoms):
+    """`smooth_slices` averages the slices' probabilities before they go back onto the scan's grid; the in-plane
+    resampling is linear and per slice, so on the scan that is `across_slices` along its left-right (sagittal slice)
+    axis. The same network stored without the setting gives the probabilities it always did."""
+    _two_structure_model(tmp_path / "new.onnx", phantoms[1][0], smooth_slices=True)
+    scan = _two_structure_model(tmp_path / "old.onnx", phantoms[1][0])
+    scan.SetSpacing((1.0,) + scan.GetSpacing()[1:])   # 1 mm slices: the phantom's 3 mm would all but keep them apart
+    new, old = Segmenter(tmp_path / "new.onnx", "cpu"), Segmenter(tmp_path / "old.onnx", "cpu")
+    each = new.class_probabilities(scan, smooth=False)
+    smoothed = new.class_probabilities(scan)
+    expected = np.moveaxis(across_slices(np.moveaxis(each, 3, 0), 1.0), 0, 3)   # [K, z, y, x]: x is left-right
+    assert np.abs(smoothed - each).max() > 1e-4 > 1e-6 > np.abs(smoothed - expected).max()   # an untrained net
+    assert not old.smooth() and np.array_equal(old.class_probabilities(scan), each)

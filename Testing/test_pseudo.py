@@ -150,6 +150,32 @@ def test_pseudo_labels_are_averaged_over_the_poses_segment_averages_over_when_th
     assert 0 < shaved.sum() < square.sum() and not (shaved.bool() & ~square.bool()).any()
 
 
+class Doubted(Box):
+    """Box, but on slice 4 the network gives the square only 0.3."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        out[4, :, 20:20 + self.side, 20:20 + self.width] = float(np.log(0.3 / 0.7))
+        return out
+
+
+def test_pseudo_labels_are_tied_across_slices_as_segment_ties_them_when_the_model_smooths_slices(small, tmp_path):
+    """With `smooth_slices` (the default) a round averages each slice's probabilities with its neighbours' before
+    it decides, as `segment` does: on 1 mm slices the doubted slice between two sure ones (0.3 -> 0.25 * 1 + 0.5 *
+    0.3 + 0.25 * 1 = 0.65) joins the pseudo-label; each slice on its own, it stays out. (Eight slices: one batch.)"""
+    p = make_phantom(1, size=(8, 40, 50), spacing=(1.0, 4.8, 4.8))
+    write_image(p.image, tmp_path / "thin.nii.gz")
+    masks = {}
+    for smooth in (False, True):
+        cfg = TrainConfig(slice_grid="fit", merge_labels=True, tta=False, smooth_slices=smooth)
+        selftraining = _self_training(small, cfg, [Case(str(tmp_path / "thin.nii.gz"), None)])
+        scan = selftraining.scans[0]
+        assert scan.spacing[selftraining.prep.axis] == pytest.approx(1.0)
+        masks[smooth] = selftraining.pseudo_labels(selftraining._probabilities(Doubted(10), scan), scan)[0][:, 0]
+    assert masks[False].sum(axis=(1, 2)).tolist() == [0, 0, 100, 100, 0, 100, 100, 100]
+    assert masks[True].sum(axis=(1, 2)).tolist() == [0, 0] + [100] * 6
+
+
 def test_a_run_is_what_it_was_without_unlabeled_scans_until_they_join(tmp_path, small):
     """Every pseudo draw comes after the draws a run without unlabeled scans makes: before halfway, the weights are
     those of that run, bit for bit."""

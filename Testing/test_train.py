@@ -43,7 +43,7 @@ def test_outputs_progress_and_metadata(tmp_path, phantoms):
     assert meta["preprocessing"]["plane"] == "sagittal" and len(meta["preprocessing"]["template"]) > 100
     assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
     assert meta["epochs_done"] == 2 and meta["width"] == 4 and meta["min_relative_size"] == 0.3
-    assert meta["union"] is True and meta["tta"] is True   # the defaults `Segmenter` follows (test_infer, _uncertainty)
+    assert meta["union"] is meta["tta"] is meta["smooth_slices"] is True   # the defaults `Segmenter` follows
     assert meta["scale_each_axis"] is False   # the paper's one scale for both axes
     vals = [h["val_dice"] for h in result.history]
     assert meta["best_val_dice"] == max(vals) == result.best_val_dice

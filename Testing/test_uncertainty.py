@@ -88,25 +88,29 @@ def test_tta_maps_every_pose_back_onto_the_scan_grid(tmp_path):
     assert evaluate(tta, image_like(box, scan))["dice"] > 0.9
 
 
-def test_a_model_stored_with_tta_averages_over_poses_unless_told_not_to_and_an_older_model_does_not(tmp_path):
-    """`tta` is stored with the model (on for models trained with the defaults): `segment` then averages over poses
-    and `--no-tta` makes one pass; a model stored without it (every model from before) segments as it always did."""
+@pytest.mark.parametrize("key,flag,said", [("tta", "tta", "averaged over poses"),
+                                            ("smooth_slices", "smooth-slices", "each slice averaged with its neighbours")])
+def test_a_decision_setting_stored_with_the_model_is_followed_unless_told_not_to_and_an_older_model_lacks_it(
+        tmp_path, key, flag, said):
+    """`tta` (averaging over poses) and `smooth_slices` (each slice's probabilities averaged with its neighbours')
+    are stored with the model (on for models trained with the defaults): `segment` follows them and `--no-FLAG`
+    turns one off; a model stored without it (every model from before) segments as it always did."""
     scan, _ = blurred_box((1.0, 0.9, 1.3), oblique_direction(-20, 12))
     write_image(scan, tmp_path / "scan.nrrd")
     probabilities = {}
-    for name, meta, flags in (("posed", {"tta": True}, []), ("one-pass", {"tta": True}, ["--no-tta"]),
-                              ("older", {}, []), ("asked", {}, ["--tta"])):
+    for name, meta, flags in (("stored", {key: True}, []), ("told-not-to", {key: True}, [f"--no-{flag}"]),
+                              ("older", {}, []), ("asked", {}, [f"--{flag}"])):
         model = threshold_model(tmp_path / f"{name}.onnx", scan, **meta)
         r = run_cli("segment", "--model", model, "--image", tmp_path / "scan.nrrd", "--out", tmp_path / f"{name}.nrrd",
                     "--probabilities", tmp_path / f"{name}-p.nrrd", "--device", "cpu", *flags)
         assert r.returncode == 0, r.stderr
-        assert ("averaged over poses" in r.stdout) == (name in ("posed", "asked")), r.stdout
+        assert (said in r.stdout) == (name in ("stored", "asked")), r.stdout
         probabilities[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}-p.nrrd")))
-    assert np.array_equal(probabilities["posed"], probabilities["asked"])
-    assert np.array_equal(probabilities["one-pass"], probabilities["older"])
-    assert np.abs(probabilities["posed"] - probabilities["older"]).max() > 0.01   # the poses' interpolation blurs
-    with pytest.raises(ExtremeAugError, match="tta is not true or false"):
-        Segmenter(threshold_model(tmp_path / "damaged.onnx", scan, tta="yes"), "cpu")
+    assert np.array_equal(probabilities["stored"], probabilities["asked"])
+    assert np.array_equal(probabilities["told-not-to"], probabilities["older"])
+    assert np.abs(probabilities["stored"] - probabilities["older"]).max() > 0.01   # both blur the box's edges
+    with pytest.raises(ExtremeAugError, match=f"{key} is not true or false"):
+        Segmenter(threshold_model(tmp_path / "damaged.onnx", scan, **{key: "yes"}), "cpu")
 
 
 def test_segmenting_without_the_uncertainty_map_skips_it_and_gives_the_same_label_map(tmp_path):

@@ -65,7 +65,7 @@ def settings(flags: str, seed: int, unlabeled: list) -> tuple:
 
 def score(model: Path, tests: dict, segment: str = "") -> dict:
     """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`; with SEGMENT, the
-    `segment` flags that decide: --tta, --threshold, --min-relative-size ...) and, with several structures, deciding
+    `segment` flags that decide: --tta, --smooth-slices, --threshold ...) and, with several structures, deciding
     foreground on the probability of any structure (`per_scan_union`, data.decision) and each structure's own
     (`per_structure`)."""
     a = parser().parse_args(["segment", "--model", "m", "--image", "i", "--out", "o", *shlex.split(segment)])
@@ -74,14 +74,15 @@ def score(model: Path, tests: dict, segment: str = "") -> dict:
     segmenter, rows, union, structures = Segmenter(model, "cpu"), {}, {}, {}
     for test_id, (image, mask) in tests.items():
         scan, reference = read_scan(image), read_binary(mask)
-        probs = segmenter.class_probabilities(scan, a.tta)
+        probs = segmenter.class_probabilities(scan, a.tta, a.smooth_slices)
         labelmap = segmenter.decide(probs, scan, **decide)[0]
         rows[test_id] = overlap(labelmap, reference)
         if len(segmenter.labels) > 1:
             union[test_id] = overlap(segmenter.decide(probs, scan, union=True, **decide)[0], reference)
             rows_of = evaluate_structures(labelmap, mask)["structures"]
             structures[test_id] = {r["name"]: ratio_and_dice(r) for r in rows_of}
-    return {"slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(a.tta), "per_scan": rows,
+    return {"slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(a.tta),
+            "smooth_slices": segmenter.smooth(a.smooth_slices), "per_scan": rows,
             **({"per_scan_union": union} if union else {}),
             **({"per_structure": structures} if structures else {}),
             "mean_dice": round(statistics.mean(r["dice"] for r in rows.values()), 4),

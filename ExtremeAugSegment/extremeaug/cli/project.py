@@ -15,7 +15,7 @@ from ..project import Device, LabelKind, Plane, Project, RunSpec, RunStatus, Spl
 
 BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"   # the worker's ETA (it knows the budget)
 TRAIN_FLAGS = ("augment", "epochs", "batch_size", "width", "lr", "loss", "seed", "augment_mode", "intensity",
-               "slice_grid", "tta", "union", "threshold", "min_component_mm3", "min_relative_size")
+               "slice_grid", "tta", "smooth_slices", "union", "threshold", "min_component_mm3", "min_relative_size")
 RUN_FLAGS = ("device", "time_budget_min", "checkpoint_minutes", "compile")
 
 

@@ -91,7 +91,8 @@ class Loss(Choice):
 
 # The paper's set-up where it differs from today's defaults: what the experiment grid reproduces, and what a model
 # stored before these settings existed was trained with (docs/results.md section 15 says why the defaults moved).
-PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE, "tta": False, "union": False}
+PAPER_SETUP = {"slice_grid": SliceGrid.PAPER, "loss": Loss.DICE, "tta": False, "union": False,
+               "smooth_slices": False}
 
 
 def int_list(text: str) -> List[int]:
@@ -192,6 +193,10 @@ class TrainConfig:
         True, "segment with one pass of the network instead of averaging it over five poses of the augmentation's "
         "family (test-time augmentation, about 5x the network's time; stored with the model, used by `segment`, the "
         "project and the pseudo-labels)", bool, "--no-tta")
+    smooth_slices: bool = _setting(
+        True, "segment each slice on its own instead of averaging its probabilities with its neighbours' (a Gaussian "
+        "of 2 mm full width at half maximum; stored with the model, used by `segment`, the project and the "
+        "pseudo-labels)", bool, "--no-smooth-slices")
     threshold: float = _setting(0.5, "probability threshold stored with the model", probability)
     union: bool = _setting(
         True, "with several structures, make a voxel foreground only where its likeliest structure's probability "

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from ..common.errors import ExtremeAugError
 from ..common.structures import Structure, check_table, default_structure
 from ..data.io import check_outputs, image_like, read_scan, write_image
-from ..data.decision import clean_structures, label_array, uncertainty_map
+from ..data.decision import across_slices, clean_structures, label_array, uncertainty_map
 from ..data.labels import with_segment_fields
 from ..data.poses import averaged_over_poses
 from ..data.preprocess import Preprocessing, check_slice_size, scan_to_slices, slices_to_scan, with_context
@@ -90,8 +90,9 @@ class Segmenter:
             for key in ("threshold", "min_component_mm3", "min_relative_size"):
                 if not isinstance(self.metadata.get(key, 0.0), (int, float)):
                     raise ValueError(f"{key} is not a number")
-            if not isinstance(self.metadata.get("tta", False), bool):
-                raise ValueError("tta is not true or false")
+            for key in ("tta", "smooth_slices"):
+                if not isinstance(self.metadata.get(key, False), bool):
+                    raise ValueError(f"{key} is not true or false")
             if not 0.0 <= self.metadata.get("min_relative_size", 0.0) <= 1.0:   # above 1 would drop every component
                 raise ValueError("min_relative_size is not 0 to 1")
         except (TypeError, ValueError) as e:
@@ -110,22 +111,31 @@ class Segmenter:
         except (KeyError, TypeError, ValueError, ExtremeAugError) as e:
             raise ExtremeAugError(f"{path}: the model's label table is damaged ({e})") from None
 
-    def class_probabilities(self, scan: sitk.Image, tta: Optional[bool] = None) -> np.ndarray:
+    def class_probabilities(self, scan: sitk.Image, tta: Optional[bool] = None,
+                            smooth: Optional[bool] = None) -> np.ndarray:
         """Probability of each structure on the scan's own grid, float32 [K, z, y, x].
 
         Args:
             tta: average over `data.poses.POSES` (rotations and scales of the training's family), each mapped
                 back; None is the model's setting (off for a model that does not store one).
+            smooth: tie each slice's probabilities to its neighbours' (`data.decision.across_slices`); None is the
+                model's setting (`smooth_slices`, off for a model that does not store one).
         """
         slices, grid = scan_to_slices(scan, self.prep)
         out = averaged_over_poses(slices, self._slice_probabilities) if self.tta(tta) \
             else self._slice_probabilities(slices)
+        if self.smooth(smooth):
+            out = across_slices(out, grid.GetSpacing()[self.prep.axis])
         return np.stack([sitk.GetArrayFromImage(slices_to_scan(out[:, k], grid, self.prep.axis, scan))
                          for k in range(len(self.labels))])
 
     def tta(self, asked: Optional[bool] = None) -> bool:
         """Whether segmentation averages over poses: as asked, else as the model was trained to segment."""
         return bool(self.metadata.get("tta", False)) if asked is None else asked
+
+    def smooth(self, asked: Optional[bool] = None) -> bool:
+        """Whether segmentation ties each slice's probabilities to its neighbours': as asked, else the model's."""
+        return bool(self.metadata.get("smooth_slices", False)) if asked is None else asked
 
     def _slice_probabilities(self, slices: np.ndarray) -> np.ndarray:
         """The model on normalised slices [n, S, S]: probabilities [n, K, S, S]."""
@@ -151,19 +161,21 @@ class Segmenter:
         return image_like(self.class_probabilities(scan).max(axis=0), scan)
 
     def segment(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
-                keep_largest: Optional[bool] = None, tta: Optional[bool] = None) -> Tuple[sitk.Image, sitk.Image]:
+                keep_largest: Optional[bool] = None, tta: Optional[bool] = None, smooth: Optional[bool] = None
+                ) -> Tuple[sitk.Image, sitk.Image]:
         """The label map (each voxel the value of its most probable structure where that probability passes the
         threshold, else 0) after per-structure clean-up, and the highest-probability map beside it."""
-        mask, top, _ = self.analyse(scan, threshold, min_component_mm3, keep_largest, tta, uncertainty=False)
+        mask, top, _ = self.analyse(scan, threshold, min_component_mm3, keep_largest, tta, uncertainty=False,
+                                    smooth=smooth)
         return mask, top
 
     def analyse(self, scan: sitk.Image, threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                 keep_largest: Optional[bool] = None, tta: Optional[bool] = None,
-                min_relative: Optional[float] = None, uncertainty: bool = True
+                min_relative: Optional[float] = None, uncertainty: bool = True, smooth: Optional[bool] = None
                 ) -> Tuple[sitk.Image, sitk.Image, Optional[sitk.Image]]:
         """`segment`'s label map and highest-probability map, and the voxel-wise uncertainty map
         (`uncertainty_map`; None when `uncertainty` is off) beside them, all on the scan's grid."""
-        probs = self.class_probabilities(scan, tta)
+        probs = self.class_probabilities(scan, tta, smooth)
         return self.decide(probs, scan, threshold, min_component_mm3, keep_largest, min_relative, uncertainty)
 
     def decide(self, probs: np.ndarray, scan: sitk.Image, threshold: Optional[float] = None,
@@ -194,7 +206,7 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
                  threshold: Optional[float] = None, min_component_mm3: Optional[float] = None,
                  keep_largest: Optional[bool] = None, seg_nrrd: Optional[str] = None,
                  uncertainty: Optional[str] = None, tta: Optional[bool] = None, min_relative: Optional[float] = None,
-                 slice_size: Optional[int] = None) -> dict:
+                 slice_size: Optional[int] = None, smooth: Optional[bool] = None) -> dict:
     """Segment one scan: the label map to `out`, optionally the highest-probability map, the uncertainty map and
     a 3D Slicer segmentation (`.seg.nrrd`, one named, coloured segment per structure)."""
     if seg_nrrd and not str(seg_nrrd).lower().endswith(".seg.nrrd"):
@@ -205,7 +217,7 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
     segmenter = Segmenter(model, device, slice_size)
     scan = read_scan(image)
     mask, prob, unsure = segmenter.analyse(scan, threshold, min_component_mm3, keep_largest, tta, min_relative,
-                                           uncertainty=bool(uncertainty))
+                                           uncertainty=bool(uncertainty), smooth=smooth)
     write_image(mask, out)
     if probabilities:
         write_image(prob, probabilities)
@@ -217,4 +229,5 @@ def segment_file(model: str, image: str, out: str, probabilities: Optional[str] 
     return {"mask": str(out), "foreground_voxels": voxels,
             "foreground_mm3": round(voxels * float(np.prod(scan.GetSpacing())), 1),
             "structures": structure_volumes(mask, segmenter.labels), "providers": segmenter.providers,
-            "slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(tta)}
+            "slice_size": segmenter.prep.slice_size, "tta": segmenter.tta(tta),
+            "smooth_slices": segmenter.smooth(smooth)}

@@ -34,7 +34,7 @@ import torch
 from ..common.config import SCALE_RANGE, TrainConfig
 from ..common.errors import ExtremeAugError
 from ..common.structures import Structure
-from ..data.decision import clean_structures, label_array, uncertainty_map
+from ..data.decision import across_slices, clean_structures, label_array, uncertainty_map
 from ..data.io import read_scan
 from ..data.poses import averaged_over_poses
 from ..data.preprocess import Preprocessing, scan_to_slices, with_context
@@ -137,7 +137,7 @@ class SelfTraining:
         net.eval()
         rows, in_use = [], {}
         for scan in self.scans:
-            masks, left_out, row = self.pseudo_labels(self._probabilities(net, scan.inputs), scan)
+            masks, left_out, row = self.pseudo_labels(self._probabilities(net, scan), scan)
             rows.append(row)
             if not row["used"]:
                 continue
@@ -157,8 +157,10 @@ class SelfTraining:
         self._mix()
         return report
 
-    def _probabilities(self, net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
-        """The network's probabilities [n, K, S, S] of a scan's slices, averaged over poses as `segment` would."""
+    def _probabilities(self, net: torch.nn.Module, scan: UnlabeledScan) -> np.ndarray:
+        """The network's probabilities [n, K, S, S] of a scan's slices, averaged over poses and tied across slices
+        as `segment` would."""
+        inputs = scan.inputs
         def predict(slices) -> np.ndarray:   # a pose's warped slices (numpy), or the inputs as they are (on device)
             out, device = [], inputs.device
             for s in range(0, len(slices), BATCH_SLICES):
@@ -168,7 +170,8 @@ class SelfTraining:
                     out.append(torch.sigmoid(net(x).float()).cpu())
             return torch.cat(out).numpy()
 
-        return averaged_over_poses(inputs.cpu().numpy(), predict) if self.cfg.tta else predict(inputs)
+        probs = averaged_over_poses(inputs.cpu().numpy(), predict) if self.cfg.tta else predict(inputs)
+        return across_slices(probs, scan.spacing[self.prep.axis]) if self.cfg.smooth_slices else probs
 
     def pseudo_labels(self, probs: np.ndarray, scan: UnlabeledScan):
         """Slices' probabilities [n, K, S, S] -> pseudo-label masks [n, K, S, S], the voxels left out [n, 1, S, S]

@@ -52,7 +52,8 @@ def publish(trainer, status: str, elapsed: float) -> TrainResult:
     done = t.step / t.steps_per_epoch
     unlabeled = t.selftraining.summary() if t.selftraining else {}
     meta = {"engine_version": __version__, "width": cfg.width, "preprocessing": t.prep.to_dict(),
-            "threshold": cfg.threshold, "union": cfg.union, "tta": cfg.tta, "min_component_mm3": cfg.min_component_mm3,
+            "threshold": cfg.threshold, "union": cfg.union, "tta": cfg.tta, "smooth_slices": cfg.smooth_slices,
+            "min_component_mm3": cfg.min_component_mm3,
             "keep_largest": cfg.keep_largest, "min_relative_size": cfg.min_relative_size,
             "labels": [lab.to_dict() for lab in t.labels], "merge_labels": cfg.merge_labels,
             "training_cases": [c.name for c in t.train_cases],
