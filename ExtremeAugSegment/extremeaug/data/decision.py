@@ -27,8 +27,13 @@ def across_slices(probs: np.ndarray, spacing_mm: float) -> np.ndarray:
         spacing_mm: the distance between two slices.
     """
     w = 0.5 ** ((spacing_mm / (SLICE_FWHM_MM / 2)) ** 2)
-    padded = np.concatenate([probs[:1], probs, probs[-1:]])
-    return ((w * padded[:-2] + padded[1:-1] + w * padded[2:]) / (1 + 2 * w)).astype(probs.dtype, copy=False)
+    out = probs.copy()   # summed in place: a scan's probabilities can be a large share of the memory
+    out[1:] += w * probs[:-1]
+    out[:-1] += w * probs[1:]
+    out[0] += w * probs[0]   # the first and last slice: their own missing neighbour (both, for a single slice)
+    out[-1] += w * probs[-1]
+    out /= 1 + 2 * w
+    return out
 
 
 def label_array(probs: np.ndarray, labels: Sequence[Structure], threshold: float, union: bool = False) -> np.ndarray:
