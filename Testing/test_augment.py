@@ -112,6 +112,14 @@ def test_scale_each_axis_draws_a_second_independent_scale_and_leaves_the_other_d
     assert aspect.max() > 1.45 and aspect.min() < 1 / 1.45   # one scale keeps every structure's proportions
 
 
+def test_scale_range_bounds_the_drawn_scales_and_leaves_the_other_draws_as_they_were():
+    paper, wide = (sample_params(20000, AugmentConfig(scale_range=r), step_generator(3, 7, CPU), CPU)
+                   for r in ((0.8, 1.2), (0.7, 1.4)))
+    assert paper.scale.min() >= 0.8 and paper.scale.max() <= 1.2
+    assert wide.scale.min() >= 0.7 and wide.scale.max() <= 1.4 and wide.scale.min() < 0.71 and wide.scale.max() > 1.39
+    assert torch.equal(wide.angle_rad, paper.angle_rad) and torch.equal(wide.shift_px, paper.shift_px)
+
+
 @pytest.mark.parametrize("seed,each", [(0, False), (1, False), (2, False), (3, True), (4, True)])
 def test_matches_simpleitk_resampling(seed, each):
     """An independent implementation of the documented transform (SimpleITK, nearest) agrees, with one scale for

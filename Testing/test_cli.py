@@ -80,9 +80,12 @@ def test_train_and_project_train_refuse_a_non_positive_time_budget(tmp_path, pha
     assert not (proj / "runs").exists() or not any((proj / "runs").iterdir())   # no worker was started
 
 
-def test_train_refuses_a_context_or_relative_size_out_of_range_and_segment_a_negative_one(tmp_path, phantoms,
-                                                                                          random_model):
+def test_train_refuses_a_context_relative_size_or_scale_range_out_of_range_and_segment_a_negative_one(
+        tmp_path, phantoms, random_model):
     out = tmp_path / "model"
+    for scales in ("1.1,1.4", "0.7", "0.7,nan"):
+        one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
+                               "--scale-range", scales), "--scale-range", "0.8,1.2")
     one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,
                            "--context", "9"), "--context must be 0 to 5")
     one_line_error(run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--out", out,

@@ -18,7 +18,8 @@ from extremeaug.data.poses import averaged_over_poses
 from extremeaug.training.checkpoint import load, save
 from extremeaug.training.dataset import Case, SliceSet, load_case, make_preprocessing
 from extremeaug.training.losses import segmentation_loss, soft_dice, tversky
-from extremeaug.training.pseudo import BATCH_SLICES, MAX_CHANGE, MAX_UNCERTAINTY, SelfTraining, pseudo_file
+from extremeaug.training.pseudo import (BATCH_SLICES, MAX_CHANGE, MAX_UNCERTAINTY, SelfTraining, pseudo_file,
+                                        scale_problem)
 from extremeaug.training.step import Draws
 from extremeaug.training.train import RunOptions, TrainConfig, Trainer, train
 
@@ -300,3 +301,11 @@ def test_pseudo_labels_decide_shared_voxels_as_the_model_stores_it(tmp_path_fact
     masks = selftraining.pseudo_labels(probs, scan)[0]
     assert masks[2:10, 0, 20:30, 20:30].all() == union and not masks[:, 1:].any()
     assert masks.sum() == (8 * 10 * 10 if union else 0)
+
+
+def test_how_far_an_unlabeled_scans_pixels_may_differ_follows_the_runs_scale_range():
+    """Anatomy 1.3 times smaller than the labeled scan's lies outside the paper's 0.8-1.2 but inside 0.7-1.4."""
+    labeled, coarser = [(1.0, 1.0, 3.0)], (1.3, 1.3, 3.0)
+    assert "outside the 0.8-1.2 times" in scale_problem(coarser, labeled, axis=2)
+    assert scale_problem(coarser, labeled, axis=2, scales=(0.7, 1.4)) is None
+    assert "outside the 0.7-1.4 times" in scale_problem((1.5, 1.0, 3.0), labeled, 2, (0.7, 1.4))

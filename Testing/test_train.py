@@ -44,7 +44,7 @@ def test_outputs_progress_and_metadata(tmp_path, phantoms):
     assert meta["training_cases"] == [phantoms[0][0].name] and meta["augment"] == 1
     assert meta["epochs_done"] == 2 and meta["width"] == 4 and meta["min_relative_size"] == 0.3
     assert meta["union"] is meta["tta"] is meta["smooth_slices"] is True   # the defaults `Segmenter` follows
-    assert meta["scale_each_axis"] is False   # the paper's one scale for both axes
+    assert meta["scale_each_axis"] is False and meta["scale_range"] == [0.8, 1.2]   # the paper's scales
     vals = [h["val_dice"] for h in result.history]
     assert meta["best_val_dice"] == max(vals) == result.best_val_dice
     net = load_weights(tmp_path / "m" / "model.pt")
@@ -80,6 +80,20 @@ def test_scale_each_axis_changes_what_training_sees_is_stored_and_resumes_exactl
     a, b = (torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("full", "half"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert json.loads((tmp_path / "half" / "history.json").read_text())["metadata"]["scale_each_axis"] is True
+
+
+def test_scale_range_changes_what_training_sees_is_stored_and_resumes_and_an_older_checkpoint_keeps_the_papers(
+        tmp_path, phantoms):
+    cases, quiet, wide = [Case(*map(str, phantoms[0]))], dict(device="cpu", show_progress=False), (0.7, 1.4)
+    train(TrainConfig(**TINY), cases, [], tmp_path / "paper", RunOptions(**quiet, max_steps=2))
+    train(TrainConfig(**TINY, scale_range=wide), cases, [], tmp_path / "wide", RunOptions(**quiet, max_steps=2))
+    weights = {k: torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("paper", "wide")}
+    assert any(not torch.equal(weights["paper"][k], weights["wide"][k]) for k in weights["paper"])
+    resumed = train(TrainConfig(), [], [], tmp_path / "wide", RunOptions(**quiet, resume=True))
+    assert resumed.status == "finished"
+    assert json.loads((tmp_path / "wide" / "history.json").read_text())["metadata"]["scale_range"] == [0.7, 1.4]
+    assert TrainConfig.stored({}).scale_range == (0.8, 1.2)   # a checkpoint from before the setting
+    assert TrainConfig.stored({"scale_range": [0.7, 1.4]}).scale_range == wide   # through JSON
 
 
 def test_average_weights_exports_the_mean_of_the_second_halfs_steps_and_resumes_it_exactly(tmp_path, phantoms):

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Iterable, List, Optional, Sequence, Type, TypeVar
+from typing import Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from .errors import ExtremeAugError
 from .output import plain
@@ -138,6 +138,18 @@ def non_negative(text: str) -> float:
     return value
 
 
+def scale_pair(text: str) -> Tuple[float, float]:
+    """`0.7,1.4` -> (0.7, 1.4): the augmentation's scale range, the lower bound at most 1 and the upper at least 1
+    (an argparse `type=`)."""
+    try:
+        low, high = (finite_float(v) for v in str(text).replace(",", " ").split())
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected two scales LOW,HIGH such as 0.8,1.2, got {text!r}") from None
+    if not 0.0 < low <= 1.0 <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= 1 <= HIGH, such as 0.8,1.2, got {text!r}")
+    return low, high
+
+
 def _setting(default, help: str, type=None, flag: Optional[str] = None, metavar: Optional[str] = None):
     """A field with what its command-line flag needs: help text, value type (an int, float, Choice
     or parser) and, when they differ from --field-name and FIELD_NAME, the flag and its metavar."""
@@ -178,6 +190,10 @@ class TrainConfig:
         False, "draw the augmentation's scale for each in-plane axis of the slice on its own (within the same range), "
         "so training also sees the structure taller or flatter than the labeled scan's, not only larger or smaller",
         bool)
+    scale_range: Tuple[float, float] = _setting(
+        SCALE_RANGE, "the range of the augmentation's random scale of a patch's content, LOW,HIGH: training shows the "
+        "structure from LOW to HIGH times its size in the labeled scan (the paper's 0.8,1.2)", scale_pair,
+        metavar="LOW,HIGH")
     average_weights: bool = _setting(
         False, "export the mean of the weights over the run's second half (stochastic weight averaging) instead of "
         "the last ones; with validation scans, the better validated of the two", bool)
@@ -213,6 +229,7 @@ class TrainConfig:
     def __post_init__(self):
         self.loss, self.plane = Loss.parse(self.loss), Plane.parse(self.plane)
         self.slice_grid = SliceGrid.parse(self.slice_grid)
+        self.scale_range = tuple(self.scale_range)   # a list once it has been through JSON
         self.augment_mode = AugmentMode.parse(self.augment_mode)
         if self.label_values is not None:
             self.label_values = [int(v) for v in self.label_values]
@@ -236,6 +253,10 @@ class TrainConfig:
             raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
         if self.pseudo_rounds < 1 or not 0.0 < self.pseudo_weight <= 1.0:
             raise ExtremeAugError("--pseudo-rounds must be at least 1 and --pseudo-weight above 0, at most 1")
+        try:   # the project's run spec and the Slicer module do not come through argparse
+            scale_pair(",".join(map(str, self.scale_range)))
+        except argparse.ArgumentTypeError as e:
+            raise ExtremeAugError(f"--scale-range: {e}") from None
         if not 0.0 <= self.min_relative_size <= 1.0:
             raise ExtremeAugError("--min-relative-size must be 0 to 1 (a share of the largest component)")
         self.table()

@@ -33,10 +33,11 @@ class AugmentConfig:
         return asdict(self)
 
     @classmethod
-    def for_slices(cls, slice_size: int, enabled: bool = True, scale_each_axis: bool = False) -> "AugmentConfig":
+    def for_slices(cls, slice_size: int, enabled: bool = True, scale_each_axis: bool = False,
+                   scale_range: Tuple[float, float] = SCALE_RANGE) -> "AugmentConfig":
         """The paper's bounds, with its shift (50 pixels of a 256-pixel slice) in proportion to the slice."""
         return cls(max_shift_px=cls.max_shift_px * slice_size / SLICE_SIZE, enabled=enabled,
-                   scale_each_axis=scale_each_axis)
+                   scale_each_axis=scale_each_axis, scale_range=tuple(scale_range))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -78,17 +78,18 @@ class Mixed:
     patches: torch.Tensor         # [m, 3]: the pseudo-labeled slices' patches (slice, y0, x0) in this stack
 
 
-def scale_problem(spacing: Sequence[float], labeled: Sequence[Sequence[float]], axis: int) -> Optional[str]:
+def scale_problem(spacing: Sequence[float], labeled: Sequence[Sequence[float]], axis: int,
+                  scales: Tuple[float, float] = SCALE_RANGE) -> Optional[str]:
     """Why a scan whose slice grid has `spacing` cannot be pseudo-labeled by a model trained on slice grids of the
     `labeled` spacings (the plane's `axis` is the slice axis), or None when it can: its anatomy must appear at a
-    scale within the augmentation's range (SCALE_RANGE) of a labeled scan's."""
+    scale within the augmentation's range (`scales`, the run's --scale-range) of a labeled scan's."""
     for a in (a for a in range(3) if a != axis):
-        low, high = min(s[a] for s in labeled) / SCALE_RANGE[1], max(s[a] for s in labeled) / SCALE_RANGE[0]
+        low, high = min(s[a] for s in labeled) / scales[1], max(s[a] for s in labeled) / scales[0]
         if not low <= spacing[a] <= high:
             shown = float(np.mean([s[a] for s in labeled]))
             return (f"on the model's slice grid its pixels are {spacing[a]:.3g} mm, the labeled scans' {shown:.3g} mm: "
-                    f"its anatomy would appear {shown / spacing[a]:.2f} times as large, outside the {SCALE_RANGE[0]:g}-"
-                    f"{SCALE_RANGE[1]:g} times training showed the model (another field of view, or another anatomy)")
+                    f"its anatomy would appear {shown / spacing[a]:.2f} times as large, outside the {scales[0]:g}-"
+                    f"{scales[1]:g} times training showed the model (another field of view, or another anatomy)")
     return None
 
 
@@ -111,7 +112,7 @@ class SelfTraining:
             reason = "it is also a labeled training scan" if str(Path(case.image).resolve()) in training else None
             if reason is None:
                 images, grid = scan_to_slices(read_scan(case.image), prep)
-                reason = scale_problem(grid.GetSpacing(), [c.spacing for c in labeled], prep.axis)
+                reason = scale_problem(grid.GetSpacing(), [c.spacing for c in labeled], prep.axis, cfg.scale_range)
             if reason:
                 self.left_out.append({"name": case.name, "used": False, "reason": reason})
                 continue

@@ -94,7 +94,8 @@ class Trainer:
         if state and asked_batch and asked_batch != cfg.batch_size:
             self._rebatch(state, asked_batch)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
-        self.bounds = AugmentConfig.for_slices(self.train_set.slice_size, cfg.augmentation, cfg.scale_each_axis)
+        self.bounds = AugmentConfig.for_slices(self.train_set.slice_size, cfg.augmentation, cfg.scale_each_axis,
+                                               cfg.scale_range)
         self.pool = PoolParams(len(self.train_set.patches), self.bounds, cfg.seed,
                                self.device) if cfg.augment_mode == AugmentMode.POOL else None
         self.steps_per_epoch = self.order.steps
