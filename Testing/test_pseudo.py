@@ -95,6 +95,29 @@ def test_pseudo_labels_are_the_segmentations_decision_with_the_uncertain_voxels_
     assert not nothing["used"] and "another anatomy" in nothing["reason"] and nothing["volume_ratio"] == 0
 
 
+def test_a_pseudo_margin_leaves_out_the_background_beside_the_structures_and_nothing_farther(small):
+    plain = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True), [Case(small[1][0], None)])
+    scan = plain.scans[0]
+    n, size = len(scan.inputs), scan.inputs.shape[-1]
+    probs = np.full((n, 1, size, size), 0.02, np.float32)
+    probs[2:10, :, 20:30, 20:30] = 0.97       # a confident structure, no uncertain rim
+    in_plane = [s for a, s in enumerate(scan.spacing) if a != plain.prep.axis]
+    across = scan.spacing[plain.prep.axis]
+    margin = 1.2 * max(in_plane)              # the in-plane neighbours, not the diagonal ones or the next slice
+    assert margin < min(across, float(np.hypot(*in_plane)))
+    masks, left_out, _ = plain.pseudo_labels(probs, scan)
+    assert not left_out.any()                 # without a margin only uncertain voxels are left out
+    near = _self_training(small, TrainConfig(slice_grid="fit", merge_labels=True, pseudo_margin_mm=margin),
+                          [Case(small[1][0], None)])
+    masks_near, left_near, _ = near.pseudo_labels(probs, near.scans[0])
+    ring = np.zeros_like(left_near)
+    ring[2:10, :, 19, 20:30] = ring[2:10, :, 30, 20:30] = ring[2:10, :, 20:30, 19] = ring[2:10, :, 20:30, 30] = 1
+    assert (masks_near == masks).all() and (left_near == ring).all()
+    for bad in (-1.0, float("nan"), float("inf")):   # settings that do not come through the command line
+        with pytest.raises(ExtremeAugError, match="--pseudo-margin-mm 0 or more"):
+            TrainConfig(pseudo_margin_mm=bad).check()
+
+
 class Box(torch.nn.Module):
     """A network sure of one rectangular structure on slices 2-9, `side` x `width` pixels (square unless told), and of
     background elsewhere."""
@@ -203,6 +226,7 @@ def test_rounds_come_halfway_and_over_the_second_half_and_the_model_records_them
     assert [e["round"] for e in events if e["event"] == "pseudo"] == [1, 2, 3]
     meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
     assert meta["pseudo_labels"] == rounds and meta["pseudo_weight"] == 0.5 and meta["pseudo_rounds"] == 3
+    assert meta["pseudo_margin_mm"] == 0.0
     assert [p.name for p in (tmp_path / "m").glob("pseudo-*.pt")] == ["pseudo-3.pt"]
 
 

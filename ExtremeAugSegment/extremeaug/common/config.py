@@ -205,6 +205,10 @@ class TrainConfig:
     pseudo_weight: float = _setting(
         0.5, "with unlabeled scans: the loss weight of a pseudo-labeled voxel (a human-labeled one weighs 1)",
         finite_float)
+    pseudo_margin_mm: float = _setting(
+        0.0, "with unlabeled scans: background within this many mm of a pseudo-labeled structure weighs nothing, as "
+        "uncertain voxels do (a one-scan model's misses lie at its structures' rims and sides, where it is sure of "
+        "background; 0 leaves out the uncertain voxels only)", non_negative, metavar="MM")
     tta: bool = _setting(
         True, "segment with one pass of the network instead of averaging it over five poses of the augmentation's "
         "family (test-time augmentation, about 5x the network's time; stored with the model, used by `segment`, the "
@@ -251,8 +255,9 @@ class TrainConfig:
             raise ExtremeAugError("--lr must be a positive number")
         if not 0.0 < self.threshold < 1.0 or not self.min_component_mm3 >= 0:   # `not >=` also catches NaN
             raise ExtremeAugError("--threshold must be between 0 and 1 and --min-component-mm3 0 or more")
-        if self.pseudo_rounds < 1 or not 0.0 < self.pseudo_weight <= 1.0:
-            raise ExtremeAugError("--pseudo-rounds must be at least 1 and --pseudo-weight above 0, at most 1")
+        if self.pseudo_rounds < 1 or not 0.0 < self.pseudo_weight <= 1.0 or not 0.0 <= self.pseudo_margin_mm < math.inf:
+            raise ExtremeAugError("--pseudo-rounds must be at least 1, --pseudo-weight above 0 and at most 1, and "
+                                  "--pseudo-margin-mm 0 or more")
         try:   # the project's run spec and the Slicer module do not come through argparse
             scale_pair(",".join(map(str, self.scale_range)))
         except argparse.ArgumentTypeError as e:

@@ -3,11 +3,12 @@
 Once the labeled scans have trained for half the run, the model segments the unlabeled scans as `segment` would
 (averaged over poses with `tta`, `data.poses`; the model's threshold and clean-up, `data.decision`) on the slice
 grid training uses, and each voxel whose uncertainty (`data.decision.uncertainty_map`) is at most MAX_UNCERTAINTY
-becomes a pseudo-label; the other voxels weigh nothing. From then on half of every batch is pseudo-labeled patches
-(a step costs what it did), their voxels weighted `--pseudo-weight`. The pseudo-labels are made again
-`--pseudo-rounds` times over the run's second half, each time by a better model, all within the run's time budget.
-They are training material only: kept in the run's folder for an exact resume (pseudo-N.pt), never written as
-anyone's label.
+becomes a pseudo-label; the other voxels weigh nothing, and so, with `--pseudo-margin-mm`, does the background near
+the segmented structures (where a one-scan model misses what it never saw, sure that it is background). From then on
+half of every batch is pseudo-labeled patches (a step costs what it did), their voxels weighted `--pseudo-weight`.
+The pseudo-labels are made again `--pseudo-rounds` times over the run's second half, each time by a better model, all
+within the run's time budget. They are training material only: kept in the run's folder for an exact resume
+(pseudo-N.pt), never written as anyone's label.
 
 A round does not replace a scan's pseudo-label with one whose volume differs from it by more than MAX_CHANGE: a model
 trained on its own pseudo-labels drifts one way, round after round, and learns the drift. With a loss that counts
@@ -91,6 +92,17 @@ def scale_problem(spacing: Sequence[float], labeled: Sequence[Sequence[float]], 
                     f"its anatomy would appear {shown / spacing[a]:.2f} times as large, outside the {scales[0]:g}-"
                     f"{scales[1]:g} times training showed the model (another field of view, or another anatomy)")
     return None
+
+
+def near_structures(labels: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """The background voxels within `margin_mm` of any structure of a label array [z, y, x] (`spacing` x, y, z)."""
+    if not labels.any():
+        return np.zeros(labels.shape, bool)
+    foreground = sitk.GetImageFromArray((labels > 0).astype(np.uint8))
+    foreground.SetSpacing(tuple(float(s) for s in spacing))
+    outside = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(foreground, insideIsPositive=False,
+                                                                  squaredDistance=False, useImageSpacing=True))
+    return (outside > 0) & (outside <= margin_mm)
 
 
 class SelfTraining:
@@ -187,6 +199,8 @@ class SelfTraining:
         unsure = uncertainty_map(volume) > MAX_UNCERTAINTY
         ratio = float((cleaned > 0).sum() * np.prod(scan.spacing) / self.reference_mm3)
         confident = float(1 - unsure.mean())
+        if self.cfg.pseudo_margin_mm > 0:
+            unsure |= near_structures(cleaned, scan.spacing, self.cfg.pseudo_margin_mm)
         row = {"name": scan.case.name, "used": True, "volume_ratio": round(ratio, 3), "confident": round(confident, 3)}
         if not VOLUME_RANGE[0] <= ratio <= VOLUME_RANGE[1]:
             row.update(used=False, reason=f"its segmentation holds {ratio:.2f} times the labeled scans' structure volume "

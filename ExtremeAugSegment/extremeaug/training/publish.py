@@ -69,7 +69,8 @@ def publish(trainer, status: str, elapsed: float) -> TrainResult:
             "training_seconds": round(t.elapsed_before + elapsed, 1), "device": str(t.device),
             "device_kind": torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else "cpu",
             "processes": t.world.size, "global_batch": cfg.batch_size,   # how it was trained
-            **({"pseudo_rounds": cfg.pseudo_rounds, "pseudo_weight": cfg.pseudo_weight, **unlabeled}
+            **({"pseudo_rounds": cfg.pseudo_rounds, "pseudo_weight": cfg.pseudo_weight,
+                "pseudo_margin_mm": cfg.pseudo_margin_mm, **unlabeled}
                if unlabeled else {})}
     save({"state_dict": weights, "width": cfg.width, "metadata_json": json.dumps(meta)}, t.out / WEIGHTS)
     diff = export_onnx(t.net, t.out / ONNX_FILE, meta)
