@@ -252,3 +252,26 @@ def test_a_model_that_smooths_slices_averages_each_sagittal_slice_with_its_neigh
     expected = np.moveaxis(across_slices(np.moveaxis(each, 3, 0), 1.0), 0, 3)   # [K, z, y, x]: x is left-right
     assert np.abs(smoothed - each).max() > 1e-4 > 1e-6 > np.abs(smoothed - expected).max()   # an untrained net
     assert not old.smooth() and np.array_equal(old.class_probabilities(scan), each)
+
+
+def test_a_model_with_a_pixel_size_segments_a_scan_of_a_wider_field_of_view_whole(tmp_path):
+    """A model of 160-pixel slices at 1 mm and a 150 x 250 mm scan: the window grows to 256 pixels at 1 mm, so the
+    model answers everywhere on the scan; at its own 160 pixels it would see only the middle 160 mm. Asked for fewer
+    pixels (`--slice-size`), the same field of view is shown at a larger pixel size."""
+    import torch
+
+    from extremeaug.data.preprocess import Preprocessing, make_template
+    from extremeaug.networks.export import export_onnx
+    from extremeaug.networks.model import ResUNet
+
+    rng = np.random.default_rng(0)
+    scan = make_image(rng.normal(100.0, 20.0, (150, 250, 6)).astype(np.float32))   # z, y, x: 6 sagittal slices
+    torch.manual_seed(0)
+    prep = Preprocessing("sagittal", slice_size=160, template=make_template(scan), pixel_mm=[1.0, 1.0])
+    export_onnx(ResUNet(4), tmp_path / "m.onnx", {"preprocessing": prep.to_dict(), "threshold": 0.5,
+                                                  "min_component_mm3": 0.0, "width": 4})
+    for asked, pixel in ((None, 1.0), (128, 1.25)):
+        segmenter = Segmenter(tmp_path / "m.onnx", "cpu", slice_size=asked)
+        assert segmenter.prep.pixel_mm == [pixel, pixel]
+        probs = segmenter.class_probabilities(scan, tta=False, smooth=False)
+        assert probs.shape == (1, 150, 250, 6) and (probs > 0.01).all()   # an untrained model's ~0.5, corners too

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -7,8 +9,10 @@ import SimpleITK as sitk
 from conftest import REAL_DATA, make_image
 from extremeaug.common.errors import ExtremeAugError
 from extremeaug.common.config import SliceGrid
-from extremeaug.data.preprocess import (Preprocessing, fitted_slice_size, make_template, mask_to_slices, normalise,
-                                        resolve_plane, scan_to_slices, slice_size_for, slices_to_scan)
+from extremeaug.data.preprocess import (Preprocessing, covering, fitted_slice_size, make_template, mask_to_slices,
+                                        normalise, resolve_plane, scan_to_slices, slice_grid, slice_size_for,
+                                        slices_to_scan)
+from extremeaug.training.dataset import make_preprocessing
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # index axes i, j, k along world y, z, x
 
@@ -139,3 +143,69 @@ def test_a_fitted_grid_keeps_every_in_plane_voxel_of_a_small_crop():
     assert slices.shape == (35, 64, 64) and grid.GetSize() == (35, 64, 64)
     back = slices_to_scan(mask_to_slices(sitk.Cast(image, sitk.sitkUInt8), grid, 0), grid, 0, image)
     assert ((sitk.GetArrayFromImage(back) > 0.5) == mask.astype(bool)).mean() > 0.99
+
+
+def _spine_like(shape_zyx=(221, 221, 20), block=(slice(100, 120), slice(90, 130), slice(5, 15))):
+    """A noisy sagittal scan (x is the slice axis) with a 20 x 40 mm block, and the block's mask."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(100.0, 10.0, shape_zyx).astype(np.float32)
+    mask = np.zeros(shape_zyx, np.uint8)
+    mask[block] = 1
+    array[mask > 0] += 200.0
+    return make_image(array), make_image(mask)
+
+
+def _block_pixels(image, mask, prep):
+    slices, grid = scan_to_slices(image, prep)
+    return mask_to_slices(mask, grid, prep.axis).sum(), slices, grid
+
+
+def test_the_fitted_grid_keeps_the_training_scans_own_grid_and_stores_its_pixel_size():
+    image, _ = _spine_like()
+    prep = make_preprocessing(image, "sagittal", SliceGrid.FIT)
+    assert prep.slice_size == 224 and np.allclose(prep.pixel_mm, [221 / 224] * 2)
+    stretched = slice_grid(sitk.DICOMOrient(image, "LPS"), 0, 224)
+    grid = scan_to_slices(image, prep)[1]
+    assert np.allclose(grid.GetSpacing(), stretched.GetSpacing()) and np.allclose(grid.GetOrigin(), stretched.GetOrigin())
+    assert make_preprocessing(image, "sagittal", SliceGrid.PAPER).pixel_mm is None   # the paper stretches
+
+
+def test_the_fitted_grid_shows_a_scan_of_another_field_of_view_at_the_training_scans_pixel_size():
+    """The same anatomy cut to 160 mm, or padded to 300 mm, along one in-plane axis: stretched to the model's 224
+    pixels, the block would appear 1.38 times (0.74 times) as tall; at the training scan's pixel size it keeps its
+    size, and the window grows to hold the larger scan whole (320 pixels)."""
+    image, mask = _spine_like()
+    prep = make_preprocessing(image, "sagittal", SliceGrid.FIT)
+    own = _block_pixels(image, mask, prep)[0]
+    cut, cut_mask = image[:, 30:190, :], mask[:, 30:190, :]
+    wide = sitk.ConstantPad(image, (0, 40, 0), (0, 39, 0), 100.0)
+    wide_mask = sitk.ConstantPad(mask, (0, 40, 0), (0, 39, 0), 0)
+    for scan, scan_mask, stretch in ((cut, cut_mask, 221 / 160), (wide, wide_mask, 221 / 300)):
+        fitted = covering(prep, scan)
+        assert abs(_block_pixels(scan, scan_mask, fitted)[0] / own - 1) < 0.02
+        assert abs(_block_pixels(scan, scan_mask, replace(prep, pixel_mm=None))[0] / own - stretch) < 0.05
+    assert covering(prep, cut).slice_size == 224 and covering(prep, wide).slice_size == 320
+    assert covering(replace(prep, pixel_mm=None), wide) == replace(prep, pixel_mm=None)
+
+
+def test_a_window_that_pads_the_scan_normalises_it_as_its_own_voxels_do():
+    """The padding is not part of the scan's histogram: the scan's pixels are the same in a 224 and a 320 window
+    (ITK's matching counts the voxels above the mean, which padding would move)."""
+    image, _ = _spine_like()
+    prep = make_preprocessing(image, "sagittal", SliceGrid.FIT)
+    small, large = scan_to_slices(image, prep)[0], scan_to_slices(image, replace(prep, slice_size=320))[0]
+    assert np.allclose(large[:, 48:272, 48:272], small, atol=1e-5)
+    assert (large[:, :40] == large[:, :40].min()).all()   # the padding: the scan's lowest value
+
+
+def test_a_scan_wider_than_the_largest_window_is_covered_by_larger_pixels():
+    image, _ = _spine_like((20, 900, 10), (slice(5, 10), slice(400, 420), slice(2, 8)))
+    prep = Preprocessing(plane="sagittal", slice_size=224, template=[0.0, 1.0], pixel_mm=[1.0, 1.0])
+    grown = covering(prep, image)
+    assert grown.slice_size == 512 and np.allclose(grown.pixel_mm, [900 / 512] * 2)
+
+
+@pytest.mark.parametrize("bad", [[0.0, 1.0], [1.0], "1,1", [1.0, float("nan")]])
+def test_a_damaged_pixel_size_in_a_models_metadata_is_refused(bad):
+    with pytest.raises(ValueError, match="pixel size"):
+        Preprocessing.from_dict({"plane": "sagittal", "template": [0.0, 1.0], "pixel_mm": bad})

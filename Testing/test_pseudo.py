@@ -279,25 +279,30 @@ def test_pseudo_labeled_patches_train_beside_the_human_ones_and_a_stopped_run_re
         torch.equal(a[k], v) for k, v in load(tmp_path / "plain" / "model.pt")["state_dict"].items())
 
 
-def test_an_unlabeled_scan_of_another_field_of_view_is_refused_before_training_with_its_reason(tmp_path, phantoms):
-    """A 12 x 40 x 50 mm crop beside 72 x 192 x 240 mm scans: on the model's slice grid its anatomy would appear
-    about five times larger than training ever showed. Alone, it is refused in one line and nothing is written;
-    beside a fitting scan, it is left out with a warning and named in the model."""
+def test_an_unlabeled_scan_of_another_field_of_view_is_refused_on_the_papers_grid_with_its_reason(tmp_path, phantoms):
+    """A 12 x 40 x 50 mm crop beside 72 x 192 x 240 mm scans: stretched to the paper's 256 x 256 slices its anatomy
+    would appear about five times larger than training ever showed. Alone, it is refused in one line and nothing is
+    written; beside a fitting scan, it is left out with a warning and named in the model. On the fitted grid (the
+    default) it is shown at the labeled scan's pixel size, and used."""
     crop = tmp_path / "crop_image.nii.gz"
     write_image(make_phantom(0, size=(12, 40, 50), spacing=(1.0, 1.0, 1.0)).image, crop)
     common = ("--width", "4", "--augment", "2", "--epochs", "1", "--device", "cpu", "--quiet")   # 12 steps: 3 rounds
-    alone = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--unlabeled", crop,
-                    "--out", tmp_path / "m", *common)
+    labeled = ("--image", phantoms[0][0], "--label", phantoms[0][1])
+    alone = run_cli("train", *labeled, "--unlabeled", crop, "--out", tmp_path / "m", "--slice-grid", "paper", *common)
     one_line_error(alone, "no unlabeled scan can be used", "crop_image.nii.gz", "times as large")
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
-    both = run_cli("train", "--image", phantoms[0][0], "--label", phantoms[0][1], "--unlabeled", crop,
-                   phantoms[1][0], "--out", tmp_path / "m2", *common)
+    both = run_cli("train", *labeled, "--unlabeled", crop, phantoms[1][0], "--out", tmp_path / "m2",
+                   "--slice-grid", "paper", *common)
     assert both.returncode == 0, both.stderr
     assert "warning: unlabeled scan crop_image.nii.gz is not used" in both.stderr
     assert "pseudo-labels of" in both.stdout and "of 2 unlabeled scan(s) in 3 round(s)" in both.stdout
     meta = json.loads((tmp_path / "m2" / "history.json").read_text())["metadata"]
     assert [row["name"] for row in meta["unlabeled_left_out"]] == ["crop_image.nii.gz"]
     assert meta["unlabeled_cases"] == ["crop_image.nii.gz", phantoms[1][0].name]
+    fitted = run_cli("train", *labeled, "--unlabeled", crop, "--out", tmp_path / "m3", *common)
+    assert fitted.returncode == 0, fitted.stderr
+    meta = json.loads((tmp_path / "m3" / "history.json").read_text())["metadata"]
+    assert meta["unlabeled_left_out"] == [] and meta["unlabeled_cases"] == ["crop_image.nii.gz"]
 
 
 def test_the_same_scan_as_labeled_and_unlabeled_is_refused(small):

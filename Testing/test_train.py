@@ -460,3 +460,22 @@ def test_a_checkpoint_stored_before_the_slice_grid_and_tta_settings_resumes_as_t
     save(state, tmp_path / "m" / CHECKPOINT)
     resumed = Trainer(cfg, [], [], tmp_path / "m", RunOptions(device="cpu", show_progress=False, resume=True))
     assert resumed.cfg.slice_grid == SliceGrid.PAPER and resumed.prep.slice_size == 256 and resumed.cfg.tta is False
+
+
+def test_labeled_scans_of_a_wider_field_of_view_train_whole_at_the_first_scans_pixel_size(tmp_path, phantoms):
+    """A second labeled scan 1.5 times as long (240 mm instead of 160 along the spine, the same 1.5 mm voxels):
+    the fitted grid keeps the first scan's pixel size and grows its window to 256 pixels, so no part of either
+    scan, and none of its label, is cut off; the model stores both."""
+    from extremeaug.data.io import write_image
+    from extremeaug.data.phantom import make_phantom
+
+    long = make_phantom(5, size=(24, 128, 240))
+    write_image(long.image, tmp_path / "long_image.nii.gz")
+    write_image(long.mask, tmp_path / "long_mask.nii.gz")
+    cases = [Case(*map(str, phantoms[0])), Case(str(tmp_path / "long_image.nii.gz"), str(tmp_path / "long_mask.nii.gz"))]
+    result = train(TrainConfig(**TINY), cases, [], tmp_path / "m",
+                   RunOptions(device="cpu", show_progress=False, max_steps=1))
+    assert result.status == "max_steps"
+    meta = json.loads((tmp_path / "m" / "history.json").read_text())["metadata"]
+    assert meta["preprocessing"]["slice_size"] == 256   # the first alone: 160
+    assert meta["preprocessing"]["pixel_mm"] == [1.5 * 128 / 160, 1.5]

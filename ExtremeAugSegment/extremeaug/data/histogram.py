@@ -10,7 +10,7 @@ phantoms and real scans).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -75,13 +75,15 @@ def _reference(template: Tuple[float, ...], levels: int, points: int) -> Tuple[f
     return quantile_table(np.asarray(template, f32), levels, points)
 
 
-def match_histogram(array: np.ndarray, template: Sequence[float], levels: int, points: int) -> np.ndarray:
-    """`array`'s intensities mapped onto the template's (float32, not clipped).
+def match_histogram(array: np.ndarray, template: Sequence[float], levels: int, points: int,
+                    source: Optional[np.ndarray] = None) -> np.ndarray:
+    """`array`'s intensities mapped onto the template's (float32, not clipped), by the map that matches `source`'s
+    histogram (default: `array`'s own; a padded copy of a scan is matched as the scan is).
 
     The filter's map is the line through (minimum, template minimum) and the table's points, taken between
     consecutive points (below the threshold: from the minimum): np.interp's own formula, in one C pass. Equal
     table entries leave an empty segment that neither ever uses."""
-    smin, source = quantile_table(array, levels, points)
+    smin, source = quantile_table(array if source is None else source, levels, points)
     rmin, reference = _reference(tuple(template), levels, points)
     xp, fp = np.concatenate([[smin], source]), np.concatenate([[rmin], reference])
     flat, out = array.ravel(), np.empty(array.size, f32)

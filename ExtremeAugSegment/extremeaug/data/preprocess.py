@@ -6,8 +6,8 @@ Everything inference must repeat is in `Preprocessing`, which the model's ONNX m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import List, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +34,10 @@ class Preprocessing:
     template: List[float] = field(default_factory=list)  # quantiles of the template's [0, 1] intensities
     histogram_levels: int = 1024
     match_points: int = 15
+    # The slices' pixel size in mm along the two in-plane axes (index order): every scan is sampled at it, so its
+    # anatomy appears at the size training saw whatever its field of view. None: each scan's in-plane extent is
+    # stretched to slice_size (the paper's grid, and models from before this field).
+    pixel_mm: Optional[List[float]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +54,10 @@ class Preprocessing:
         if not (isinstance(prep.template, list) and len(prep.template) >= 2 and
                 all(isinstance(v, (int, float)) and np.isfinite(v) for v in prep.template)):
             raise ValueError("the intensity template is missing or not a list of numbers")
+        if prep.pixel_mm is not None and not (
+                isinstance(prep.pixel_mm, list) and len(prep.pixel_mm) == 2 and
+                all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0 for v in prep.pixel_mm)):
+            raise ValueError(f"pixel size {prep.pixel_mm!r} is not two positive numbers")
         if not (isinstance(prep.histogram_levels, int) and prep.histogram_levels >= 2 and
                 isinstance(prep.match_points, int) and prep.match_points >= 1):
             raise ValueError("the histogram settings are not positive integers")
@@ -135,27 +143,53 @@ def normalise(image: sitk.Image, prep: Preprocessing) -> sitk.Image:
     return out
 
 
-def _normalised(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
+def _normalised(array: np.ndarray, prep: Preprocessing, source: Optional[np.ndarray] = None) -> np.ndarray:
     matched = match_histogram(np.asarray(array, np.float32), prep.template, prep.histogram_levels,
-                              prep.match_points)
+                              prep.match_points, None if source is None else np.asarray(source, np.float32))
     return np.clip(matched, 0.0, 1.0, out=matched)
 
 
-def slice_grid(oriented: sitk.Image, axis: int, size: int) -> sitk.Image:
-    """A grid over the same physical extent whose two in-plane axes have `size` voxels."""
+def slice_grid(oriented: sitk.Image, axis: int, size: int, pixel_mm: Optional[List[float]] = None) -> sitk.Image:
+    """A grid whose two in-plane axes have `size` voxels, centred on the scan: over its whole in-plane extent (each
+    axis stretched to `size`), or with `pixel_mm` at that pixel size (the scan cropped or padded to it)."""
     old_size, old_spacing = np.array(oriented.GetSize()), np.array(oriented.GetSpacing())
     new_size, new_spacing = old_size.copy(), old_spacing.copy()
-    for a in range(3):
-        if a != axis:
-            new_size[a] = size
-            new_spacing[a] = old_spacing[a] * old_size[a] / size
+    for k, a in enumerate(a for a in range(3) if a != axis):
+        new_size[a] = size
+        new_spacing[a] = old_spacing[a] * old_size[a] / size if pixel_mm is None else pixel_mm[k]
+    shift = (new_spacing - old_spacing) / 2.0
+    if pixel_mm is not None:   # the stretched grid's extents agree by construction
+        shift += (old_size * old_spacing - new_size * new_spacing) / 2.0
     direction = np.array(oriented.GetDirection()).reshape(3, 3)
-    origin = np.array(oriented.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2.0)
+    origin = np.array(oriented.GetOrigin()) + direction @ shift
     grid = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
     grid.SetSpacing([float(s) for s in new_spacing])
     grid.SetOrigin([float(o) for o in origin])
     grid.SetDirection(oriented.GetDirection())
     return grid
+
+
+def grid_pixel_mm(image: sitk.Image, plane: str, size: int) -> List[float]:
+    """The in-plane pixel size of `image`'s slices stretched to `size` pixels a side: what the fitted grid stores,
+    so that the training scan's own grid is unchanged and every other scan is sampled as it was."""
+    oriented = orient(image)
+    return [float(oriented.GetSpacing()[a] * oriented.GetSize()[a] / size) for a in range(3) if a != PLANE_AXIS[plane]]
+
+
+def covering(prep: Preprocessing, image: sitk.Image) -> Preprocessing:
+    """`prep` with a slice size whose window, at its pixel size, covers `image`'s in-plane extent: its own size or
+    larger, a multiple of 2 ** NETWORK_DEPTH. Where that would pass FIT_RANGE's top (and the model's own size), the
+    pixels grow instead, so no part of a scan is cut off. A stretched grid (no pixel size) covers every scan."""
+    if prep.pixel_mm is None:
+        return prep
+    oriented, step = orient(image), 2 ** NETWORK_DEPTH
+    in_plane = [a for a in range(3) if a != prep.axis]
+    needed = max(oriented.GetSize()[a] * oriented.GetSpacing()[a] / p for a, p in zip(in_plane, prep.pixel_mm))
+    size = max(prep.slice_size, -(-int(np.ceil(needed - 1e-6)) // step) * step)
+    top = max(prep.slice_size, FIT_RANGE[1])
+    if size <= top:
+        return replace(prep, slice_size=int(size))
+    return replace(prep, slice_size=int(top), pixel_mm=[p * needed / top for p in prep.pixel_mm])
 
 
 def _to_slices(volume: sitk.Image, axis: int) -> np.ndarray:
@@ -165,9 +199,11 @@ def _to_slices(volume: sitk.Image, axis: int) -> np.ndarray:
 def scan_to_slices(scan: sitk.Image, prep: Preprocessing) -> Tuple[np.ndarray, sitk.Image]:
     """Return normalised slices [n, size, size] (float32) and the slice grid they live on."""
     oriented = orient(scan)
-    grid = slice_grid(oriented, prep.axis, prep.slice_size)
-    resampled = sitk.Resample(oriented, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    volume = _normalised(sitk.GetArrayViewFromImage(resampled), prep)
+    grid = slice_grid(oriented, prep.axis, prep.slice_size, prep.pixel_mm)
+    own = None if prep.pixel_mm is None else sitk.GetArrayViewFromImage(oriented)   # the window may pad it
+    outside = 0.0 if own is None else float(own.min())
+    resampled = sitk.Resample(oriented, grid, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
+    volume = _normalised(sitk.GetArrayViewFromImage(resampled), prep, own)
     return np.ascontiguousarray(np.moveaxis(volume, 2 - prep.axis, 0)), grid
 
 

@@ -17,7 +17,8 @@ from ..data.io import check_outputs, image_like, read_scan, write_image
 from ..data.decision import across_slices, clean_structures, label_array, uncertainty_map
 from ..data.labels import with_segment_fields
 from ..data.poses import averaged_over_poses
-from ..data.preprocess import Preprocessing, check_slice_size, scan_to_slices, slices_to_scan, with_context
+from ..data.preprocess import (Preprocessing, check_slice_size, covering, scan_to_slices, slices_to_scan,
+                               with_context)
 from ..networks.metadata import METADATA_KEY
 
 BATCH_SLICES = 8
@@ -98,8 +99,10 @@ class Segmenter:
         except (TypeError, ValueError) as e:
             raise ExtremeAugError(f"{path}: the model's extremeaug metadata is damaged ({e})") from None
         if slice_size is not None:
-            self.prep = replace(self.prep, slice_size=check_slice_size(
-                slice_size, self.prep.slice_size, bool(self.metadata.get("augmentation", True))))
+            size = check_slice_size(slice_size, self.prep.slice_size, bool(self.metadata.get("augmentation", True)))
+            pixel_mm = None if self.prep.pixel_mm is None else \
+                [p * self.prep.slice_size / size for p in self.prep.pixel_mm]   # the same window, fewer pixels
+            self.prep = replace(self.prep, slice_size=size, pixel_mm=pixel_mm)
         self.providers = self.session.get_providers()
         self.warning = provider_warning(providers, self.providers)
         if self.warning:
@@ -121,7 +124,7 @@ class Segmenter:
             smooth: tie each slice's probabilities to its neighbours' (`data.decision.across_slices`); None is the
                 model's setting (`smooth_slices`, off for a model that does not store one).
         """
-        slices, grid = scan_to_slices(scan, self.prep)
+        slices, grid = scan_to_slices(scan, covering(self.prep, scan))
         out = averaged_over_poses(slices, self._slice_probabilities) if self.tta(tta) \
             else self._slice_probabilities(slices)
         if self.smooth(smooth):

@@ -14,8 +14,8 @@ from ..common.errors import ExtremeAugError
 from ..common.structures import Structure
 from ..data.io import read_scan, read_structures
 from ..common.config import SliceGrid
-from ..data.preprocess import (Preprocessing, context_index, make_template, mask_to_slices, resolve_plane,
-                               scan_to_slices, slice_size_for)
+from ..data.preprocess import (Preprocessing, context_index, grid_pixel_mm, make_template, mask_to_slices,
+                               resolve_plane, scan_to_slices, slice_size_for)
 from .augment import patch_size, patch_table
 
 
@@ -69,9 +69,12 @@ def check_cases(cases: Sequence[Case]) -> None:
 
 
 def make_preprocessing(template_scan: sitk.Image, plane: str, grid: SliceGrid) -> Preprocessing:
+    """The fitted grid keeps the template scan's own grid and stores its pixel size, at which every other scan is
+    sampled; the paper's grid stretches every scan to 256 x 256."""
     plane = resolve_plane(template_scan, plane)
-    return Preprocessing(plane=plane, slice_size=slice_size_for(template_scan, plane, grid),
-                         template=make_template(template_scan))
+    size = slice_size_for(template_scan, plane, grid)
+    pixel_mm = grid_pixel_mm(template_scan, plane, size) if SliceGrid.parse(grid) == SliceGrid.FIT else None
+    return Preprocessing(plane=plane, slice_size=size, template=make_template(template_scan), pixel_mm=pixel_mm)
 
 
 class SliceSet:
