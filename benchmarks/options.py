@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -63,15 +64,15 @@ def settings(flags: str, seed: int, unlabeled: list) -> tuple:
     return from_arguments(TrainConfig, args, TRAIN_FLAGS), [Case(p, None) for p in args.unlabeled or []]
 
 
-def score(model: Path, tests: dict, segment: str = "") -> dict:
+def score(model: Path, tests: dict, segment: str = "", segmenter: Optional[Segmenter] = None) -> dict:
     """Union Dice and predicted / reference voxels per test scan as `segment` decides (`per_scan`; with SEGMENT, the
     `segment` flags that decide: --tta, --smooth-slices, --threshold ...) and, with several structures, deciding
     foreground on the probability of any structure (`per_scan_union`, data.decision) and each structure's own
-    (`per_structure`)."""
+    (`per_structure`). `segmenter`: the model's, prepared by the caller (another slice grid, say)."""
     a = parser().parse_args(["segment", "--model", "m", "--image", "i", "--out", "o", *shlex.split(segment)])
     decide = dict(threshold=a.threshold, min_component_mm3=a.min_component_mm3, min_relative=a.min_relative_size,
                   keep_largest=a.keep_largest, uncertainty=False)
-    segmenter, rows, union, structures = Segmenter(model, "cpu"), {}, {}, {}
+    segmenter, rows, union, structures = segmenter or Segmenter(model, "cpu"), {}, {}, {}
     for test_id, (image, mask) in tests.items():
         scan, reference = read_scan(image), read_binary(mask)
         probs = segmenter.class_probabilities(scan, a.tta, a.smooth_slices)

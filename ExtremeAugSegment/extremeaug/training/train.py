@@ -70,25 +70,25 @@ class Trainer:
         check_global_batch(cfg.batch_size, self.world.size)
         self.cfg, self.train_cases, self.val_cases = cfg, list(train_cases), list(val_cases)
         self.unlabeled = list(unlabeled)
-        scans = [read_scan(c.image) for c in self.train_cases + self.val_cases]
+        first_scan = read_scan(self.train_cases[0].image)
         self.prep = Preprocessing.from_dict(state["preprocessing"]) if state else make_preprocessing(
-            scans[0], cfg.plane, cfg.slice_grid)
-        if not state:   # every labeled scan whole in the slices: the fitted grid's window grows to cover each
-            for scan in scans[1:]:
-                self.prep = covering(self.prep, scan)
+            first_scan, cfg.plane, cfg.slice_grid)
+        if not state and self.prep.pixel_mm is not None:
+            # every labeled scan whole in the slices: the window grows to hold each (read here and again below,
+            # as holding them all beside their slices would not fit for a project of many scans)
+            for case in self.train_cases[1:] + self.val_cases:
+                self.prep = covering(self.prep, read_scan(case.image))
         table = [Structure.from_dict(d) for d in state["labels"]] if state and state.get("labels") else (
             list(structures) if structures else cfg.table())
-        first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, scans[0])
+        first = load_case(self.train_cases[0], self.prep, table, cfg.label_values, cfg.merge_labels, first_scan)
         self.labels = first.labels   # the first mask fixes the structures; the others are matched to them
-        prepared = [first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels, scan)
-                              for c, scan in zip(self.train_cases[1:], scans[1:])]
+        prepared = [first] + [load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                              for c in self.train_cases[1:]]
         self.train_set = SliceSet(prepared, self.device, cfg.context)
         self.selftraining = SelfTraining(self.unlabeled, self.prep, prepared, self.train_set, self.labels, cfg,
                                          self.device) if self.unlabeled else None
-        self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels, scan)
-                                 for c, scan in zip(self.val_cases, scans[len(self.train_cases):])],
-                                self.device, cfg.context) if val_cases else None
-        del scans
+        self.val_set = SliceSet([load_case(c, self.prep, self.labels, cfg.label_values, cfg.merge_labels)
+                                 for c in val_cases], self.device, cfg.context) if val_cases else None
         torch.manual_seed(cfg.seed)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"   # fixed 128x128 shapes: autotune once
         self.net = ResUNet(cfg.width, in_channels=2 * cfg.context + 1, classes=len(self.labels)).to(
