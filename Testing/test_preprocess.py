@@ -164,6 +164,7 @@ def test_the_fitted_grid_keeps_the_training_scans_own_grid_and_stores_its_pixel_
     image, _ = _spine_like()
     prep = make_preprocessing(image, "sagittal", SliceGrid.FIT)
     assert prep.slice_size == 224 and np.allclose(prep.pixel_mm, [221 / 224] * 2)
+    assert covering(prep, image) == prep   # segmenting the training scan: its own window
     stretched = slice_grid(sitk.DICOMOrient(image, "LPS"), 0, 224)
     grid = scan_to_slices(image, prep)[1]
     assert np.allclose(grid.GetSpacing(), stretched.GetSpacing()) and np.allclose(grid.GetOrigin(), stretched.GetOrigin())
