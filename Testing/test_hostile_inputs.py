@@ -162,6 +162,7 @@ def test_a_dicom_series_with_a_missing_or_truncated_slice_is_refused(tmp_path):
     (lambda m: m["preprocessing"].update(plane="oblique"), "unknown plane 'oblique'"),
     (lambda m: m["preprocessing"].update(slice_size=10 ** 6), "slice size 1000000"),
     (lambda m: m["preprocessing"].update(template="x"), "intensity template"),
+    (lambda m: m["preprocessing"].update(pixel_mm=[0.0, 1.0]), "pixel size"),
     (lambda m: m.update(threshold="high"), "threshold is not a number")])
 def test_a_model_with_damaged_metadata_is_refused_in_one_line(tmp_path, random_model, change, needle):
     import onnx

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import tempfile
 from dataclasses import replace
@@ -24,9 +22,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import emit  # noqa: E402
-from options import pairs, score  # noqa: E402
+from options import gains, pairs, score  # noqa: E402
 
-from extremeaug.data.io import read_scan  # noqa: E402
+from extremeaug.data.io import read_scan, write_image  # noqa: E402
 from extremeaug.data.preprocess import ORIENTATION, grid_pixel_mm  # noqa: E402
 from extremeaug.inference.segmenter import Segmenter  # noqa: E402
 
@@ -45,7 +43,7 @@ def cut_scans(scans: dict, cut: str, folder: Path) -> dict:
             bounds = [slice(None)] * 3
             bounds[index] = slice(int(first), int(last))
             written.append(str(folder / f"{scan_id}_{kind}.nii.gz"))
-            sitk.WriteImage(image[tuple(bounds)], written[-1])
+            write_image(image[tuple(bounds)], written[-1])
         out[scan_id] = tuple(written)
     return out
 
@@ -68,7 +66,7 @@ def main() -> None:
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args()
     result = json.loads(a.out.read_text()) if a.out.exists() else {"cut": a.cut, "runs": []}
-    done = {(r["train"], r["seed"], r["variant"]) for r in result["runs"]}
+    done = {(r["train"], r["seed"], r["option"]) for r in result["runs"]}
     folder = Path(tempfile.mkdtemp(prefix="extremeaug-fov-"))
     for report in a.reports:
         source = json.loads(report.read_text())
@@ -82,24 +80,14 @@ def main() -> None:
                 model = Path(run["model"]) / "model.onnx"
                 seg = segmenter(model, scans[run["train"]][0], variant.endswith("pixel"))
                 scored = score(model, tests, run.get("segment") or "", seg)
-                result["runs"].append({"train": run["train"], "seed": run["seed"], "variant": variant,
+                result["runs"].append({"train": run["train"], "seed": run["seed"], "option": variant,
                                        "mean_dice": scored["mean_dice"], "mean_ratio": scored["mean_ratio"],
                                        "per_scan": scored["per_scan"]})
                 emit(result, a.out)
-    result["gains"] = {f"{where}: pixel over stretch": gain(result["runs"], f"{where}-stretch", f"{where}-pixel")
-                       for where in ("whole", "cut")}
-    result["gains"]["cut-stretch over whole-stretch"] = gain(result["runs"], "whole-stretch", "cut-stretch")
-    result["gains"]["cut-pixel over whole-stretch"] = gain(result["runs"], "whole-stretch", "cut-pixel")
+    pairs_of = [("whole-stretch", "whole-pixel"), ("cut-stretch", "cut-pixel"), ("whole-stretch", "cut-stretch"),
+                ("whole-stretch", "cut-pixel")]
+    result["gains"] = {f"{other} over {base}": gains(result["runs"], base, other) for base, other in pairs_of}
     emit(result, a.out)
-
-
-def gain(runs: list, base: str, other: str) -> dict:
-    by = {(r["train"], r["seed"], r["variant"]): r["mean_dice"] for r in runs}
-    diffs = [by[(t, s, other)] - d for (t, s, v), d in by.items() if v == base and (t, s, other) in by]
-    if len(diffs) < 2:
-        return {"pairs": len(diffs)}
-    return {"pairs": len(diffs), "mean_gain": round(statistics.mean(diffs), 4),
-            "se": round(statistics.stdev(diffs) / math.sqrt(len(diffs)), 4), "better": sum(d > 0 for d in diffs)}
 
 
 if __name__ == "__main__":
