@@ -9,8 +9,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from extremeaug.training.augment import (AugmentConfig, IntensityConfig, apply_intensity, augmented_batch,
-                                         intensity_draws, patch_corners, patch_table, sample_params, step_generator)
+from extremeaug.training.augment import (WARP_MAX, WARP_POINTS, AffineParams, AugmentConfig, IntensityConfig,
+                                         apply_intensity, augmented_batch, intensity_draws, patch_corners, patch_table,
+                                         sample_params, step_generator)
 from extremeaug.training.step import Draws
 
 CPU = torch.device("cpu")
@@ -87,6 +88,41 @@ def test_intensity_changes_only_the_image_and_draws_after_the_geometry():
     img, msk = augmented_batch(images, masks, rows, jittered.params)
     changed = apply_intensity(img, jittered.intensity)
     assert not torch.allclose(changed, img) and 0 <= changed.min() and changed.max() <= 1
+
+
+@pytest.mark.parametrize("angle_deg,scale", [(0.0, 1.0), (0.0, 2.0), (30.0, 0.8)])
+def test_an_even_elastic_warp_is_a_shift_in_the_patchs_frame(angle_deg, scale):
+    """A warp of m patch pixels at every control point moves the content as the shift of -m does, whatever the pose:
+    the displacement is in the patch's frame and pixels, like the shift (a wrong frame or unit moves it elsewhere)."""
+    images, masks = blobs()
+    rows, m = torch.tensor([[0, 64, 64], [1, 64, 64]]), 3.0
+    rigid = AffineParams(torch.full((2,), math.radians(angle_deg)), torch.full((2,), scale), torch.zeros(2, 2))
+    warp = torch.zeros(2, 2, WARP_POINTS, WARP_POINTS)
+    warp[:, 0] = 2 * m / 128
+    shifted = AffineParams(rigid.angle_rad, rigid.scale, torch.tensor([[-m, 0.0]] * 2))
+    img, msk = augmented_batch(images, masks, rows, rigid, warp=warp)
+    ref, ref_msk = augmented_batch(images, masks, rows, shifted)
+    assert torch.allclose(img, ref, atol=1e-5) and torch.equal(msk, ref_msk)
+    assert not torch.allclose(img, augmented_batch(images, masks, rows, rigid)[0], atol=1e-3)
+
+
+def test_elastic_draws_come_last_stay_within_bounds_and_bend_image_and_mask_alike():
+    """`--elastic` draws after the transforms and intensity changes (a step's other draws do not move), each
+    control point within WARP_MAX of the patch; image and mask are bent by the one grid, and the bend is smooth:
+    a structure's outline moves by at most about WARP_MAX of the patch, not by noise."""
+    _, masks = blobs()
+    rows = patch_table(4, 256)
+    plain, bent = (Draws.draw(rows, 7, 3, AugmentConfig(elastic=e), True, slice(None), 1) for e in (False, True))
+    assert plain.warp is None and bent.warp.shape == (len(rows), 2, WARP_POINTS, WARP_POINTS)
+    assert torch.equal(plain.params.angle_rad, bent.params.angle_rad)
+    assert torch.equal(plain.intensity.noise, bent.intensity.noise)
+    assert bent.warp.abs().max() <= 2 * WARP_MAX and bent.warp.abs().max() > 1.9 * WARP_MAX
+    img, msk = augmented_batch(masks, masks, rows, bent.params, warp=bent.warp)
+    rigid = augmented_batch(masks, masks, rows, bent.params)[1]
+    assert torch.equal((img > 0.5).float(), msk) and not torch.equal(msk, rigid)
+    assert 0.9 < msk.sum() / rigid.sum() < 1.1
+    moved = (msk != rigid).float().sum() / (rigid[..., 1:, :] != rigid[..., :-1, :]).float().sum()
+    assert moved < WARP_MAX * 128 * 1.2 / 0.8   # changed pixels per edge pixel: the outline moves a few pixels
 
 
 def test_identity_is_a_plain_crop():

@@ -66,11 +66,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, phantoms):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
-def test_scale_each_axis_changes_what_training_sees_is_stored_and_resumes_exactly(tmp_path, phantoms):
+@pytest.mark.parametrize("option", ["scale_each_axis", "elastic"])
+def test_an_augmentation_option_changes_what_training_sees_is_stored_and_resumes_exactly(tmp_path, phantoms, option):
     cases, quiet = [Case(*map(str, phantoms[0]))], dict(device="cpu", show_progress=False)
     one = train(TrainConfig(**TINY), cases, [], tmp_path / "one", RunOptions(**quiet, max_steps=2))
-    full = train(TrainConfig(**TINY, scale_each_axis=True), cases, [], tmp_path / "full", RunOptions(**quiet))
-    half = train(TrainConfig(**TINY, scale_each_axis=True), cases, [], tmp_path / "half",
+    full = train(TrainConfig(**TINY, **{option: True}), cases, [], tmp_path / "full", RunOptions(**quiet))
+    half = train(TrainConfig(**TINY, **{option: True}), cases, [], tmp_path / "half",
                  RunOptions(**quiet, max_steps=2))
     assert half.status == one.status == "max_steps"
     weights = {k: torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("one", "half")}
@@ -79,7 +80,8 @@ def test_scale_each_axis_changes_what_training_sees_is_stored_and_resumes_exactl
     assert resumed.status == "finished" and resumed.epochs_done == full.epochs_done
     a, b = (torch.load(tmp_path / k / "model.pt", weights_only=True)["state_dict"] for k in ("full", "half"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    assert json.loads((tmp_path / "half" / "history.json").read_text())["metadata"]["scale_each_axis"] is True
+    assert json.loads((tmp_path / "half" / "history.json").read_text())["metadata"][option] is True
+    assert getattr(TrainConfig.stored({}), option) is False   # a checkpoint from before the setting
 
 
 def test_scale_range_changes_what_training_sees_is_stored_and_resumes_and_an_older_checkpoint_keeps_the_papers(

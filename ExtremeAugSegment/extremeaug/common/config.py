@@ -194,6 +194,9 @@ class TrainConfig:
         SCALE_RANGE, "the range of the augmentation's random scale of a patch's content, LOW,HIGH: training shows the "
         "structure from LOW to HIGH times its size in the labeled scan (the paper's 0.8,1.2)", scale_pair,
         metavar="LOW,HIGH")
+    elastic: bool = _setting(
+        False, "also bend each patch by a smooth random displacement (5 x 5 control points, up to 4 %% of the patch), "
+        "so training sees the structure's outline and thickness vary as between patients, not only its pose", bool)
     average_weights: bool = _setting(
         False, "export the mean of the weights over the run's second half (stochastic weight averaging) instead of "
         "the last ones; with validation scans, the better validated of the two", bool)

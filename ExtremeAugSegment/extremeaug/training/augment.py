@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from ..data.preprocess import SLICE_SIZE
 PATCH = 128
 STRIDE = 64
 POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (fresh) draws
+WARP_POINTS = 5              # `--elastic`: control points a side of the patch's smooth random displacement
+WARP_MAX = 0.04              # their largest displacement, a fraction of the patch's side
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,17 @@ class AugmentConfig:
     max_shift_px: float = 50.0
     enabled: bool = True
     scale_each_axis: bool = False              # one scale per in-plane axis (`--scale-each-axis`), else one for both
+    elastic: bool = False                      # a smooth random displacement of each patch on top (`--elastic`)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def for_slices(cls, slice_size: int, enabled: bool = True, scale_each_axis: bool = False,
-                   scale_range: Tuple[float, float] = SCALE_RANGE) -> "AugmentConfig":
+                   scale_range: Tuple[float, float] = SCALE_RANGE, elastic: bool = False) -> "AugmentConfig":
         """The paper's bounds, with its shift (50 pixels of a 256-pixel slice) in proportion to the slice."""
         return cls(max_shift_px=cls.max_shift_px * slice_size / SLICE_SIZE, enabled=enabled,
-                   scale_each_axis=scale_each_axis, scale_range=tuple(scale_range))
+                   scale_each_axis=scale_each_axis, scale_range=tuple(scale_range), elastic=elastic and enabled)
 
 
 @dataclass
@@ -113,13 +116,30 @@ def patch_theta(corners: torch.Tensor, params: AffineParams, slice_size: int, pa
     return theta
 
 
+def warp_draws(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """`--elastic`: each patch's control-point displacements [B, 2, G, G] (x, y), uniform within WARP_MAX of the
+    patch's side."""
+    return (2 * torch.rand(n, 2, WARP_POINTS, WARP_POINTS, generator=generator, device=device) - 1) * (2 * WARP_MAX)
+
+
+def warped(grid: torch.Tensor, theta: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
+    """`affine_grid`'s sampling grid [B, P, P, 2] displaced by the control points `warp` ([B, 2, G, G], in the
+    patch's normalised coordinates), interpolated bicubically over the patch. The displacement is taken in the
+    patch's frame, before its rotation and scale (`theta`'s linear part), so it is a fraction of the patch in
+    whatever pose; a smooth field bends a structure's outline and locally thickens or thins it (the shape
+    variation between patients that one scan's rigid poses never show)."""
+    field = F.interpolate(warp, size=grid.shape[1:3], mode="bicubic", align_corners=True)
+    return grid + torch.einsum("bij,bjhw->bhwi", theta[:, :, :2], field)
+
+
 def augmented_batch(images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, params: AffineParams,
-                    patch: int = PATCH) -> Tuple[torch.Tensor, torch.Tensor]:
+                    patch: int = PATCH, warp: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cut augmented patches for `rows` ([B, 3]: slice, y0, x0) from slices on their device.
 
     Args:
         images: slices [n, S, S], or network inputs [n, C, S, S] (2.5D: a slice and its neighbours).
         masks: one channel per structure, [n, K, S, S] (or [n, S, S] for one), any numeric type.
+        warp: `--elastic`'s control-point displacements (`warp_draws`), or None for the affine transform alone.
 
     Returns image patches [B, C, P, P] and masks [B, K, P, P] in {0, 1}. Image and mask channels are stacked
     and sampled by one bilinear `grid_sample`, so all see the very same transform; each mask channel is then
@@ -134,6 +154,8 @@ def augmented_batch(images: torch.Tensor, masks: torch.Tensor, rows: torch.Tenso
     theta = patch_theta(rows[:, 1:], params, slice_size, patch)
     stacked = torch.cat([images[idx], masks[idx].to(images.dtype)], dim=1)
     grid = F.affine_grid(theta, [len(rows), stacked.shape[1], patch, patch], align_corners=False)
+    if warp is not None:
+        grid = warped(grid, theta, warp)
     out = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[:, :channels], (out[:, channels:] > 0.5).to(images.dtype)
 

@@ -59,7 +59,7 @@ def publish(trainer, status: str, elapsed: float) -> TrainResult:
             "training_cases": [c.name for c in t.train_cases],
             "validation_cases": [c.name for c in t.val_cases],
             "augment": cfg.augment, "augmentation": cfg.augmentation,
-            "intensity": cfg.intensity, "scale_each_axis": cfg.scale_each_axis,
+            "intensity": cfg.intensity, "scale_each_axis": cfg.scale_each_axis, "elastic": cfg.elastic,
             "scale_range": list(cfg.scale_range), "context": cfg.context,
             "average_weights": cfg.average_weights, **chosen,
             "augment_mode": cfg.augment_mode, "epochs_planned": cfg.epochs,

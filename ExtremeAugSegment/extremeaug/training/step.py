@@ -19,7 +19,7 @@ import torch
 from ..common.config import Loss
 from ..common.portable import user_cache_folder
 from .augment import (PATCH, AffineParams, AugmentConfig, IntensityDraws, PoolParams, apply_intensity,
-                      augmented_batch, intensity_draws, sample_params, step_generator)
+                      augmented_batch, intensity_draws, sample_params, step_generator, warp_draws)
 from .losses import Sums, segmentation_loss
 
 INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
@@ -28,10 +28,11 @@ INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 @dataclass
 class Draws:
     """What one step takes from its generator, in the order it always has: the global batch's geometric
-    transforms, then (with --intensity) this rank's intensity changes."""
+    transforms, then (with --intensity) this rank's intensity changes, then (with --elastic) its warps."""
     rows: torch.Tensor                       # [B, 3]: slice, y0, x0 of each patch
     params: AffineParams
     intensity: Optional[IntensityDraws] = None
+    warp: Optional[torch.Tensor] = None
 
     @classmethod
     def draw(cls, rows: torch.Tensor, step: int, seed: int, bounds: AugmentConfig, intensity: bool, shard: slice,
@@ -54,13 +55,14 @@ class Draws:
             params = params[:keep] + sample_params(len(picked), bounds, generator, rows.device)
         rows, params = rows[shard], params[shard]
         jitter = intensity_draws(len(rows), channels, generator, rows.device, patch) if intensity else None
-        return cls(rows, params, jitter)
+        warp = warp_draws(len(rows), generator, rows.device) if bounds.elastic else None
+        return cls(rows, params, jitter, warp)
 
     def arguments(self, inputs: torch.Tensor, masks: torch.Tensor, slice_weight: Optional[torch.Tensor] = None
                   ) -> tuple:
         """Positional tensors for `TrainingStep` (plain tensors: what a compiled graph takes best)."""
         return (inputs, masks, self.rows, self.params.angle_rad, self.params.scale, self.params.shift_px,
-                self.intensity, slice_weight)
+                self.intensity, slice_weight, self.warp)
 
 
 class TrainingStep(torch.nn.Module):
@@ -78,11 +80,11 @@ class TrainingStep(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, angle: torch.Tensor,
                 scale: torch.Tensor, shift: torch.Tensor, intensity: Optional[IntensityDraws] = None,
-                slice_weight: Optional[torch.Tensor] = None):
+                slice_weight: Optional[torch.Tensor] = None, warp: Optional[torch.Tensor] = None):
         """Args:
             slice_weight: with pseudo-labels, each slice's weight [n]; the masks' last channel then marks the
                 voxels to leave out (uncertain ones), which weigh nothing."""
-        x, y = augmented_batch(inputs, masks, rows, AffineParams(angle, scale, shift), self.patch)
+        x, y = augmented_batch(inputs, masks, rows, AffineParams(angle, scale, shift), self.patch, warp)
         weight = None
         if slice_weight is not None:
             y, left_out = y[:, :-1], y[:, -1:]

@@ -100,7 +100,7 @@ class Trainer:
             self._rebatch(state, asked_batch)
         self.order = EpochOrder(len(self.train_set.patches), cfg.augment, cfg.batch_size, cfg.seed, self.device)
         self.bounds = AugmentConfig.for_slices(self.train_set.slice_size, cfg.augmentation, cfg.scale_each_axis,
-                                               cfg.scale_range)
+                                               cfg.scale_range, cfg.elastic)
         self.pool = PoolParams(len(self.train_set.patches), self.bounds, cfg.seed,
                                self.device) if cfg.augment_mode == AugmentMode.POOL else None
         self.steps_per_epoch = self.order.steps
