@@ -21,6 +21,8 @@ from .output import plain
 C = TypeVar("C", bound="Choice")
 MAX_CONTEXT = 5   # --context: neighbouring slices on each side
 SCALE_RANGE = (0.8, 1.2)   # the augmentation's random scale of a patch's content (the paper's)
+WARP_POINTS = 5            # --elastic: control points a side of the patch's smooth random displacement
+WARP_MAX = 0.04            # their largest displacement, a fraction of the patch's side
 
 
 class Choice(str, Enum):
@@ -195,7 +197,8 @@ class TrainConfig:
         "structure from LOW to HIGH times its size in the labeled scan (the paper's 0.8,1.2)", scale_pair,
         metavar="LOW,HIGH")
     elastic: bool = _setting(
-        False, "also bend each patch by a smooth random displacement (5 x 5 control points, up to 4 %% of the patch), "
+        False, f"also bend each patch by a smooth random displacement ({WARP_POINTS} x {WARP_POINTS} control points, up "
+        f"to {WARP_MAX * 100:.0f} %% of the patch), "
         "so training sees the structure's outline and thickness vary as between patients, not only its pose", bool)
     average_weights: bool = _setting(
         False, "export the mean of the weights over the run's second half (stochastic weight averaging) instead of "

@@ -13,14 +13,12 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..common.config import SCALE_RANGE
+from ..common.config import SCALE_RANGE, WARP_MAX, WARP_POINTS
 from ..data.preprocess import SLICE_SIZE
 
 PATCH = 128
 STRIDE = 64
 POOL_SEED_OFFSET = 104_729   # keeps the pool's draws apart from the per-step (fresh) draws
-WARP_POINTS = 5              # `--elastic`: control points a side of the patch's smooth random displacement
-WARP_MAX = 0.04              # their largest displacement, a fraction of the patch's side
 
 
 @dataclass(frozen=True)
